@@ -1,0 +1,1 @@
+"""Buzzer: the console script and the local stack."""

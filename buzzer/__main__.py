@@ -1,0 +1,3 @@
+from buzzer.cli import main
+
+main()
