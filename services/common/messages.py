@@ -107,6 +107,8 @@ class PollDef(msgspec.Struct, frozen=True):
     max_count: int
     """Largest tap count one request may carry; 1 means no batching."""
     state: PollState
+    final: bool = False
+    """Set once every partition's close marker is applied and PostgreSQL froze the result."""
 
     def option_keys(self) -> frozenset[str]:
         return frozenset(o.key for o in self.options)

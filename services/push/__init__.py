@@ -1,0 +1,1 @@
+"""Push: live poll counts to viewers over websockets, fed by one shared Redis stream reader."""

@@ -1,0 +1,81 @@
+"""Every refusal is a JSON body that names the field and the reason."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+import asyncpg
+import msgspec
+from aiohttp import web
+from redis.exceptions import RedisError
+
+log = logging.getLogger("buzzer.gateway")
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    error: str
+    """Stable machine-readable code, e.g. ``invalid_field``, ``poll_not_open``."""
+    message: str
+    field: str | None = None
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        message: str,
+        field: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = ErrorBody(error=error, message=message, field=field)
+        self.headers = dict(headers or {})
+
+
+_encoder = msgspec.json.Encoder()
+
+# aiohttp's own refusals (no route, wrong method, body too large) get codes too.
+_HTTP_CODES = {
+    404: ("not_found", "no such resource"),
+    405: ("method_not_allowed", "method not allowed on this resource"),
+    413: ("body_too_large", "request body is too large"),
+}
+
+
+def error_response(err: ApiError) -> web.Response:
+    return web.Response(
+        status=err.status,
+        body=_encoder.encode(err.body),
+        content_type="application/json",
+        headers=err.headers,
+    )
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as err:
+        return error_response(err)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        code, message = _HTTP_CODES.get(exc.status, ("http_error", exc.reason))
+        field = "body" if exc.status == 413 else None
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return error_response(ApiError(exc.status, code, message, field=field, headers=headers))
+    except (RedisError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+        # A store that is away is the client's cue to retry, never a 500.
+        log.warning("store unavailable", extra={"path": request.path, "error": str(exc)[:200]})
+        return error_response(
+            ApiError(503, "unavailable", "a backing store is unavailable, retry",
+                     headers={"Retry-After": "1"})
+        )
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path, "method": request.method})
+        return error_response(ApiError(500, "internal", "internal error"))

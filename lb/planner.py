@@ -1,0 +1,283 @@
+"""Capacity planner: an expected peak in, fleet sizes and the arithmetic out.
+
+Pure: no I/O except :func:`load_measured`, which reads the profile ``buzzer bench lb``
+wrote. ``infra/`` imports :class:`PlanInputs`, :data:`PROFILES` and :func:`plan`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+MEASURED_PATH = Path(__file__).parent / "profiles" / "measured.json"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Per-unit capacities: one HAProxy node (one core), one ingest/push/tally process."""
+
+    name: str
+    haproxy_new_conns_per_s: float
+    haproxy_max_conns: int
+    haproxy_tls_full_per_s: float
+    haproxy_tls_resumed_per_s: float
+    haproxy_keepalive_req_per_s: float
+    ingest_votes_per_s: float
+    push_viewers: int
+    tally_votes_per_s: float
+    haproxy_tls_full_ecdsa_per_s: float = 0.0
+    """0 means unknown: the planner then uses the RSA figure, the cautious one."""
+    source: str = ""
+
+
+HISTORICAL = Profile(
+    name="historical",
+    # The 2011 figure: one c1.medium HAProxy node, about 5K new connections/s.
+    haproxy_new_conns_per_s=5000.0,
+    # c1.medium had 1.7 GB; about 20K saturated connections per GB.
+    haproxy_max_conns=30_000,
+    # No TLS figures survive from 2011: these are this machine's, so that a TLS plan on
+    # the historical profile is not silently free.
+    haproxy_tls_full_per_s=650.0,
+    haproxy_tls_full_ecdsa_per_s=1000.0,
+    haproxy_tls_resumed_per_s=1400.0,
+    haproxy_keepalive_req_per_s=5000.0 * 3,
+    ingest_votes_per_s=4500.0,
+    push_viewers=10_000,
+    tally_votes_per_s=20_000.0,
+    source="2011 node figure; TLS and process figures from this machine",
+)
+
+MEASURED_DEFAULTS = Profile(
+    name="measured",
+    haproxy_new_conns_per_s=13_000.0,
+    # An estimate, not a measurement: idle websockets hold no buffers in HAProxy 2.x,
+    # so a node is bound by file descriptors and memory well above this.
+    haproxy_max_conns=100_000,
+    haproxy_tls_full_per_s=650.0,
+    haproxy_tls_full_ecdsa_per_s=1000.0,
+    haproxy_tls_resumed_per_s=1400.0,
+    haproxy_keepalive_req_per_s=68_000.0,
+    ingest_votes_per_s=4500.0,
+    push_viewers=10_000,
+    tally_votes_per_s=20_000.0,
+    source="defaults (no lb/profiles/measured.json)",
+)
+
+
+def load_measured(path: Path = MEASURED_PATH, base: Profile = MEASURED_DEFAULTS) -> Profile:
+    """The measured profile: ``base`` with every figure found in ``path`` laid over it."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return base
+    known = {f.name for f in fields(Profile)}
+    values = {k: v for k, v in data.get("profile", data).items() if k in known and k != "name"}
+    values.setdefault("source", str(path))
+    return replace(base, **values)
+
+
+PROFILES: dict[str, Profile] = {"historical": HISTORICAL, "measured": load_measured()}
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    peak_votes_per_s: float
+    viewers: int = 0
+    new_conn_share: float = 0.5
+    """Share of vote requests that open a new connection (mobile clients reconnect)."""
+    tls: bool = False
+    tls_resumption_rate: float = 0.0
+    """Share of new TLS connections that resume a session instead of a full handshake."""
+    ecdsa: bool = True
+    headroom: float = 0.6
+    """Target utilisation of every unit at the peak."""
+    viewer_ramp_s: float = 60.0
+    """Viewers arrive over this many seconds at the start of a show: their connects count."""
+    vote_conn_lifetime_s: float = 5.0
+    """How long a vote client's connection stays open (HTTP keep-alive timeout)."""
+    min_haproxy_nodes: int = 2
+    """At least two, so that losing one node is not losing the show."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Profile figures replaced for this plan, e.g. ``{"ingest_votes_per_s": 6000}``."""
+
+    def __post_init__(self) -> None:
+        for name in ("new_conn_share", "tls_resumption_rate"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], got {v}")
+        if not 0.0 < self.headroom <= 1.0:
+            raise ValueError(f"headroom must be within (0, 1], got {self.headroom}")
+        if self.peak_votes_per_s < 0 or self.viewers < 0:
+            raise ValueError("peak_votes_per_s and viewers must not be negative")
+        if self.viewer_ramp_s <= 0:
+            raise ValueError("viewer_ramp_s must be positive")
+
+
+@dataclass(frozen=True)
+class TierPlan:
+    count: int
+    binding: str
+    """The resource that sets ``count``."""
+
+
+@dataclass(frozen=True)
+class CapacityPlan:
+    profile: str
+    haproxy_nodes: int
+    ingest_processes: int
+    push_processes: int
+    tally_consumers: int
+    partitions: int
+    maxconn_per_node: int
+    binding: dict[str, str]
+    load: dict[str, float]
+    steps: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["binding"] = dict(sorted(self.binding.items()))
+        d["load"] = {k: round(v, 3) for k, v in sorted(self.load.items())}
+        return dict(sorted(d.items()))
+
+    def to_table(self) -> str:
+        rows = [
+            ("haproxy nodes", self.haproxy_nodes, self.binding["haproxy"]),
+            ("  maxconn per node", self.maxconn_per_node, ""),
+            ("ingest processes", self.ingest_processes, self.binding["ingest"]),
+            ("push processes", self.push_processes, self.binding["push"]),
+            ("tally consumers", self.tally_consumers, self.binding["tally"]),
+            ("stream partitions", self.partitions, self.binding["partitions"]),
+        ]
+        w = max(len(r[0]) for r in rows)
+        out = [f"profile: {self.profile}", ""]
+        out += [f"{name:<{w}}  {count:>8}  {why}".rstrip() for name, count, why in rows]
+        out += ["", "arithmetic:"] + [f"  {s}" for s in self.steps]
+        return "\n".join(out)
+
+
+def _ceil(x: float) -> int:
+    # Guard against 2.0000000001 from float division turning into 3 nodes.
+    return max(0, math.ceil(round(x, 6)))
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def plan(inputs: PlanInputs, profile: Profile) -> CapacityPlan:
+    p = replace(profile, **inputs.overrides) if inputs.overrides else profile
+    h = inputs.headroom
+    steps: list[str] = [f"headroom: every unit planned at {h:.0%} of its capacity"]
+    load: dict[str, float] = {}
+    binding: dict[str, str] = {}
+
+    # HAProxy: core time per second of peak, split by what each connection costs.
+    votes = inputs.peak_votes_per_s
+    vote_new = votes * inputs.new_conn_share
+    viewer_new = inputs.viewers / inputs.viewer_ramp_s
+    new = vote_new + viewer_new
+    reused = votes - vote_new
+    steps.append(
+        f"new connections/s = {votes:,.0f} votes/s x {inputs.new_conn_share:.2f} new-conn share"
+        f" + {inputs.viewers:,} viewers / {inputs.viewer_ramp_s:g} s ramp = {new:,.0f}"
+    )
+    steps.append(f"keep-alive requests/s = {votes:,.0f} - {vote_new:,.0f} = {reused:,.0f}")
+    costs: dict[str, float] = {}
+    if inputs.tls:
+        full_rate = (
+            p.haproxy_tls_full_ecdsa_per_s
+            if inputs.ecdsa and p.haproxy_tls_full_ecdsa_per_s > 0
+            else p.haproxy_tls_full_per_s
+        )
+        kind = "ECDSA" if inputs.ecdsa and p.haproxy_tls_full_ecdsa_per_s > 0 else "RSA-2048"
+        full = new * (1 - inputs.tls_resumption_rate)
+        resumed = new - full
+        costs["tls_full"] = full / full_rate
+        costs["tls_resumed"] = resumed / p.haproxy_tls_resumed_per_s
+        steps.append(
+            f"full {kind} handshakes/s = {new:,.0f} x (1 - {inputs.tls_resumption_rate:.2f})"
+            f" = {full:,.0f}; / {full_rate:,.0f} per core = {costs['tls_full']:.2f} cores"
+        )
+        steps.append(
+            f"resumed handshakes/s = {resumed:,.0f}; / {p.haproxy_tls_resumed_per_s:,.0f}"
+            f" per core = {costs['tls_resumed']:.2f} cores"
+        )
+    else:
+        costs["new_conns"] = new / p.haproxy_new_conns_per_s
+        steps.append(
+            f"plain new connections: {new:,.0f} / {p.haproxy_new_conns_per_s:,.0f} per core"
+            f" = {costs['new_conns']:.2f} cores"
+        )
+    costs["keepalive"] = reused / p.haproxy_keepalive_req_per_s
+    steps.append(
+        f"keep-alive requests: {reused:,.0f} / {p.haproxy_keepalive_req_per_s:,.0f} per core"
+        f" = {costs['keepalive']:.2f} cores"
+    )
+    cores = sum(costs.values())
+    by_rate = _ceil(cores / h)
+    steps.append(f"haproxy nodes by rate = ceil({cores:.2f} cores / {h}) = {by_rate}")
+
+    # Little's law: vote connections open per second times how long each stays open.
+    concurrent = inputs.viewers + vote_new * inputs.vote_conn_lifetime_s
+    by_conns = _ceil(concurrent / (p.haproxy_max_conns * h))
+    steps.append(
+        f"concurrent connections = {inputs.viewers:,} viewers + {vote_new:,.0f} new/s x"
+        f" {inputs.vote_conn_lifetime_s:g} s = {concurrent:,.0f};"
+        f" nodes = ceil({concurrent:,.0f} / ({p.haproxy_max_conns:,} x {h})) = {by_conns}"
+    )
+    nodes = max(by_rate, by_conns, inputs.min_haproxy_nodes)
+    heaviest = max(costs, key=lambda k: costs[k])
+    if nodes == inputs.min_haproxy_nodes and max(by_rate, by_conns) < nodes:
+        binding["haproxy"] = f"minimum of {inputs.min_haproxy_nodes} nodes for redundancy"
+    elif by_rate >= by_conns:
+        binding["haproxy"] = f"connection rate ({heaviest.replace('_', ' ')})"
+    else:
+        binding["haproxy"] = "concurrent connections"
+    load["haproxy_cores"] = cores
+    load["haproxy_concurrent_conns"] = concurrent
+    load["haproxy_new_conns_per_s"] = new
+    # Each node takes its share at the target utilisation; the rest is room to take a
+    # failed peer's clients without refusing them.
+    maxconn = min(p.haproxy_max_conns, _ceil(concurrent / nodes / h)) if nodes else 0
+    maxconn = max(maxconn, 1000)
+    steps.append(
+        f"maxconn per node = min({p.haproxy_max_conns:,}, ceil({concurrent:,.0f} / {nodes} / {h}))"
+        f" = {maxconn:,}"
+    )
+
+    ingest = max(1, _ceil(votes / (p.ingest_votes_per_s * h)))
+    binding["ingest"] = "votes/s per process"
+    steps.append(
+        f"ingest processes = ceil({votes:,.0f} / ({p.ingest_votes_per_s:,.0f} x {h})) = {ingest}"
+    )
+    push = max(1, _ceil(inputs.viewers / (p.push_viewers * h)))
+    binding["push"] = "viewers per process"
+    steps.append(f"push processes = ceil({inputs.viewers:,} / ({p.push_viewers:,} x {h})) = {push}")
+    tally = max(1, _ceil(votes / (p.tally_votes_per_s * h)))
+    binding["tally"] = "votes/s per consumer"
+    steps.append(
+        f"tally consumers = ceil({votes:,.0f} / ({p.tally_votes_per_s:,.0f} x {h})) = {tally}"
+    )
+    # One consumer owns a partition (one atomic script per slot), so partitions bound the
+    # tally's parallelism; a power of two, at least 4, leaves room to add consumers.
+    partitions = max(4, _pow2(tally))
+    binding["partitions"] = "one tally consumer per partition, power of two, at least 4"
+    steps.append(f"partitions = max(4, next power of two >= {tally}) = {partitions}")
+    load["ingest_votes_per_s"] = votes
+
+    return CapacityPlan(
+        profile=p.name,
+        haproxy_nodes=nodes,
+        ingest_processes=ingest,
+        push_processes=push,
+        tally_consumers=tally,
+        partitions=partitions,
+        maxconn_per_node=maxconn,
+        binding=binding,
+        load=load,
+        steps=steps,
+    )

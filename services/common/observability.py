@@ -1,0 +1,143 @@
+"""Health, readiness, Prometheus metrics and structured logs, the same for every service."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pythonjsonlogger.json import JsonFormatter
+
+Check = Callable[[], Awaitable[None]]
+"""A readiness check: returns when the dependency is usable, raises otherwise."""
+
+
+def configure_logging(level: str = "INFO", service: str = "buzzer") -> None:
+    """JSON lines on stderr: one object per event, with the service name."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"},
+            static_fields={"service": service},
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiohttp's access log is off by default: at thousands of requests/s the metrics
+    # say more for less.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+@dataclass
+class Observability:
+    service: str
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    checks: dict[str, Check] = field(default_factory=dict)
+    optional: frozenset[str] = frozenset()
+    """Checks whose failure degrades the service without making it unready (the load
+    balancer must keep sending votes to ingest while PostgreSQL is away)."""
+    ready: bool = True
+    """False while draining, so load balancers stop sending before we stop listening."""
+
+    def __post_init__(self) -> None:
+        self.requests = Counter(
+            "buzzer_http_requests_total",
+            "HTTP requests by route and status",
+            ["service", "route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "buzzer_http_request_seconds",
+            "HTTP request latency by route",
+            ["service", "route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+
+
+OBS = web.AppKey("observability", Observability)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "service": request.app[OBS].service})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    obs = request.app[OBS]
+    results: dict[str, str] = {}
+    ok = obs.ready
+    degraded = False
+    if not obs.ready:
+        results["process"] = "draining"
+    for name, check in obs.checks.items():
+        try:
+            await check()
+            results[name] = "ok"
+        except Exception as exc:  # any failure is reported: which check and why
+            degraded = True
+            if name not in obs.optional:
+                ok = False
+            results[name] = f"unavailable: {type(exc).__name__}: {exc}"[:200]
+    status = "ok" if ok and not degraded else ("degraded" if ok else "unavailable")
+    return web.json_response(
+        {"status": status, "service": obs.service, "checks": results},
+        status=200 if ok else 503,
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[OBS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _route_name(request: web.Request) -> str:
+    info = request.match_info
+    route = info.route if info is not None else None
+    resource = route.resource if route is not None else None
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def metrics_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    obs = request.app[OBS]
+    start = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        route = _route_name(request)
+        obs.requests.labels(obs.service, route, request.method, str(status)).inc()
+        obs.latency.labels(obs.service, route).observe(time.perf_counter() - start)
+
+
+def setup_observability(
+    app: web.Application,
+    service: str,
+    checks: Mapping[str, Check] | None = None,
+    optional: frozenset[str] = frozenset(),
+) -> Observability:
+    obs = Observability(service=service, checks=dict(checks or {}), optional=optional)
+    app[OBS] = obs
+    app.middlewares.append(metrics_middleware)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+
+    async def _draining(_: web.Application) -> None:
+        obs.ready = False
+
+    app.on_shutdown.append(_draining)
+    return obs

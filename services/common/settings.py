@@ -1,0 +1,138 @@
+"""Typed settings, read once from the environment and passed into each app factory."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.messages import Keys
+
+
+class CommonSettings(BaseSettings):
+    """What every process shares. Env: ``REDIS_URL``, ``DATABASE_URL``, ``BUZZER_*``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BUZZER_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "BUZZER_REDIS_URL")
+    )
+    database_url: SecretStr = Field(
+        SecretStr("postgresql://postgres@127.0.0.1:5432/buzzer"),
+        validation_alias=AliasChoices("DATABASE_URL", "BUZZER_DATABASE_URL"),
+    )
+    key_prefix: str = "buzzer"
+    partitions: int = Field(4, ge=1, le=1024)
+    host: str = "127.0.0.1"
+    log_level: str = "INFO"
+    shutdown_timeout_s: float = 10.0
+
+    def keys(self) -> Keys:
+        return Keys(prefix=self.key_prefix, partitions=self.partitions)
+
+
+class IngestSettings(CommonSettings):
+    """The public vote API process (gateway edge + ingest append path)."""
+
+    port: int = 8081
+    token_secret: SecretStr = Field(default_factory=lambda: _ephemeral("BUZZER_TOKEN_SECRET"))
+    token_secrets_previous: list[SecretStr] = Field(default_factory=list)
+    """Older signing secrets still accepted for verification (rotation overlap)."""
+    token_ttl_s: int = 30 * 24 * 3600
+    token_audience: str = "buzzer-vote"
+    admin_token: SecretStr = Field(default_factory=lambda: _ephemeral("BUZZER_ADMIN_TOKEN"))
+    device_rate_per_s: int = 20
+    max_backlog: int = 200_000
+    """Unapplied stream entries over all partitions above which votes get 503."""
+    max_inflight: int = 20_000
+    """Votes waiting for Redis in this process above which votes get 503."""
+    dedupe_ttl_s: int = 6 * 3600
+    max_body_bytes: int = 4096
+    poll_cache_ttl_s: float = 1.0
+    access_log: bool = False
+
+
+class TallySettings(CommonSettings):
+    """The tally process: stream consumer, PostgreSQL writer, publisher, trimmer."""
+
+    port: int = Field(8090, validation_alias=AliasChoices("BUZZER_TALLY_PORT", "BUZZER_PORT"))
+    consumer: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    """Name in both consumer groups; a fixed name lets a restart resume its own pending entries."""
+    batch_size: int = Field(1000, ge=1, le=10_000)
+    block_ms: int = Field(50, ge=1)
+    claim_idle_ms: int = Field(5000, ge=100)
+    """Pending entries idle this long belong to a consumer presumed dead."""
+    recover_interval_s: float = 1.0
+    """How often each partition re-reads its own pending entries and claims dead ones."""
+    publish_interval_ms: int = Field(100, ge=10)
+    trim_interval_s: float = 1.0
+    metrics_interval_s: float = 1.0
+    reconcile_interval_s: float = 3.0
+    sec_ttl_s: int = 120
+    """Lifetime of the per-second live counters (the rate window is 10 s)."""
+    consumer_gc_idle_ms: int = 3_600_000
+    """Consumers with nothing pending and idle this long are removed from the groups."""
+    pg_pool_size: int = 4
+    pg_timeout_s: float = 30.0
+    """Upper bound on one PostgreSQL write transaction; a hung database fails the batch."""
+
+
+def _ephemeral(name: str) -> SecretStr:
+    # Localhost default: a random secret per process, so nothing secret lives in the
+    # repo. Processes that must agree (several ingest workers) get it from `buzzer up`.
+    import logging
+
+    logging.getLogger("buzzer.settings").warning(
+        "setting not configured, using a random one for this process", extra={"setting": name}
+    )
+    return SecretStr(secrets.token_urlsafe(32))
+
+
+class PushSettings(CommonSettings):
+    """The websocket fan-out process (``buzzer serve push``): live counts to viewers."""
+
+    port: int = 8085
+    instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    """This process's field in the viewers hash."""
+    admin_token: SecretStr = Field(default_factory=lambda: _ephemeral("BUZZER_ADMIN_TOKEN"))
+    """For ``GET /v1/ops``; the same token as the admin API."""
+    admin_api_base: str = ""
+    """Where the console finds the admin API; empty: same origin (through HAProxy)."""
+    require_token: bool = False
+    """Viewers need no device token by default (phones and the studio screen)."""
+    token_secret: SecretStr = Field(default_factory=lambda: _ephemeral("BUZZER_TOKEN_SECRET"))
+    token_secrets_previous: list[SecretStr] = Field(default_factory=list)
+    token_audience: str = "buzzer-vote"
+    max_connections: int = Field(10_000, ge=1)
+    max_connections_per_ip: int = Field(100, ge=1)
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    """Peers whose X-Forwarded-For names the client (HAProxy); anyone else is the client."""
+    allowed_origins: list[str] = Field(default_factory=list)
+    """Browser origins allowed besides the page's own host; ``*`` allows any."""
+    max_subscriptions: int = Field(16, ge=1)
+    """Polls one socket may follow."""
+    max_message_bytes: int = 4096
+    client_messages_per_s: int = 10
+    """Average over a 2 s window; bursts of reconnecting subscribes stay well inside."""
+    min_interval_ms: int = 100
+    """Per poll: a client gets at most one update this often (10/s)."""
+    send_buffer_limit_bytes: int = 64 * 1024
+    """Unsent bytes in this process for one client above which it only keeps the latest state."""
+    slow_client_timeout_s: float = 10.0
+    """A client over its send-buffer limit this long is disconnected (4008)."""
+    socket_sndbuf_bytes: int = 0
+    """Kernel send buffer per websocket (SO_SNDBUF); 0 keeps the kernel's autotuning."""
+    heartbeat_s: float = 20.0
+    """Ping period; no pong within half of it closes the socket."""
+    idle_timeout_s: float = 60.0
+    """A socket that follows no poll this long is closed (4000)."""
+    close_timeout_s: float = 3.0
+    snapshot_cache_ms: int = 250
+    """Snapshots read from Redis are shared this long: a mass reconnect costs one read per poll."""
+    viewers_interval_s: float = 1.0
+    xread_block_ms: int = 1000

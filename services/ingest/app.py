@@ -1,0 +1,104 @@
+"""The public vote API process: the gateway's edge (auth, validation, contract, show
+control) and ingest's coalesced append, in one process, so a vote crosses exactly one
+Python process between the load balancer and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from prometheus_client import Gauge
+
+from gateway.auth import ADMIN_TOKEN, TOKEN_SERVICE, admin_middleware, security_headers
+from gateway.errors import error_middleware
+from gateway.tokens import TokenService
+from services.common.db import create_pool
+from services.common.observability import OBS, metrics_middleware, setup_observability
+from services.common.scripts import Scripts
+from services.common.settings import IngestSettings
+from services.ingest.appender import Appender
+from services.ingest.keys import (
+    APPENDER, BACKLOG, KEYS, PG, POLLS, REDIS, SCRIPTS, SETTINGS, TOKENS,
+)
+from services.ingest.monitor import BacklogMonitor, PollCache
+from services.ingest.routes import setup_routes
+
+log = logging.getLogger("buzzer.ingest")
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    # Short timeouts: a vote waiting on a Redis that is away must turn into a 503
+    # with Retry-After quickly, not a client timeout.
+    client = aioredis.from_url(
+        settings.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0,
+        health_check_interval=0, max_connections=64,
+    )
+    app[REDIS] = client
+    app[SCRIPTS] = Scripts.register(client)
+    app[POLLS] = PollCache(client, app[KEYS], settings.poll_cache_ttl_s)
+    app[APPENDER] = appender = Appender(client, settings.max_inflight)
+    monitor = BacklogMonitor(client, app[KEYS])
+    app[BACKLOG] = monitor
+    obs = app[OBS]
+    Gauge("buzzer_ingest_backlog", "Unapplied vote entries (all partitions)",
+          registry=obs.registry).set_function(lambda: monitor.backlog)
+    Gauge("buzzer_ingest_inflight", "Votes waiting for Redis", registry=obs.registry
+          ).set_function(lambda: appender.inflight)
+    Gauge("buzzer_ingest_pipeline_flushes", "Pipelines sent to Redis", registry=obs.registry
+          ).set_function(lambda: appender.flushes)
+    Gauge("buzzer_ingest_appends", "Votes sent to Redis in pipelines", registry=obs.registry
+          ).set_function(lambda: appender.sent)
+    async with monitor.running():
+        yield
+        # Graceful stop: aiohttp already waited for handlers; answer whatever is queued.
+        await appender.drain(timeout=settings.shutdown_timeout_s)
+    await client.aclose()
+
+
+async def pg_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Only the admin API needs PostgreSQL, and votes must keep flowing without it: with
+    # min_size=0 the pool connects on first use, so ingest starts while PostgreSQL is away.
+    settings = app[SETTINGS]
+    dsn = settings.database_url.get_secret_value()
+    pool = await create_pool(dsn, size=4, min_size=0)
+    app[PG] = pool
+    yield
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(pool.close(), timeout=5)
+
+
+def create_app(settings: IngestSettings) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[KEYS] = settings.keys()
+    tokens = TokenService(
+        settings.token_secret,
+        settings.token_secrets_previous,
+        audience=settings.token_audience,
+        ttl_s=settings.token_ttl_s,
+    )
+    app[TOKENS] = tokens
+    app[TOKEN_SERVICE] = tokens
+    app[ADMIN_TOKEN] = settings.admin_token
+
+    async def redis_check() -> None:
+        await app[REDIS].ping()
+
+    async def pg_check() -> None:
+        await app[PG].fetchval("SELECT 1")
+
+    setup_observability(
+        app, "ingest", {"redis": redis_check, "postgres": pg_check}, optional=frozenset({"postgres"})
+    )
+    # Order matters: metrics see the final status, errors become JSON before that,
+    # security headers go on every response, admin auth runs closest to the handler.
+    app.middlewares[:] = [metrics_middleware, security_headers, error_middleware, admin_middleware]
+    app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(pg_ctx)
+    setup_routes(app)
+    return app

@@ -1,0 +1,114 @@
+"""Coalesced appends: the Redis calls of concurrent requests share one round trip."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
+
+log = logging.getLogger("buzzer.ingest.appender")
+
+Arg = str | int | bytes
+
+
+class Overloaded(Exception):
+    """Too many calls waiting for Redis in this process."""
+
+
+class Unavailable(Exception):
+    """Redis did not answer; the call may or may not have run."""
+
+
+class Appender:
+    """Queues script calls and sends everything queued in one event-loop turn as one
+    pipeline; each caller's future resolves with its own reply.
+
+    Calls are only ever scripts that are safe to re-run (the vote script is idempotent
+    by vote id), which is what makes a resend after NOSCRIPT or a reconnect harmless.
+    """
+
+    def __init__(self, redis: Redis, max_inflight: int) -> None:
+        self._redis = redis
+        self._max_inflight = max_inflight
+        self._queue: list[tuple[AsyncScript, Sequence[Arg], Sequence[Arg], asyncio.Future[Any]]] = []
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.inflight = 0
+        self.flushes = 0
+        self.sent = 0
+
+    def submit(self, script: AsyncScript, keys: Sequence[Arg], args: Sequence[Arg]) -> asyncio.Future[Any]:
+        if self.inflight >= self._max_inflight:
+            raise Overloaded
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((script, keys, args, fut))
+        self.inflight += 1
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch, self._queue = self._queue, []
+        if not batch:
+            return
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(
+        self, batch: list[tuple[AsyncScript, Sequence[Arg], Sequence[Arg], asyncio.Future[Any]]]
+    ) -> None:
+        self.flushes += 1
+        self.sent += len(batch)
+        try:
+            replies = await self._execute(batch)
+            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            if missing:
+                # Redis restarted and lost its script cache: load, resend those calls.
+                for script in {batch[i][0] for i in missing}:
+                    script.sha = await self._redis.script_load(script.script)
+                again = await self._execute([batch[i] for i in missing])
+                for i, r in zip(missing, again, strict=True):
+                    replies[i] = r
+        except (RedisError, OSError) as exc:
+            for *_, fut in batch:
+                if not fut.done():
+                    fut.set_exception(Unavailable(str(exc)))
+        except BaseException as exc:  # cancelled at shutdown: callers must not hang
+            for *_, fut in batch:
+                if not fut.done():
+                    fut.set_exception(Unavailable(repr(exc)))
+            raise
+        else:
+            for (*_, fut), reply in zip(batch, replies, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(reply, Exception):
+                    fut.set_exception(Unavailable(str(reply)))
+                else:
+                    fut.set_result(reply)
+        finally:
+            self.inflight -= len(batch)
+
+    async def _execute(
+        self, batch: list[tuple[AsyncScript, Sequence[Arg], Sequence[Arg], asyncio.Future[Any]]]
+    ) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for script, keys, args, _ in batch:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for every queued call to be answered (graceful shutdown)."""
+        if self._scheduled:
+            self._flush()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)

@@ -1,0 +1,24 @@
+"""Typed application state of the ingest process."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+from redis.asyncio import Redis
+
+from gateway.tokens import TokenService
+from services.common.messages import Keys
+from services.common.scripts import Scripts
+from services.common.settings import IngestSettings
+from services.ingest.appender import Appender
+from services.ingest.monitor import BacklogMonitor, PollCache
+
+SETTINGS = web.AppKey("settings", IngestSettings)
+KEYS = web.AppKey("keys", Keys)
+REDIS = web.AppKey("redis", Redis)
+SCRIPTS = web.AppKey("scripts", Scripts)
+APPENDER = web.AppKey("appender", Appender)
+POLLS = web.AppKey("poll_cache", PollCache)
+BACKLOG = web.AppKey("backlog", BacklogMonitor)
+PG = web.AppKey("pg", asyncpg.Pool)
+TOKENS = web.AppKey("tokens", TokenService)

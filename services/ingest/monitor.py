@@ -1,0 +1,99 @@
+"""Poll definitions and the stream backlog, refreshed off the request path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from services.common.live import load_polldef
+from services.common.messages import TALLY_GROUP, Keys, PollDef
+
+log = logging.getLogger("buzzer.ingest")
+
+
+class PollCache:
+    """Poll definitions by id, kept ``ttl`` seconds (misses too, so unknown ids are cheap).
+
+    Options and rules never change once a poll exists; the state that must be exact
+    (open or closed) is checked by the vote script in Redis, not here.
+    """
+
+    def __init__(self, redis: Redis, keys: Keys, ttl: float) -> None:
+        self._redis, self._keys, self._ttl = redis, keys, ttl
+        self._entries: dict[str, tuple[float, PollDef | None]] = {}
+        self._loading: dict[str, asyncio.Future[PollDef | None]] = {}
+
+    async def get(self, poll: str) -> PollDef | None:
+        now = time.monotonic()
+        hit = self._entries.get(poll)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        # One load per id however many requests miss at once.
+        pending = self._loading.get(poll)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[PollDef | None] = asyncio.get_running_loop().create_future()
+        self._loading[poll] = fut
+        try:
+            pdef = await load_polldef(self._redis, self._keys, poll)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: the waiters re-raise it
+            raise
+        else:
+            fut.set_result(pdef)
+        finally:
+            del self._loading[poll]
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[poll] = (now + self._ttl, pdef)
+        return pdef
+
+
+class BacklogMonitor:
+    """Entries appended but not yet applied by the tally, over all partitions."""
+
+    def __init__(self, redis: Redis, keys: Keys, interval: float = 0.25) -> None:
+        self._redis, self._keys, self._interval = redis, keys, interval
+        self.backlog = 0
+        self.redis_ok = True
+
+    async def refresh(self) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for p in range(self._keys.partitions):
+            pipe.xinfo_groups(self._keys.votes(p))
+        replies = await pipe.execute(raise_on_error=False)
+        total = 0
+        for groups in replies:
+            if isinstance(groups, Exception):
+                continue  # no stream yet: nothing waiting
+            for g in groups:
+                if g.get("name") in (TALLY_GROUP, TALLY_GROUP.encode()):
+                    total += int(g.get("lag") or 0) + int(g.get("pending") or 0)
+        self.backlog = total
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+                self.redis_ok = True
+            except (RedisError, OSError) as exc:
+                if self.redis_ok:
+                    log.warning("redis unavailable", extra={"error": str(exc)})
+                self.redis_ok = False
+            await asyncio.sleep(self._interval)
+
+    @contextlib.asynccontextmanager
+    async def running(self):  # type: ignore[no-untyped-def]
+        task = asyncio.create_task(self.run())
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

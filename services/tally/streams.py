@@ -1,0 +1,121 @@
+"""Consumer-group plumbing shared by the vote consumer and the PostgreSQL writer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+Fields = dict[bytes, bytes]
+Entry = tuple[bytes, Fields]
+"""(id, fields); fields are empty for an entry deleted from the stream while pending."""
+
+StreamId = tuple[int, int]
+
+_MAX_SEQ = 2**64 - 1
+
+
+def parse_id(raw: bytes | str) -> StreamId:
+    s = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = s.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def format_id(sid: StreamId) -> str:
+    return f"{sid[0]}-{sid[1]}"
+
+
+def next_id(sid: StreamId) -> StreamId:
+    """The smallest id greater than ``sid``."""
+    return (sid[0] + 1, 0) if sid[1] == _MAX_SEQ else (sid[0], sid[1] + 1)
+
+
+def is_nogroup(exc: BaseException) -> bool:
+    # The group vanishes when Redis restarts empty; the loops recreate it and go on.
+    return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
+
+
+async def ensure_group(redis: Redis, stream: str, group: str) -> None:
+    try:
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def _entries(resp: Any) -> list[Entry]:
+    """Normalize XREADGROUP's reply for one stream (redis-py shapes differ by protocol)."""
+    if not resp:
+        return []
+    streams = resp.values() if isinstance(resp, dict) else (entries for _, entries in resp)
+    out: list[Entry] = []
+    for entries in streams:
+        for entry_id, fields in entries or []:
+            if entry_id is not None:
+                out.append((entry_id, fields or {}))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class GroupReader:
+    """One consumer's view of one stream in one group.
+
+    :param redis: client
+    :param stream: stream key
+    :param group: consumer group
+    :param consumer: this consumer's name in the group
+    """
+
+    redis: Redis
+    stream: str
+    group: str
+    consumer: str
+
+    async def ensure(self) -> None:
+        await ensure_group(self.redis, self.stream, self.group)
+
+    async def read_new(self, count: int, block_ms: int | None) -> list[Entry]:
+        resp = await self.redis.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms
+        )
+        return _entries(resp)
+
+    async def own_pending(self, count: int) -> AsyncIterator[list[Entry]]:
+        """This consumer's pending entries, page by page, oldest first."""
+        after: bytes | str = "0"
+        while True:
+            page = _entries(
+                await self.redis.xreadgroup(
+                    self.group, self.consumer, {self.stream: after}, count=count
+                )
+            )
+            if not page:
+                return
+            yield page
+            after = page[-1][0]
+
+    async def claim(self, min_idle_ms: int, count: int) -> AsyncIterator[tuple[list[Entry], list[bytes]]]:
+        """Take over entries pending longer than ``min_idle_ms`` under any consumer.
+
+        Yields (claimed entries, ids of claimed entries deleted from the stream).
+        """
+        cursor: bytes | str = "0-0"
+        while True:
+            reply = await self.redis.xautoclaim(
+                self.stream, self.group, self.consumer, min_idle_ms, start_id=cursor, count=count
+            )
+            cursor = reply[0]
+            claimed = [(i, f or {}) for i, f in reply[1] if i is not None]
+            deleted = list(reply[2]) if len(reply) > 2 else []
+            if claimed or deleted:
+                yield claimed, deleted
+            if parse_id(cursor) == (0, 0):
+                return
+
+    async def ack(self, ids: list[bytes] | list[str]) -> int:
+        if not ids:
+            return 0
+        return int(await self.redis.xack(self.stream, self.group, *ids))

@@ -1,0 +1,86 @@
+"""Shared fixtures: real Redis and PostgreSQL, isolated per test by key prefix and database."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from pydantic import SecretStr
+
+from services.common.db import migrate
+from services.common.messages import Keys
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+TEST_DB = os.environ.get("TEST_DATABASE", "buzzer_test")
+TEST_DSN = PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + TEST_DB
+
+# Tables a test may have written, emptied before each test that asks for the database.
+_TABLES = "applied_outbox, poll_partition_closed, rate_buckets, totals, options, polls, shows"
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    import asyncio
+
+    asyncio.run(migrate(TEST_DSN))
+    yield TEST_DSN
+
+
+@pytest.fixture
+async def pg(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(pg_dsn)
+    await conn.execute(f"TRUNCATE {_TABLES} CASCADE")
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def keys(key_prefix: str) -> Keys:
+    return Keys(prefix=key_prefix, partitions=4)
+
+
+@pytest.fixture
+async def redis(key_prefix: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(REDIS_URL)
+    yield client
+    await delete_prefix(client, key_prefix)
+    await client.aclose()
+
+
+async def delete_prefix(client: aioredis.Redis, prefix: str) -> None:
+    batch = []
+    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            await client.delete(*batch)
+            batch = []
+    if batch:
+        await client.delete(*batch)
+
+
+ADMIN_TOKEN = "test-admin-" + uuid.uuid4().hex
+TOKEN_SECRET = "test-secret-" + uuid.uuid4().hex
+
+
+@pytest.fixture
+def ingest_settings(pg_dsn: str, key_prefix: str):  # type: ignore[no-untyped-def]
+    from services.common.settings import IngestSettings
+
+    return IngestSettings(
+        redis_url=REDIS_URL,
+        database_url=SecretStr(pg_dsn),
+        key_prefix=key_prefix,
+        partitions=4,
+        token_secret=SecretStr(TOKEN_SECRET),
+        admin_token=SecretStr(ADMIN_TOKEN),
+    )
