@@ -72,7 +72,7 @@ class Clients:
                 "no AWS region: set `region:` in the run sheet, AWS_REGION, or a profile region"
             )
         config = Config(
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
             user_agent_extra="buzzer-infra",
         )
         return cls(
@@ -93,7 +93,7 @@ def explain(exc: BaseException, doing: str, command: str) -> str:
         WaiterError,
     )
 
-    resume = f"nothing is left half-made; fix it and re-run `buzzer infra {command}` to resume"
+    resume = f"what was made so far is tagged and reused: re-run `buzzer infra {command}` to resume"
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return (
             "no AWS credentials found (env AWS_ACCESS_KEY_ID/AWS_PROFILE, ~/.aws, or an"

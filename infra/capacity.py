@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
 from lb import planner
@@ -105,14 +105,29 @@ def tier_counts(sheet: RunSheet, votes_per_s: float, viewers: int) -> TierCounts
         min_haproxy_nodes=t.min_haproxy_nodes,
         overrides=_figures(sheet),
     )
-    cp = planner.plan(inputs, planner.PROFILES[sheet.capacity.profile])
+    profile = planner.PROFILES[sheet.capacity.profile]
+    cp = planner.plan(inputs, profile)
+    figures = replace(profile, **inputs.overrides)
+
+    # The planner's HAProxy "node" is one core. Handshakes and requests spread over an
+    # instance's cores (nbthread), so the rate-bound count divides by them; concurrent
+    # connections are bound by memory per instance, which haproxy_max_conns describes.
+    h = t.headroom
+    cores = processes_per_instance(sheet, sheet.tiers.haproxy.instance_type) or 1
+    concurrent = cp.load["haproxy_concurrent_conns"]
+    haproxy = max(
+        t.min_haproxy_nodes,
+        math.ceil(round(cp.load["haproxy_cores"] / h / cores, 6)),
+        math.ceil(round(concurrent / (figures.haproxy_max_conns * h), 6)),
+    )
+    maxconn = max(1000, min(figures.haproxy_max_conns, math.ceil(concurrent / haproxy / h)))
 
     def instances(tier: Tier, procs: int) -> int:
         per = processes_per_instance(sheet, sheet.tiers.get(tier).instance_type) or 1
         return max(1, math.ceil(procs / per))
 
     return TierCounts(
-        haproxy=cp.haproxy_nodes,
+        haproxy=haproxy,
         ingest=instances("ingest", cp.ingest_processes),
         tally=instances("tally", cp.tally_consumers),
         push=instances("push", cp.push_processes),
@@ -121,6 +136,6 @@ def tier_counts(sheet: RunSheet, votes_per_s: float, viewers: int) -> TierCounts
             "tally": cp.tally_consumers,
             "push": cp.push_processes,
         },
-        maxconn_per_node=cp.maxconn_per_node,
+        maxconn_per_node=maxconn,
         partitions=cp.partitions,
     )

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Literal, TypeVar
 
-from infra.aws import Clients
+from infra.aws import Clients, InfraError, explain
 from infra.desired import (
     SHOW_TAG,
     SLOT_TAG,
@@ -60,6 +60,8 @@ class Options:
     """Between describe calls while waiting for AWS (instances, group deletion)."""
     timeout_s: float = 900.0
     echo: Callable[[str], None] = print
+    command: str = "apply"
+    """Named in error messages: what to re-run."""
 
 
 @dataclass
@@ -125,6 +127,14 @@ class Converger:
     # -- the run ----------------------------------------------------------------------
 
     def run(self) -> list[Change]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self._run()
+        except (BotoCoreError, ClientError, TimeoutError, RuntimeError) as exc:
+            raise InfraError(explain(exc, self.doing, self.opts.command)) from exc
+
+    def _run(self) -> list[Change]:
         sg_ids = self._security_groups()
         digests = self._templates(sg_ids)
         self._groups()
@@ -473,6 +483,15 @@ class Converger:
 
     def _delete_asg(self, name: str) -> None:
         asg = self.aws.autoscaling
+        # AWS drops scheduled actions with their group, moto doesn't; one call each
+        # makes the end state the same on both.
+        for page in asg.get_paginator("describe_scheduled_actions").paginate(
+            AutoScalingGroupName=name
+        ):
+            for a in page["ScheduledUpdateGroupActions"]:
+                asg.delete_scheduled_action(
+                    AutoScalingGroupName=name, ScheduledActionName=a["ScheduledActionName"]
+                )
         asg.delete_auto_scaling_group(AutoScalingGroupName=name, ForceDelete=True)
         self._wait(
             f"auto scaling group {name} to go",

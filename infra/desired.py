@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from infra import userdata
@@ -162,7 +162,12 @@ def build(
                 min_size=current,
                 desired=current,
                 max_size=timeline.max_size(tier),
-                actions=tuple(timeline.actions(tier, now, due_margin)),
+                # Names unique across groups, not just within one: the console's
+                # account-wide list reads well, and moto keys actions by name alone.
+                actions=tuple(
+                    replace(a, name=f"{resource_name(show, tier)}-{a.name}")
+                    for a in timeline.actions(tier, now, due_margin)
+                ),
             )
         )
 

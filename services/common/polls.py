@@ -55,7 +55,7 @@ async def mark_final_redis(redis: Redis, keys: Keys, poll_id: str) -> PollDef | 
     raw = await redis.get(keys.poll_def(poll_id))
     if raw is None:
         return None
-    pdef = decode_polldef(raw)
+    pdef = decode_polldef(raw if isinstance(raw, bytes) else raw.encode())
     if pdef.final and pdef.state == "closed":
         return pdef
     pdef = msgspec.structs.replace(pdef, state="closed", final=True)

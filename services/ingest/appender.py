@@ -7,9 +7,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from hiredis import pack_command
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 log = logging.getLogger("buzzer.ingest.appender")
 
@@ -101,10 +102,30 @@ class Appender:
     async def _execute(
         self, batch: list[tuple[AsyncScript, Sequence[Arg], Sequence[Arg], asyncio.Future[Any]]]
     ) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
-        for script, keys, args, _ in batch:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        return list(await pipe.execute(raise_on_error=False))
+        # A pipeline by hand on one pooled connection: hiredis packs the commands in C,
+        # ten times cheaper than redis-py's Python packer, which was the largest cost
+        # of a vote. Error replies are kept per call, like pipeline(raise_on_error=False).
+        data = b"".join(
+            [pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+             for script, keys, args, _ in batch]
+        )
+        pool = self._redis.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(data, check_health=False)
+            replies: list[Any] = []
+            for _ in batch:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            # The connection's read position is unknown now: never reuse it.
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
+        return replies
 
     async def drain(self, timeout: float) -> None:
         """Wait for every queued call to be answered (graceful shutdown)."""

@@ -19,7 +19,7 @@ from services.common.messages import TALLY_GROUP, CloseEntry, Keys, VoteEntry, d
 from services.common.scripts import Scripts
 from services.common.settings import TallySettings
 from services.tally.metrics import Stats, TallyMetrics
-from services.tally.streams import Entry, GroupReader, is_nogroup
+from services.tally.streams import Entry, GroupReader, is_nogroup, sleep_or_stop
 
 log = logging.getLogger("buzzer.tally.consumer")
 
@@ -63,7 +63,16 @@ def build_apply_call(
             if (e.poll, sec) not in sec_idx:
                 klist.append(keys.second(p, e.poll, sec))
                 sec_idx[(e.poll, sec)] = len(klist)
-            args += [entry_id.decode(), "v", e.poll, e.option, e.count, sec, ci, sec_idx[(e.poll, sec)]]
+            args += [
+                entry_id.decode(),
+                "v",
+                e.poll,
+                e.option,
+                e.count,
+                sec,
+                ci,
+                sec_idx[(e.poll, sec)],
+            ]
         else:
             args += [entry_id.decode(), "c", e.poll, "", 0, 0, ci, 0]
     return ApplyCall(klist, args)
@@ -122,7 +131,11 @@ class VotesConsumer:
             except (KeyError, ValueError, UnicodeDecodeError):
                 log.error(
                     "undecodable vote entry, acknowledged without effect",
-                    extra={"partition": p, "entry_id": entry_id.decode(), "fields": repr(fields)[:200]},
+                    extra={
+                        "partition": p,
+                        "entry_id": entry_id.decode(),
+                        "fields": repr(fields)[:200],
+                    },
                 )
                 drop.append(entry_id)
         if drop:
@@ -205,7 +218,7 @@ class VotesConsumer:
                     await _quietly(reader.ensure())
                     continue
                 log.exception("vote consumer error, retrying", extra={"partition": p})
-                await _wait(stop, ERROR_BACKOFF_S)
+                await sleep_or_stop(stop, ERROR_BACKOFF_S)
         # Entries read in the last turn are applied already; this picks up anything a
         # failed turn left behind, so a graceful stop leaves nothing pending of ours
         # except close markers still waiting for other consumers.
@@ -217,13 +230,6 @@ class VotesConsumer:
     async def recover_own(self, p: int) -> None:
         async for page in self.readers[p].own_pending(self.settings.batch_size):
             await self.apply(p, page)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass
 
 
 async def _quietly(aw: Awaitable[None]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +33,12 @@ def format_id(sid: StreamId) -> str:
 def next_id(sid: StreamId) -> StreamId:
     """The smallest id greater than ``sid``."""
     return (sid[0] + 1, 0) if sid[1] == _MAX_SEQ else (sid[0], sid[1] + 1)
+
+
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep, but wake at once when ``stop`` is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
 
 
 def is_nogroup(exc: BaseException) -> bool:
@@ -97,7 +105,9 @@ class GroupReader:
             yield page
             after = page[-1][0]
 
-    async def claim(self, min_idle_ms: int, count: int) -> AsyncIterator[tuple[list[Entry], list[bytes]]]:
+    async def claim(
+        self, min_idle_ms: int, count: int
+    ) -> AsyncIterator[tuple[list[Entry], list[bytes]]]:
         """Take over entries pending longer than ``min_idle_ms`` under any consumer.
 
         Yields (claimed entries, ids of claimed entries deleted from the stream).

@@ -1,0 +1,260 @@
+"""``buzzer up``: the whole stack on localhost, shaped like production; ``buzzer demo``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATE_DIR = Path(os.environ.get("BUZZER_STATE_DIR", ".buzzer"))
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    up = sub.add_parser("up", help="run the whole local stack (HAProxy, ingest x2, tally, push)")
+    up.add_argument("--http-port", type=int, default=int(os.environ.get("BUZZER_HTTP_PORT", 8080)))
+    up.add_argument("--https-port", type=int, default=int(os.environ.get("BUZZER_HTTPS_PORT", 8443)))
+    up.add_argument("--ingest", type=int, default=2, help="ingest processes")
+    up.add_argument("--no-haproxy", action="store_true", help="serve ingest directly on --http-port")
+    up.add_argument("--for", dest="duration", type=float, default=0,
+                    help="stop by itself after this many seconds (0: until Ctrl-C/SIGTERM)")
+    up.set_defaults(func=_up)
+
+    demo = sub.add_parser("demo", help="create a show with open polls; print the curl lines to vote")
+    demo.add_argument("--url", default=os.environ.get("BUZZER_URL", "http://127.0.0.1:8080"))
+    demo.set_defaults(func=_demo)
+
+
+def load_secrets(state_dir: Path = STATE_DIR) -> dict[str, str]:
+    """The local stack's secrets: from the environment, else made once and kept in
+    ``.buzzer/secrets.json`` (git-ignored, mode 600) so the admin token stays stable."""
+    path = state_dir / "secrets.json"
+    stored: dict[str, str] = {}
+    if path.exists():
+        stored = json.loads(path.read_text())
+    out = {}
+    for name in ("BUZZER_ADMIN_TOKEN", "BUZZER_TOKEN_SECRET"):
+        out[name] = os.environ.get(name) or stored.get(name) or secrets.token_urlsafe(32)
+    if out != stored:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out))
+        path.chmod(0o600)
+    (state_dir / "admin-token").write_text(out["BUZZER_ADMIN_TOKEN"])
+    (state_dir / "admin-token").chmod(0o600)
+    return out
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    health: str | None
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, log_dir: Path) -> None:
+        log = (log_dir / f"{self.name}.log").open("ab")
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class Stack:
+    """Processes of the local stack, started in dependency order, stopped in reverse."""
+
+    env: dict[str, str]
+    http_port: int = 8080
+    https_port: int = 8443
+    ingest: int = 2
+    haproxy: bool = True
+    state_dir: Path = STATE_DIR
+    children: list[Child] = field(default_factory=list)
+    haproxy_proc: Any = None
+    ingest_ports: list[int] = field(default_factory=list)
+    push_port: int = 8085
+    tally_port: int = 8090
+
+    def _py(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "buzzer", *args]
+
+    def plan(self) -> None:
+        base = self.http_port if not self.haproxy else 8081
+        self.ingest_ports = [base + i for i in range(self.ingest)]
+        for i, port in enumerate(self.ingest_ports):
+            self.children.append(Child(f"ingest-{i + 1}", self._py("serve", "ingest", "--port", str(port)),
+                                       self.env, f"http://127.0.0.1:{port}/readyz"))
+        self.children.append(Child("tally", self._py("serve", "tally", "--port", str(self.tally_port)),
+                                   self.env, f"http://127.0.0.1:{self.tally_port}/readyz"))
+        self.children.append(Child("push", self._py("serve", "push", "--port", str(self.push_port)),
+                                   self.env, f"http://127.0.0.1:{self.push_port}/readyz"))
+
+    def start(self, timeout: float = 30) -> None:
+        log_dir = self.state_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        for child in self.children:
+            child.start(log_dir)
+        for child in self.children:
+            if child.health:
+                wait_ready(child, timeout)
+        if self.haproxy:
+            from buzzer.haproxy import start_local_haproxy
+
+            self.haproxy_proc = start_local_haproxy(self)
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.haproxy_proc is not None:
+            self.haproxy_proc.stop()
+        # Edge first, the tally last, so it applies what the others appended.
+        order = [c for c in self.children if c.name == "push"]
+        order += [c for c in self.children if c.name.startswith("ingest")]
+        order += [c for c in self.children if c.name == "tally"]
+        for group in (order[:-1], order[-1:]):
+            for c in group:
+                if c.alive():
+                    assert c.proc is not None
+                    c.proc.send_signal(signal.SIGTERM)
+            for c in group:
+                if c.proc is not None:
+                    try:
+                        c.proc.wait(timeout)
+                    except subprocess.TimeoutExpired:
+                        c.proc.kill()
+                        c.proc.wait()
+
+    def urls(self) -> dict[str, str]:
+        front = f"http://127.0.0.1:{self.http_port}"
+        out = {
+            "api": front,
+            "results page": f"{front}/results?poll=<poll id>",
+            "operator console": f"{front}/console",
+            "openapi": f"{front}/v1/openapi.json",
+        }
+        if self.haproxy:
+            out["api (TLS, self-signed)"] = f"https://127.0.0.1:{self.https_port}"
+            out["haproxy stats"] = "http://127.0.0.1:8404/stats"
+        else:
+            out["results page"] = f"http://127.0.0.1:{self.push_port}/results?poll=<poll id>"
+            out["operator console"] = f"http://127.0.0.1:{self.push_port}/console"
+        return out
+
+
+def wait_ready(child: Child, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    assert child.health is not None
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise RuntimeError(f"{child.name} exited with {child.proc and child.proc.returncode}; "
+                               f"see {STATE_DIR / 'logs' / (child.name + '.log')}")
+        try:
+            with urllib.request.urlopen(child.health, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{child.name} not ready after {timeout}s ({child.health})")
+
+
+def _up(args: argparse.Namespace) -> int:
+    from services.common.db import migrate
+    from services.common.settings import CommonSettings
+
+    env = dict(os.environ)
+    env.update(load_secrets())
+    common = CommonSettings()
+    asyncio.run(migrate(common.database_url.get_secret_value()))
+    stack = Stack(env=env, http_port=args.http_port, https_port=args.https_port, ingest=args.ingest,
+                  haproxy=not args.no_haproxy)
+    stack.plan()
+    stopping = False
+
+    def _stop(signum: int, _: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        stack.start()
+        print("buzzer is up:")
+        for name, url in stack.urls().items():
+            print(f"  {name:24} {url}")
+        print(f"  {'admin token':24} {STATE_DIR / 'admin-token'}")
+        print(f"  {'logs':24} {STATE_DIR / 'logs'}/")
+        print("Ctrl-C to stop.", flush=True)
+        deadline = time.monotonic() + args.duration if args.duration else None
+        while not stopping:
+            dead = [c.name for c in stack.children if not c.alive()]
+            if dead:
+                print(f"buzzer: {', '.join(dead)} exited; stopping the stack", file=sys.stderr)
+                return 1
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        stack.stop()
+        print("buzzer: stopped", flush=True)
+    return 0
+
+
+def _request(method: str, url: str, token: str | None = None, body: Any = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _demo(args: argparse.Namespace) -> int:
+    token = os.environ.get("BUZZER_ADMIN_TOKEN") or load_secrets()["BUZZER_ADMIN_TOKEN"]
+    url = args.url.rstrip("/")
+    show = _request("POST", f"{url}/v1/admin/shows", token, {"name": "Demo night"})
+    polls = [
+        {"title": "Buzz act 3", "options": [{"key": "buzz", "label": "Buzz"},
+                                            {"key": "golden", "label": "Golden buzzer"}],
+         "max_votes_per_device": None, "max_count": 100},
+        {"title": "Clap or boo", "options": [{"key": "clap", "label": "Clap"},
+                                             {"key": "boo", "label": "Boo"}],
+         "max_votes_per_device": None, "max_count": 100},
+        {"title": "Your favourite act", "options": [
+            {"key": f"act-{i}", "label": f"Act {i}"} for i in range(1, 9)],
+         "max_votes_per_device": 1, "max_count": 1},
+    ]
+    created = []
+    for spec in polls:
+        poll = _request("POST", f"{url}/v1/admin/polls", token, {"show_id": show["id"], **spec})
+        poll = _request("POST", f"{url}/v1/admin/polls/{poll['id']}/open", token)
+        created.append(poll)
+    device = _request("POST", f"{url}/v1/devices")
+    print(f"show {show['id']} with {len(created)} open polls:")
+    for p in created:
+        print(f"  {p['id']}  {p['title']}  options: {', '.join(o['key'] for o in p['options'])}")
+    first = created[1]
+    print("\n# vote (a new vote_id per vote; a retry reuses it):")
+    print(f"TOKEN={device['token']}")
+    print(f"curl -s -X POST {url}/v1/polls/{first['id']}/votes -H \"Authorization: Bearer $TOKEN\" "
+          f"-H 'Content-Type: application/json' "
+          f"-d '{{\"option\": \"clap\", \"count\": 7, \"vote_id\": \"'$(python3 -c 'import uuid;print(uuid.uuid4())')'\"}}'")
+    print("\n# read the live tally:")
+    print(f"curl -s {url}/v1/polls/{first['id']}/tally")
+    print("\n# watch it live:")
+    print(f"{url}/results?poll={first['id']}")
+    with contextlib.suppress(OSError):
+        (STATE_DIR / "demo.json").write_text(json.dumps({"show": show, "polls": created}))
+    return 0

@@ -1,0 +1,253 @@
+"""Websocket endpoints, the ops figures for the console, and the two pages."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import msgspec
+from aiohttp import WSMsgType, web
+from aiohttp.typedefs import Handler
+from redis.exceptions import RedisError
+
+from services.common.settings import PushSettings
+from services.push import protocol
+from services.push.hub import Client, Hub
+from services.push.keys import HUB, KEYS, OPS, REDIS, SETTINGS, VERIFY_TOKEN
+from services.push.ops import read_viewers
+from services.push.protocol import POLL_ID, Close
+
+log = logging.getLogger("buzzer.push")
+
+STATIC = Path(__file__).parent / "static"
+
+
+def client_ip(request: web.Request, trusted_proxies: list[str]) -> str:
+    peer = request.remote or ""
+    if peer in trusted_proxies:
+        # Only the hop our own proxy appended is trustworthy; earlier ones are the client's word.
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        last = forwarded.rsplit(",", 1)[-1].strip()
+        if last:
+            return last
+    return peer
+
+
+def origin_allowed(request: web.Request, allowed: list[str]) -> bool:
+    # Reject cross-site websocket hijacking: a browser always sends Origin, and only
+    # pages from our own host (or configured origins) may read live state with the
+    # viewer's cookies/credentials. Native apps send no Origin.
+    origin = request.headers.get("Origin")
+    if origin is None or "*" in allowed or origin in allowed:
+        return True
+    return urlsplit(origin).netloc == request.headers.get("Host", "")
+
+
+def _token(request: web.Request) -> str | None:
+    # Browsers cannot set headers on a websocket, hence the query parameter.
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        return auth[7:].strip()
+    return request.query.get("token")
+
+
+def _precheck(request: web.Request, settings: PushSettings) -> tuple[Close, str] | None:
+    if not origin_allowed(request, settings.allowed_origins):
+        return Close.FORBIDDEN_ORIGIN, "origin not allowed"
+    if settings.require_token:
+        token = _token(request)
+        if not token:
+            return Close.UNAUTHORIZED, "device token required"
+        try:
+            request.app[VERIFY_TOKEN](token)
+        except Exception as exc:  # the verifier's own error type; any failure is a refusal
+            return Close.UNAUTHORIZED, f"invalid token: {exc}"[:120]
+    return None
+
+
+async def poll_live(request: web.Request) -> web.WebSocketResponse:
+    return await _serve(request, request.match_info["poll"])
+
+
+async def live(request: web.Request) -> web.WebSocketResponse:
+    return await _serve(request, None)
+
+
+async def _serve(request: web.Request, poll: str | None) -> web.WebSocketResponse:
+    settings = request.app[SETTINGS]
+    hub = request.app[HUB]
+    ws = web.WebSocketResponse(
+        heartbeat=settings.heartbeat_s,
+        max_msg_size=settings.max_message_bytes,
+        compress=False,
+        timeout=settings.close_timeout_s,
+    )
+    ip = client_ip(request, settings.trusted_proxies)
+    reject = _precheck(request, settings)
+    since: int | None = None
+    if reject is None and poll is not None:
+        try:
+            raw = request.query.get("since_version")
+            since = int(raw) if raw else None
+        except ValueError:
+            reject = Close.POLICY_VIOLATION, "since_version must be an integer"
+    admitted = False
+    if reject is None:
+        reject = hub.admit(ip)
+        admitted = reject is None
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        if admitted:
+            hub.release(ip)
+        raise
+    if reject is not None:
+        # Upgrade first, then close: a browser sees a close code, never an HTTP status.
+        code, reason = reject
+        log.info("websocket refused", extra={"ip": ip, "code": int(code), "reason": reason})
+        await ws.close(code=code, message=reason.encode())
+        return ws
+    transport = request.transport
+    assert transport is not None
+    if settings.socket_sndbuf_bytes:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_sndbuf_bytes)
+    client = hub.register(ws, transport, ip)
+    try:
+        if poll is None or await _subscribe(
+            hub, client, ws, poll, since, max_subs=settings.max_subscriptions, strict=True
+        ):
+            await _receive(hub, client, ws, settings)
+    except (RedisError, OSError) as exc:
+        log.warning("live state unavailable", extra={"error": str(exc)})
+        await _close(hub, client, ws, Close.TRY_AGAIN_LATER, "live state unavailable, try again later")
+    except Exception:
+        log.exception("websocket handler failed", extra={"ip": ip})
+        await _close(hub, client, ws, Close.INTERNAL_ERROR, "internal error")
+    finally:
+        hub.unregister(client)
+        hub.release(ip)
+    return ws
+
+
+async def _close(hub: Hub, client: Client, ws: web.WebSocketResponse, code: Close, reason: str) -> None:
+    if client.closing or ws.closed:
+        return
+    hub.stats.disconnects[code.name] = hub.stats.disconnects.get(code.name, 0) + 1
+    hub.unregister(client)
+    await ws.close(code=code, message=reason.encode()[:123])
+
+
+async def _subscribe(
+    hub: Hub,
+    client: Client,
+    ws: web.WebSocketResponse,
+    poll: str,
+    since: int | None,
+    *,
+    max_subs: int,
+    strict: bool,
+) -> bool:
+    """Subscribe and answer; False if the socket was closed because of it."""
+    if not POLL_ID.match(poll):
+        await _close(hub, client, ws, Close.POLICY_VIOLATION, "invalid poll id")
+        return False
+    if poll not in client.subs and len(client.subs) >= max_subs:
+        await _close(hub, client, ws, Close.POLICY_VIOLATION, "too many subscriptions on one socket")
+        return False
+    snap = await hub.snapshot(poll)
+    if client.closing:
+        return False
+    if snap is None:
+        if strict:
+            await _close(hub, client, ws, Close.UNKNOWN_POLL, f"unknown poll {poll}")
+            return False
+        client.send(protocol.Error(code="unknown_poll", message=f"no poll {poll!r}", poll=poll))
+        return True
+    hub.detach(client, poll)
+    hub.attach(client, poll, since, snap)
+    return True
+
+
+async def _receive(hub: Hub, client: Client, ws: web.WebSocketResponse, settings: PushSettings) -> None:
+    async for msg in ws:
+        if client.closing:
+            break
+        if msg.type is WSMsgType.TEXT:
+            if not hub.allow_message(client, settings.client_messages_per_s):
+                await _close(hub, client, ws, Close.POLICY_VIOLATION, "too many messages")
+                return
+            try:
+                m = protocol.client_decoder.decode(msg.data)
+            except msgspec.ValidationError as exc:
+                await _close(hub, client, ws, Close.POLICY_VIOLATION, f"invalid message: {exc}")
+                return
+            except msgspec.DecodeError:
+                await _close(hub, client, ws, Close.INVALID_PAYLOAD, "message is not JSON")
+                return
+            if isinstance(m, protocol.Subscribe):
+                if not await _subscribe(
+                    hub, client, ws, m.poll, m.since_version,
+                    max_subs=settings.max_subscriptions, strict=False,
+                ):
+                    return
+            elif isinstance(m, protocol.Unsubscribe):
+                hub.detach(client, m.poll)
+            else:
+                client.send(protocol.Pong())
+        elif msg.type is WSMsgType.BINARY:
+            await _close(hub, client, ws, Close.UNSUPPORTED_DATA, "binary frames are not supported")
+            return
+        else:
+            return
+
+
+async def ops(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    auth = request.headers.get("Authorization", "")
+    expected = f"Bearer {settings.admin_token.get_secret_value()}"
+    if not hmac.compare_digest(auth.encode(), expected.encode()):
+        return web.json_response(
+            {"error": "unauthorized", "field": None, "message": "admin token required"}, status=401
+        )
+    app = request.app
+    figures = await app[OPS].read()
+    hub = app[HUB]
+    figures["viewers"] = await read_viewers(app[REDIS], app[KEYS], settings.viewers_interval_s)
+    figures["viewers_here"] = len(hub.clients)
+    figures["instance"] = settings.instance_id
+    return web.json_response(figures, headers={"Cache-Control": "no-store"})
+
+
+async def config(request: web.Request) -> web.Response:
+    return web.json_response({"api_base": request.app[SETTINGS].admin_api_base})
+
+
+def _page(name: str) -> web.FileResponse:
+    return web.FileResponse(STATIC / name)
+
+
+async def results_page(_: web.Request) -> web.FileResponse:
+    return _page("results.html")
+
+
+async def console_page(_: web.Request) -> web.FileResponse:
+    return _page("console.html")
+
+
+@web.middleware
+async def page_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    if not isinstance(response, web.WebSocketResponse):
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; connect-src 'self' ws: wss: http: https:; "
+            "img-src 'self' data:; frame-ancestors 'none'",
+        )
+    return response

@@ -1,0 +1,15 @@
+"""Typed application state of the tally process."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from services.common.settings import TallySettings
+from services.tally.pgwriter import Pg
+from services.tally.service import Tally
+
+SETTINGS = web.AppKey("settings", TallySettings)
+REDIS = web.AppKey("redis", Redis)
+PG = web.AppKey("pg", Pg)
+TALLY = web.AppKey("tally", Tally)

@@ -1,0 +1,216 @@
+"""Trims applied entries from the streams and reports lag and pending per partition.
+
+An entry may go once it was delivered to the group and acknowledged. The safe point
+is the oldest pending id if anything is pending, otherwise the id right after the
+group's last-delivered id; both are read in one MULTI so they describe one moment,
+and ``XTRIM MINID`` removes only ids below it. Delivery and acknowledgement only move
+forward, so a point that was safe when read stays safe when the trim runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from services.common.messages import PG_GROUP, TALLY_GROUP, Keys
+from services.common.settings import TallySettings
+from services.tally.metrics import Stats, TallyMetrics
+from services.tally.pgwriter import OUTBOX_LOCK, Pg
+from services.tally.streams import StreamId, format_id, next_id, parse_id, sleep_or_stop
+
+log = logging.getLogger("buzzer.tally.trimmer")
+
+GC_INTERVAL_S = 60.0
+
+# Atomic, so a consumer that comes back between the check and the delete cannot lose
+# the entries it just read: a consumer with anything pending is never deleted.
+_DELCONSUMER = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSnapshot:
+    pending: int
+    oldest_pending: StreamId | None
+    last_delivered: StreamId
+    lag: int | None
+
+    @property
+    def safe_point(self) -> StreamId:
+        """Every id below this one was delivered and acknowledged."""
+        if self.pending and self.oldest_pending is not None:
+            return self.oldest_pending
+        return next_id(self.last_delivered)
+
+
+async def snapshot(redis: Redis, stream: str, group: str) -> GroupSnapshot | None:
+    """The group's pending list and delivery point at one instant; None if it has none."""
+    pipe = redis.pipeline(transaction=True)
+    pipe.xinfo_groups(stream)
+    pipe.xpending(stream, group)
+    try:
+        groups, pend = await pipe.execute()
+    except ResponseError:
+        return None  # no stream or no group yet
+    for g in groups:
+        name = g["name"]
+        if (name.decode() if isinstance(name, bytes) else name) != group:
+            continue
+        lag = g.get("lag")
+        return GroupSnapshot(
+            pending=int(pend["pending"]),
+            oldest_pending=parse_id(pend["min"]) if pend["min"] else None,
+            last_delivered=parse_id(g["last-delivered-id"]),
+            lag=int(lag) if lag is not None else None,
+        )
+    return None
+
+
+async def trim_stream(redis: Redis, stream: str, group: str) -> tuple[int, StreamId] | None:
+    """Remove what the group applied. Returns (entries removed, safe point) or None."""
+    snap = await snapshot(redis, stream, group)
+    if snap is None:
+        return None
+    safe = snap.safe_point
+    removed = await redis.xtrim(stream, minid=format_id(safe), approximate=False)
+    return int(removed), safe
+
+
+async def forget_outbox_rows(pg: Pg, p: int, below: StreamId) -> str:
+    """Delete dedupe rows of outbox entries below ``below`` and raise the watermark.
+
+    Under the exclusive advisory lock no write transaction of the partition is
+    running, and the ones after it see the new watermark and skip those ids.
+    """
+    pool = await pg.pool()
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", OUTBOX_LOCK, p)
+        await conn.execute(
+            "INSERT INTO outbox_watermark(partition, ms, seq) VALUES ($1, $2, $3)"
+            " ON CONFLICT (partition) DO UPDATE SET ms = EXCLUDED.ms, seq = EXCLUDED.seq"
+            " WHERE (outbox_watermark.ms, outbox_watermark.seq) < (EXCLUDED.ms, EXCLUDED.seq)",
+            p,
+            below[0],
+            below[1],
+        )
+        # Ids compared as (ms, seq) numbers: as text "9-0" sorts after "10-0".
+        status: str = await conn.execute(
+            "DELETE FROM applied_outbox WHERE partition = $1 AND"
+            " (split_part(entry_id, '-', 1)::bigint, split_part(entry_id, '-', 2)::bigint)"
+            " < ($2::bigint, $3::bigint)",
+            p,
+            below[0],
+            below[1],
+        )
+        return status
+
+
+class Trimmer:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        pg: Pg,
+        settings: TallySettings,
+        metrics: TallyMetrics,
+        stats: Stats,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.pg = pg
+        self.settings = settings
+        self.metrics = metrics
+        self.stats = stats
+        self._watermark: dict[int, StreamId] = {}
+        self._gc = redis.register_script(_DELCONSUMER)
+
+    def streams(self) -> list[tuple[str, int, str, str]]:
+        """(kind, partition, stream, group) of every stream the tally trims."""
+        out = []
+        for p in range(self.keys.partitions):
+            out.append(("votes", p, self.keys.votes(p), TALLY_GROUP))
+            out.append(("applied", p, self.keys.applied(p), PG_GROUP))
+        return out
+
+    async def update_gauges(self) -> None:
+        for kind, p, stream, group in self.streams():
+            snap = await snapshot(self.redis, stream, group)
+            if snap is None:
+                continue
+            self.metrics.pending.labels(kind, str(p)).set(snap.pending)
+            if snap.lag is not None:
+                self.metrics.lag.labels(kind, str(p)).set(snap.lag)
+
+    async def trim_all(self) -> int:
+        total = 0
+        for kind, p, stream, group in self.streams():
+            result = await trim_stream(self.redis, stream, group)
+            if result is None:
+                continue
+            removed, safe = result
+            total += removed
+            if removed:
+                self.metrics.trimmed.labels(kind).inc(removed)
+            if kind == "applied":
+                first = await self.redis.xrange(stream, count=1)
+                below = parse_id(first[0][0]) if first and first[0][0] else safe
+                if below > self._watermark.get(p, (0, 0)):
+                    try:
+                        await forget_outbox_rows(self.pg, p, below)
+                    except Exception as exc:
+                        # Only dedupe rows wait; the streams keep being trimmed.
+                        log.warning(
+                            "forgetting outbox rows failed",
+                            extra={"partition": p, "error": f"{type(exc).__name__}: {exc}"[:300]},
+                        )
+                    else:
+                        self._watermark[p] = below
+        self.stats.trimmed += total
+        return total
+
+    async def gc_consumers(self) -> int:
+        removed = 0
+        for _, _, stream, group in self.streams():
+            try:
+                consumers = await self.redis.xinfo_consumers(stream, group)
+            except ResponseError:
+                continue
+            for c in consumers:
+                name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+                if name == self.settings.consumer or int(c["pending"]) > 0:
+                    continue
+                if int(c["idle"]) < self.settings.consumer_gc_idle_ms:
+                    continue
+                removed += int(await self._gc(keys=[stream], args=[group, name], client=self.redis))
+        if removed:
+            log.info("removed idle consumers", extra={"consumers": removed})
+        return removed
+
+    async def run(self, stop: asyncio.Event) -> None:
+        last_trim = last_gc = time.monotonic()
+        while not stop.is_set():
+            now = time.monotonic()
+            try:
+                await self.update_gauges()
+                if now - last_trim >= self.settings.trim_interval_s:
+                    last_trim = now
+                    await self.trim_all()
+                if now - last_gc >= GC_INTERVAL_S:
+                    last_gc = now
+                    await self.gc_consumers()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "trim or metrics round failed",
+                    extra={"error": f"{type(exc).__name__}: {exc}"[:300]},
+                )
+            await sleep_or_stop(stop, self.settings.metrics_interval_s)

@@ -1,0 +1,176 @@
+"""Run sheet parsing, the capacity timeline, user data and the chart: no AWS."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import copy
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from infra import cli, desired, timeline, userdata
+from infra.capacity import tier_counts
+from infra.runsheet import RunSheetError, load, parse
+
+pytestmark = pytest.mark.unit
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "runsheet.yaml"
+
+
+@pytest.fixture
+def raw() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    return data
+
+
+def run_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["infra", *argv])
+    rc: int = args.func(args)
+    return rc
+
+
+def test_example_runsheet_parses() -> None:
+    sheet = load(EXAMPLE)
+    assert sheet.show == "final-2026"
+    assert [p.id for p in sheet.polls] == ["semi-1", "final"]
+    assert sheet.on_air.tzinfo is not None
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda d: d.update(on_air="2026-12-19T19:00:00"), "$.on_air"),
+        (
+            lambda d: d["polls"][1].update(call_to_action="2026-12-19T20:00:00Z"),
+            "polls[1].call_to_action",
+        ),
+        (lambda d: d["polls"][0].update(peak_votes_per_s=-1), "$.polls[0].peak_votes_per_s"),
+        (lambda d: d.update(off_air="2026-12-19T18:00:00Z"), "$.off_air"),
+        (
+            lambda d: d["tiers"]["ingest"].update(instance_type="z9.huge"),
+            "tiers.ingest.instance_type",
+        ),
+        (lambda d: d["capacity"].update(profile="guess"), "capacity.profile"),
+        (lambda d: d["capacity"]["figures"].update(votes=1), "capacity.figures.votes"),
+        (lambda d: d["network"].update(vpc="x"), "network"),
+        (lambda d: d.update(show="Final Show!"), "$.show"),
+        (lambda d: d["polls"].append(copy.deepcopy(d["polls"][0])), "polls[2].id"),
+    ],
+)
+def test_errors_name_the_field(raw: dict[str, Any], edit: Any, field: str) -> None:
+    edit(raw)
+    with pytest.raises(RunSheetError) as exc:
+        parse(raw)
+    assert field in str(exc.value)
+
+
+def test_missing_file_is_a_runsheet_error(tmp_path: Path) -> None:
+    with pytest.raises(RunSheetError, match="No such file"):
+        load(tmp_path / "nope.yaml")
+
+
+def test_timeline_lead_times_and_monotonic_levels() -> None:
+    sheet = load(EXAMPLE)
+    tl = timeline.build(sheet)
+    assert tl.haproxy_ready_by == sheet.on_air - timedelta(minutes=60)
+    names = [s.name for s in tl.steps]
+    assert names == ["warmup", "cta-semi-1", "cta-final", "scalein"]
+    at = {s.name: s.at for s in tl.steps}
+    assert at["warmup"] == sheet.on_air - timedelta(minutes=20)
+    assert at["cta-semi-1"] == sheet.polls[0].call_to_action - timedelta(minutes=20)
+    assert at["scalein"] == sheet.off_air + timedelta(minutes=30)
+    # Up only until off-air, whatever the poll order or size.
+    for tier in ("ingest", "tally", "push"):
+        levels = [s.counts[tier] for s in tl.steps[:-1]]  # type: ignore[index]
+        assert levels == sorted(levels)
+        assert tl.steps[-1].counts[tier] == 0  # type: ignore[index]
+    final = tier_counts(sheet, 120_000, 3_000_000)
+    assert tl.level_at("ingest", sheet.polls[1].call_to_action) == final.ingest
+    assert tl.haproxy_nodes >= final.haproxy > 8  # more than one multivalue answer holds
+
+
+def test_smaller_later_poll_does_not_lower_capacity(raw: dict[str, Any]) -> None:
+    raw["polls"][1]["peak_votes_per_s"] = 1000
+    tl = timeline.build(parse(raw))
+    cta = {s.name: s.counts["ingest"] for s in tl.steps}
+    assert cta["cta-final"] == cta["cta-semi-1"] > 1
+
+
+def test_actions_skip_the_past_and_fold_it_into_the_current_size() -> None:
+    sheet = load(EXAMPLE)
+    tl = timeline.build(sheet)
+    before = sheet.on_air - timedelta(hours=3)
+    assert [a.name for a in tl.actions("ingest", before)] == [
+        "cta-semi-1",
+        "cta-final",
+        "scalein",
+    ]  # warmup leaves ingest at 1, the idle level: no action needed
+    mid = sheet.polls[0].call_to_action
+    acts = tl.actions("ingest", mid)
+    assert [a.name for a in acts] == ["cta-final", "scalein"]
+    assert tl.level_at("ingest", mid) == tl.steps[1].counts["ingest"]
+    assert tl.in_freeze(mid) and not tl.in_freeze(before)
+
+
+def test_desired_resources_and_tags() -> None:
+    sheet = load(EXAMPLE)
+    tl = timeline.build(sheet)
+    want = desired.build(sheet, tl, sheet.on_air - timedelta(hours=3), "eu-west-1")
+    assert len(want.nodes) == tl.haproxy_nodes
+    assert {n.subnet for n in want.nodes} == set(sheet.network.subnets)
+    assert [g.name for g in want.groups] == [
+        "buzzer-final-2026-ingest",
+        "buzzer-final-2026-tally",
+        "buzzer-final-2026-push",
+    ]
+    sgs = {sg.tier: sg for sg in want.security_groups}
+    assert desired.Rule(443, "0.0.0.0/0") in sgs["haproxy"].rules
+    assert sgs["ingest"].rules == {desired.Rule(8081, source="haproxy")}
+    assert sgs["tally"].rules == frozenset()
+    assert want.tags("push") == {"buzzer:show": "final-2026", "buzzer:tier": "push"}
+
+
+def test_user_data_installs_tier_and_keeps_secrets_out() -> None:
+    sheet = load(EXAMPLE)
+    tl = timeline.build(sheet)
+    lb = userdata.render(sheet, tl, "haproxy", 8, "eu-west-1")
+    assert "buzzer lb sync --source ec2:buzzer:show=final-2026" in lb
+    assert "buzzer lb apply" in lb and "buzzer lb render" in lb
+    assert f"--maxconn {tl.peak.maxconn_per_node}" in lb
+    ingest = userdata.render(sheet, tl, "ingest", 4, "eu-west-1")
+    assert "buzzer serve ingest" in ingest
+    assert "seq 1 4" in ingest
+    assert "BUZZER_PORT=8081" in ingest
+    assert '--name "/buzzer/final-2026/$1"' in ingest
+    assert "postgresql://" not in ingest
+    want = desired.build(sheet, tl, sheet.on_air - timedelta(hours=3), "eu-west-1")
+    data = {t.tier: t.data for t in want.templates}
+    assert base64.b64decode(str(data["tally"]["UserData"])).decode().startswith("#!/bin/bash")
+
+
+def test_chart_writes_a_png(tmp_path: Path) -> None:
+    out = tmp_path / "capacity.png"
+    assert run_cli("chart", str(EXAMPLE), "-o", str(out)) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out.stat().st_size > 10_000
+
+
+def test_cli_plan_offline_and_bad_sheet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("plan", str(EXAMPLE), "--offline") == 0
+    out = capsys.readouterr().out
+    assert "cta-final" in out and "haproxy ready" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("show: x\n")
+    assert run_cli("plan", str(bad), "--offline") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("buzzer infra plan: run sheet:") and err.count("\n") == 1
+
+
+def test_now_option_parses_utc() -> None:
+    assert cli._utc("2026-12-19T19:00:00Z") == datetime(2026, 12, 19, 19, tzinfo=UTC)
