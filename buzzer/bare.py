@@ -18,13 +18,17 @@ async def vote(request: web.Request) -> web.Response:
     )
 
 
+async def ready(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
 def main(port: int) -> None:
     import uvloop
 
     uvloop.install()
     app = web.Application()
     app.router.add_post("/v1/polls/{poll}/votes", vote)
-    app.router.add_get("/readyz", lambda _: web.json_response({"status": "ok"}))
+    app.router.add_get("/readyz", ready)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, backlog=1024)
 
 

@@ -46,7 +46,7 @@ end
 """
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     bench = sub.add_parser("bench", help="benchmarks (ratios against a same-run baseline)")
     bsub = bench.add_subparsers(dest="bench", required=True)
     ing = bsub.add_parser("ingest", help="vote endpoint vs bare aiohttp, one core each side")

@@ -21,7 +21,7 @@ from typing import Any
 STATE_DIR = Path(os.environ.get("BUZZER_STATE_DIR", ".buzzer"))
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     up = sub.add_parser("up", help="run the whole local stack (HAProxy, ingest x2, tally, push)")
     up.add_argument("--http-port", type=int, default=int(os.environ.get("BUZZER_HTTP_PORT", 8080)))
     up.add_argument("--https-port", type=int, default=int(os.environ.get("BUZZER_HTTPS_PORT", 8443)))
@@ -225,7 +225,7 @@ def _demo(args: argparse.Namespace) -> int:
     token = os.environ.get("BUZZER_ADMIN_TOKEN") or load_secrets()["BUZZER_ADMIN_TOKEN"]
     url = args.url.rstrip("/")
     show = _request("POST", f"{url}/v1/admin/shows", token, {"name": "Demo night"})
-    polls = [
+    polls: list[dict[str, Any]] = [
         {"title": "Buzz act 3", "options": [{"key": "buzz", "label": "Buzz"},
                                             {"key": "golden", "label": "Golden buzzer"}],
          "max_votes_per_device": None, "max_count": 100},

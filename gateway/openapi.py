@@ -46,8 +46,8 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 
 _POLL = {"name": "poll", "in": "path", "required": True, "schema": {"type": "string"}}
-_ADMIN = [{"admin": []}]
-_DEVICE = [{"device": []}]
+_ADMIN: list[dict[str, list[str]]] = [{"admin": []}]
+_DEVICE: list[dict[str, list[str]]] = [{"device": []}]
 
 
 def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:

@@ -164,9 +164,11 @@ def _frontend(params: RenderParams, s: RenderSettings) -> list[str]:
         out.append("    http-request set-header X-Forwarded-Proto http unless { ssl_fc }")
     out += [
         "    acl websocket hdr(Upgrade) -i websocket",
-        "    acl live path_reg ^/v1/polls/[^/]+/live$",
+        # Prefix and suffix rather than a regex: evaluated on every request.
+        "    acl live path_beg /v1/polls/",
+        "    acl live_end path_end /live",
         "    acl api path_beg /v1/",
-        "    use_backend push if websocket || live",
+        "    use_backend push if websocket || live live_end",
         "    use_backend ingest if api",
         # Pages (/results, /console, /static/) are the push service's.
         "    default_backend push",
@@ -174,9 +176,7 @@ def _frontend(params: RenderParams, s: RenderSettings) -> list[str]:
     return out
 
 
-def _backend(
-    name: str, servers: Sequence[Server], s: RenderSettings, retry_on: str
-) -> list[str]:
+def _backend(name: str, servers: Sequence[Server], s: RenderSettings) -> list[str]:
     if len(servers) > s.slots:
         raise ValueError(f"{name}: {len(servers)} servers but only {s.slots} slots")
     out = [
@@ -186,10 +186,11 @@ def _backend(
         "    http-check expect status 200",
         "    default-server check inter 1s fastinter 500ms downinter 1s fall 2 rise 2"
         " observe layer4 error-limit 2 on-error mark-down",
+        # A connection that fails is retried, each time on another server, so a freshly
+        # dead one is not tried twice. No L7 retries (retry-on): they keep a copy of
+        # every request, and vote clients resend with the same vote id anyway.
         "    retries 2",
-        # Every retry may go to another server: a freshly dead one is not tried twice.
         "    option redispatch 1",
-        f"    retry-on {retry_on}",
     ]
     for i, srv in enumerate(sorted(servers), start=1):
         out.append(f"    server {name}{i} {srv.host}:{srv.port}")
@@ -224,10 +225,8 @@ def render(plan: CapacityPlan | RenderParams, inventory: Inventory, settings: Re
         _global(params, settings),
         _defaults(settings),
         _frontend(params, settings),
-        # Votes carry a client vote id and ingest drops duplicates, so a request that got
-        # no answer may be sent again; the push service's requests are reads.
-        _backend("ingest", inventory.get("ingest", ()), settings, "conn-failure empty-response"),
-        _backend("push", inventory.get("push", ()), settings, "conn-failure empty-response"),
+        _backend("ingest", inventory.get("ingest", ()), settings),
+        _backend("push", inventory.get("push", ()), settings),
         _stats(settings),
     ]
     return "\n\n".join("\n".join(sec) for sec in sections) + "\n"

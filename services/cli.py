@@ -6,7 +6,7 @@ import argparse
 import asyncio
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     serve = sub.add_parser("serve", help="run one service process")
     serve.add_argument("service", choices=["ingest", "tally", "push"])
     serve.add_argument("--port", type=int, help="override BUZZER_PORT")
@@ -31,7 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         run_tally(TallySettings(**overrides))
     else:
-        from services.common.settings import PushSettings  # type: ignore[attr-defined]
+        from services.common.settings import PushSettings
         from services.push.main import run as run_push
 
         run_push(PushSettings(**overrides))

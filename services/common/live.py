@@ -13,7 +13,7 @@ RATE_WINDOW_S = 10
 
 async def load_polldef(redis: Redis, keys: Keys, poll: str) -> PollDef | None:
     raw = await redis.get(keys.poll_def(poll))
-    return decode_polldef(raw) if raw is not None else None
+    return decode_polldef(raw.encode() if isinstance(raw, str) else raw) if raw is not None else None
 
 
 async def read_live(redis: Redis, keys: Keys, pdef: PollDef, now: float | None = None) -> TallyUpdate:

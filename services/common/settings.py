@@ -29,6 +29,8 @@ class CommonSettings(BaseSettings):
     key_prefix: str = "buzzer"
     partitions: int = Field(4, ge=1, le=1024)
     host: str = "127.0.0.1"
+    reuse_port: bool = False
+    """SO_REUSEPORT: several processes of one tier share a port on a node (EC2 user data)."""
     log_level: str = "INFO"
     shutdown_timeout_s: float = 10.0
 

@@ -22,7 +22,15 @@ from services.common.scripts import Scripts
 from services.common.settings import IngestSettings
 from services.ingest.appender import Appender
 from services.ingest.keys import (
-    APPENDER, BACKLOG, KEYS, PG, POLLS, REDIS, SCRIPTS, SETTINGS, TOKENS,
+    APPENDER,
+    BACKLOG,
+    KEYS,
+    PG,
+    POLLS,
+    REDIS,
+    SCRIPTS,
+    SETTINGS,
+    TOKENS,
 )
 from services.ingest.monitor import BacklogMonitor, PollCache
 from services.ingest.routes import setup_routes

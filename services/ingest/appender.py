@@ -106,7 +106,7 @@ class Appender:
         # ten times cheaper than redis-py's Python packer, which was the largest cost
         # of a vote. Error replies are kept per call, like pipeline(raise_on_error=False).
         data = b"".join(
-            [pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+            [pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))  # type: ignore[arg-type]
              for script, keys, args, _ in batch]
         )
         pool = self._redis.connection_pool

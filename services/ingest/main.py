@@ -24,4 +24,5 @@ def run(settings: IngestSettings) -> None:
         access_log=None,
         print=None,
         backlog=1024,
+        reuse_port=settings.reuse_port or None,
     )

@@ -53,10 +53,9 @@ async def test_running_tally_applies_publishes_and_reports(
             await asyncio.sleep(0.05)
 
         async def converged() -> bool:
-            return (
-                await redis_counts(env, pdef.id) == dict(expected)
-                and await pg_counts(env, pdef.id) == dict(expected)
-            )
+            return await redis_counts(env, pdef.id) == dict(expected) and await pg_counts(
+                env, pdef.id
+            ) == dict(expected)
 
         await eventually(converged, timeout=15)
         await eventually(

@@ -118,7 +118,9 @@ async def test_two_consumers_holding_the_same_entries(env: TallyEnv) -> None:
             env.keys.votes(p), TALLY_GROUP, "b", 0, [i for i, _ in held_by_a]
         )
         held_by_b: list[Entry] = [(i, f) for i, f in claimed]
-        ra, rb = await asyncio.gather(a.consumer.apply(p, held_by_a), b.consumer.apply(p, held_by_b))
+        ra, rb = await asyncio.gather(
+            a.consumer.apply(p, held_by_a), b.consumer.apply(p, held_by_b)
+        )
         assert ra.applied + rb.applied == len(held_by_a)
     assert await redis_counts(env, pdef.id) == dict(expected)
     assert await _outbox_sums(env, pdef.id) == expected
@@ -166,9 +168,7 @@ async def test_deleted_pending_entry_is_acknowledged(env: TallyEnv) -> None:
     await cast_vote(env, pdef.id, "opt1", partition=0)
     tally = env.tally(claim_idle_ms=100)
     await tally.consumer.ensure_groups()
-    entries = await env.redis.xreadgroup(
-        TALLY_GROUP, "gone", {env.keys.votes(0): ">"}, count=10
-    )
+    entries = await env.redis.xreadgroup(TALLY_GROUP, "gone", {env.keys.votes(0): ">"}, count=10)
     assert entries
     await env.redis.xtrim(env.keys.votes(0), maxlen=0)
     await asyncio.sleep(0.15)

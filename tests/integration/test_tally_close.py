@@ -152,7 +152,9 @@ async def test_final_only_when_every_partition_closed(env: TallyEnv) -> None:
 async def test_reconciler_restores_lost_redis_state(env: TallyEnv) -> None:
     pdef = await create_poll(env, options=2)
     tally = env.tally()
-    await env.redis.delete(env.keys.poll_def(pdef.id), *[env.keys.state(p, pdef.id) for p in range(4)])
+    await env.redis.delete(
+        env.keys.poll_def(pdef.id), *[env.keys.state(p, pdef.id) for p in range(4)]
+    )
     result = await tally.reconciler.reconcile()
     assert result.defs_written == 1 and result.states_written == 4
     loaded = await load_polldef(env.redis, env.keys, pdef.id)

@@ -84,7 +84,9 @@ async def test_redelivered_outbox_entry_applied_once(env: TallyEnv) -> None:
         await restarted.writer.recover(p)
         assert await pending(env, env.keys.applied(p), PG_GROUP) == 0
     assert await pg_counts(env, pdef.id) == dict(expected)
-    rates = await env.pool.fetchval("SELECT sum(count) FROM rate_buckets WHERE poll_id = $1", pdef.id)
+    rates = await env.pool.fetchval(
+        "SELECT sum(count) FROM rate_buckets WHERE poll_id = $1", pdef.id
+    )
     assert rates == sum(expected.values())
 
 
@@ -170,4 +172,3 @@ async def test_trim_never_passes_pending_outbox(env: TallyEnv) -> None:
     assert result is not None
     assert result[0] == 0
     assert await env.redis.xlen(env.keys.applied(0)) == len(entries)
-
