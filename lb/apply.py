@@ -67,7 +67,10 @@ def write_validated(
             f.write(text)
         if target.exists():
             os.chmod(tmp, target.stat().st_mode & 0o777)
-        validate(tmp, haproxy, zero_warning)
+        try:
+            validate(tmp, haproxy, zero_warning)
+        except ApplyError as exc:
+            raise ApplyError(f"new config for {target} not installed; {exc}") from None
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from lb.planner import HISTORICAL, MEASURED_DEFAULTS, PlanInputs, load_measured, plan
+
+pytestmark = pytest.mark.unit
+
+FLAT = replace(
+    MEASURED_DEFAULTS,
+    haproxy_new_conns_per_s=10_000,
+    haproxy_keepalive_req_per_s=50_000,
+    haproxy_tls_full_per_s=500,
+    haproxy_tls_full_ecdsa_per_s=1000,
+    haproxy_tls_resumed_per_s=2000,
+    haproxy_max_conns=100_000,
+    ingest_votes_per_s=5000,
+    push_viewers=10_000,
+    tally_votes_per_s=20_000,
+)
+
+
+def test_plain_plan_is_bound_by_connection_rate() -> None:
+    p = plan(PlanInputs(peak_votes_per_s=60_000, new_conn_share=0.5, headroom=0.5), FLAT)
+    # 30K new/s / 10K = 3 cores; 30K keep-alive / 50K = 0.6 cores; 3.6 / 0.5 -> 8 nodes
+    assert p.haproxy_nodes == 8
+    assert p.binding["haproxy"] == "connection rate (new conns)"
+    assert p.ingest_processes == 24  # 60K / (5K x 0.5)
+    assert p.tally_consumers == 6
+    assert p.partitions == 8
+
+
+def test_tls_counts_full_and_resumed_handshakes_separately() -> None:
+    inputs = PlanInputs(
+        peak_votes_per_s=10_000, new_conn_share=1.0, tls=True, tls_resumption_rate=0.75,
+        ecdsa=False, headroom=1.0, min_haproxy_nodes=1,
+    )  # fmt: skip
+    p = plan(inputs, FLAT)
+    # 2,500 full / 500 = 5 cores; 7,500 resumed / 2,000 = 3.75 cores -> 9 nodes
+    assert p.haproxy_nodes == 9
+    assert p.binding["haproxy"] == "connection rate (tls full)"
+    assert any("full RSA-2048 handshakes/s" in s and "2,500" in s for s in p.steps)
+    ecdsa = plan(replace(inputs, ecdsa=True), FLAT)
+    assert ecdsa.haproxy_nodes == 7  # 2.5 + 3.75 = 6.25 cores
+    plain = plan(replace(inputs, tls=False), FLAT)
+    assert plain.haproxy_nodes == 1
+
+
+def test_viewers_bind_on_concurrent_connections_and_set_maxconn() -> None:
+    p = plan(PlanInputs(peak_votes_per_s=1000, viewers=1_000_000, viewer_ramp_s=600), FLAT)
+    # 1M + 500 new/s x 5 s = 1,002,500 conns / (100K x 0.6) -> 17 nodes
+    assert p.haproxy_nodes == 17
+    assert p.binding["haproxy"] == "concurrent connections"
+    assert p.push_processes == 167
+    assert p.maxconn_per_node <= FLAT.haproxy_max_conns
+    assert p.maxconn_per_node * p.haproxy_nodes * 0.6 >= 1_002_500
+
+
+def test_small_show_keeps_two_nodes() -> None:
+    p = plan(PlanInputs(peak_votes_per_s=10), FLAT)
+    assert p.haproxy_nodes == 2
+    assert "redundancy" in p.binding["haproxy"]
+    assert (p.ingest_processes, p.push_processes, p.partitions) == (1, 1, 4)
+
+
+def test_historical_profile_needs_more_nodes_than_measured() -> None:
+    inputs = PlanInputs(peak_votes_per_s=50_000, new_conn_share=0.5)
+    assert plan(inputs, HISTORICAL).haproxy_nodes > plan(inputs, MEASURED_DEFAULTS).haproxy_nodes
+    # (25K new/s / 5K + 25K keep-alive / 15K) cores / 0.6 -> 12 nodes
+    assert plan(inputs, HISTORICAL).haproxy_nodes == 12
+
+
+def test_overrides_replace_profile_figures() -> None:
+    base = PlanInputs(peak_votes_per_s=12_000, headroom=1.0)
+    assert plan(base, FLAT).ingest_processes == 3
+    assert plan(replace(base, overrides={"ingest_votes_per_s": 1000}), FLAT).ingest_processes == 12
+
+
+def test_json_is_stable_and_table_shows_the_arithmetic() -> None:
+    p = plan(PlanInputs(peak_votes_per_s=50_000, viewers=2_000_000, tls=True,
+                        tls_resumption_rate=0.7), HISTORICAL)  # fmt: skip
+    d = p.to_json()
+    assert list(d) == sorted(d)
+    for key in ("haproxy_nodes", "ingest_processes", "push_processes", "tally_consumers",
+                "partitions", "maxconn_per_node", "binding", "steps"):  # fmt: skip
+        assert key in d
+    assert json.loads(json.dumps(d)) == d
+    table = p.to_table()
+    assert "haproxy nodes" in table and "arithmetic:" in table
+    assert "resumed handshakes/s" in table
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [dict(new_conn_share=1.5), dict(tls_resumption_rate=-0.1), dict(headroom=0.0),
+     dict(viewer_ramp_s=0.0)],
+)  # fmt: skip
+def test_inputs_are_validated(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        PlanInputs(peak_votes_per_s=1, **bad)  # type: ignore[arg-type]
+
+
+def test_measured_profile_comes_from_bench_output(tmp_path: Path) -> None:
+    path = tmp_path / "measured.json"
+    assert load_measured(path) == MEASURED_DEFAULTS
+    path.write_text(json.dumps({"bench": "lb", "profile": {
+        "haproxy_new_conns_per_s": 17_000.5, "haproxy_tls_resumed_per_s": 3000, "junk": 1}}))
+    prof = load_measured(path)
+    assert prof.name == "measured"
+    assert prof.haproxy_new_conns_per_s == 17_000.5
+    assert prof.haproxy_tls_resumed_per_s == 3000
+    assert prof.haproxy_tls_full_per_s == MEASURED_DEFAULTS.haproxy_tls_full_per_s
+    assert prof.source == str(path)
