@@ -64,8 +64,8 @@ class Child:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, log_dir: Path) -> None:
-        log = (log_dir / f"{self.name}.log").open("ab")
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        with (log_dir / f"{self.name}.log").open("ab") as log:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -84,22 +84,26 @@ class Stack:
     children: list[Child] = field(default_factory=list)
     haproxy_proc: Any = None
     ingest_ports: list[int] = field(default_factory=list)
+    ingest_base_port: int = 8081
     push_port: int = 8085
     tally_port: int = 8090
+    stats_port: int = 8404
+    with_push: bool = True
 
     def _py(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "buzzer", *args]
 
     def plan(self) -> None:
-        base = self.http_port if not self.haproxy else 8081
+        base = self.http_port if not self.haproxy else self.ingest_base_port
         self.ingest_ports = [base + i for i in range(self.ingest)]
         for i, port in enumerate(self.ingest_ports):
             self.children.append(Child(f"ingest-{i + 1}", self._py("serve", "ingest", "--port", str(port)),
                                        self.env, f"http://127.0.0.1:{port}/readyz"))
         self.children.append(Child("tally", self._py("serve", "tally", "--port", str(self.tally_port)),
                                    self.env, f"http://127.0.0.1:{self.tally_port}/readyz"))
-        self.children.append(Child("push", self._py("serve", "push", "--port", str(self.push_port)),
-                                   self.env, f"http://127.0.0.1:{self.push_port}/readyz"))
+        if self.with_push:
+            self.children.append(Child("push", self._py("serve", "push", "--port", str(self.push_port)),
+                                       self.env, f"http://127.0.0.1:{self.push_port}/readyz"))
 
     def start(self, timeout: float = 30) -> None:
         log_dir = self.state_dir / "logs"
@@ -144,7 +148,7 @@ class Stack:
         }
         if self.haproxy:
             out["api (TLS, self-signed)"] = f"https://127.0.0.1:{self.https_port}"
-            out["haproxy stats"] = "http://127.0.0.1:8404/stats"
+            out["haproxy stats"] = f"http://127.0.0.1:{self.stats_port}/stats"
         else:
             out["results page"] = f"http://127.0.0.1:{self.push_port}/results?poll=<poll id>"
             out["operator console"] = f"http://127.0.0.1:{self.push_port}/console"

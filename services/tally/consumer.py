@@ -209,8 +209,6 @@ class VotesConsumer:
                     await self.recover(p)
                 entries = await reader.read_new(self.settings.batch_size, self.settings.block_ms)
                 if entries:
-                    await asyncio.sleep(0.005)
-                    await self.redis.xack(reader.stream, reader.group, *[e[0] for e in entries])
                     await self.apply(p, entries)
             except asyncio.CancelledError:
                 raise

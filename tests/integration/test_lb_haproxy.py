@@ -196,12 +196,14 @@ async def test_tls_ecdsa_first_rsa_fallback_resumption_redirect_and_websocket(
             assert resp.headers["Location"].startswith("https://")
         wss = f"https://localhost:{settings.https_port}/v1/polls/p1/live"
         conn = aiohttp.TCPConnector(ssl=ctx, resolver=_LocalResolver())
-        async with aiohttp.ClientSession(connector=conn) as tls_session:
-            async with tls_session.ws_connect(wss) as ws:
-                hello = json.loads(await ws.receive_str(timeout=5))
-                assert hello["backend"] == "push-a"
-                await ws.send_str("buzz")
-                assert await ws.receive_str(timeout=5) == "buzz"
+        async with (
+            aiohttp.ClientSession(connector=conn) as tls_session,
+            tls_session.ws_connect(wss) as ws,
+        ):
+            hello = json.loads(await ws.receive_str(timeout=5))
+            assert hello["backend"] == "push-a"
+            await ws.send_str("buzz")
+            assert await ws.receive_str(timeout=5) == "buzz"
 
 
 class _LocalResolver(aiohttp.abc.AbstractResolver):

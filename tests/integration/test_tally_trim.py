@@ -121,3 +121,18 @@ async def test_outbox_rows_compared_as_numbers(env: TallyEnv) -> None:
 def _sid(raw: bytes) -> tuple[int, int]:
     ms, seq = raw.decode().split("-")
     return int(ms), int(seq)
+
+
+async def test_idle_consumers_removed_only_without_pending(env: TallyEnv) -> None:
+    pdef = await create_poll(env, options=2)
+    tally = env.tally(consumer="me", consumer_gc_idle_ms=0)
+    await tally.consumer.ensure_groups()
+    await tally.writer.ensure_groups()
+    await cast_vote(env, pdef.id, "opt0", partition=0)
+    await cast_vote(env, pdef.id, "opt1", partition=0)
+    holder, idle = env.tally(consumer="holder"), env.tally(consumer="idle")
+    assert len(await holder.consumer.readers[0].read_new(1, None)) == 1
+    await idle.consumer.apply(0, await idle.consumer.readers[0].read_new(1, None))
+    assert await tally.trimmer.gc_consumers() == 1
+    names = {c["name"] for c in await env.redis.xinfo_consumers(env.keys.votes(0), TALLY_GROUP)}
+    assert names == {b"holder"}
