@@ -66,6 +66,11 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         # Graceful stop: aiohttp already waited for handlers; answer whatever is queued.
         await appender.drain(timeout=settings.shutdown_timeout_s)
     await client.aclose()
+    log.info(
+        "ingest stopped",
+        extra={"appended": appender.sent, "pipelines": appender.flushes,
+               "unanswered": appender.inflight},
+    )
 
 
 async def pg_ctx(app: web.Application) -> AsyncIterator[None]:
