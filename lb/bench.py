@@ -99,7 +99,9 @@ def _wrk(url: str, seconds: float, connections: int, cpu: int, close: bool) -> t
     return float(m.group(1)), errors + (int(non2xx.group(1)) if non2xx else 0)
 
 
-def _s_time(host: str, port: int, seconds: float, clients: int, cpu: int, reuse: bool) -> tuple[float, int]:
+def _s_time(
+    host: str, port: int, seconds: float, clients: int, cpu: int, reuse: bool
+) -> tuple[float, int]:
     # s_time runs one connection at a time, so its rate is bound by round trips, not by
     # the server; several in parallel fill the server's core. With -www each connection
     # also sends one GET, as a real client would.
@@ -140,7 +142,7 @@ def _responder(port: int) -> str:
             "frontend answer",
             f"    bind 127.0.0.1:{port}",
             "    http-request return status 200 content-type application/json"
-            " string '{\"backend\":\"responder\"}'",
+            ' string \'{"backend":"responder"}\'',
             "",
         ]
     )
@@ -171,7 +173,12 @@ def _minimal(host: str, port: int, tls_port: int, certs: list[Path], backend: in
 
 def _generated(
     host: str,
-    port: int, tls_port: int, certs: list[Path], backend: int, workdir: Path, stats_port: int
+    port: int,
+    tls_port: int,
+    certs: list[Path],
+    backend: int,
+    workdir: Path,
+    stats_port: int,
 ) -> str:
     settings = RenderSettings(
         runtime_socket=str(workdir / "admin.sock"),
@@ -308,7 +315,9 @@ def _wait_up(hap: HaproxyProcess, timeout: float = 5.0) -> None:
     raise RuntimeError("bench backend not up behind the generated config")
 
 
-def _summary(results: dict[str, dict[str, Figure]], ingest: float | None, secs: float) -> dict[str, Any]:
+def _summary(
+    results: dict[str, dict[str, Figure]], ingest: float | None, secs: float
+) -> dict[str, Any]:
     figures = {
         name: {
             "minimal": round(r["minimal"].rate, 1),

@@ -126,7 +126,9 @@ class HaproxyProcess:
             time.sleep(0.05)
         raise HaproxyError(f"haproxy not ready within {timeout:g}s ({last}): {self.log_tail()}")
 
-    def reload(self, config_text: str | None = None, timeout: float = 10.0) -> apply_mod.ApplyResult:
+    def reload(
+        self, config_text: str | None = None, timeout: float = 10.0
+    ) -> apply_mod.ApplyResult:
         """Hitless reload, with a new config if given (validated first; a bad one raises
         :class:`lb.apply.ApplyError` and leaves the running config alone)."""
         return apply_mod.apply(

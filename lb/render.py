@@ -215,7 +215,9 @@ def _stats(s: RenderSettings) -> list[str]:
     ]
 
 
-def render(plan: CapacityPlan | RenderParams, inventory: Inventory, settings: RenderSettings) -> str:
+def render(
+    plan: CapacityPlan | RenderParams, inventory: Inventory, settings: RenderSettings
+) -> str:
     params = RenderParams.from_plan(plan) if isinstance(plan, CapacityPlan) else plan
     unknown = sorted(set(inventory) - set(BACKENDS))
     if unknown:

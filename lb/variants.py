@@ -33,12 +33,20 @@ VARIANTS: dict[str, tuple[RenderSettings, Inventory]] = {
     "tls": (TLS, INVENTORY),
     "tls-local": (
         replace(TLS, redirect_to_https=False, tls_ticket_keys=None, bind_host="127.0.0.1"),
-        {"ingest": [Server("127.0.0.1", 8081), Server("127.0.0.1", 8083)],
-         "push": [Server("127.0.0.1", 8082)]},
+        {
+            "ingest": [Server("127.0.0.1", 8081), Server("127.0.0.1", 8083)],
+            "push": [Server("127.0.0.1", 8082)],
+        },
     ),  # fmt: skip
     "bench": (
-        replace(BASE, server_state_file=None, nbthread=1, cpu_map="1 0",
-                rate_limit=RateLimit(requests=100, period_s=1), log_target="stderr"),
+        replace(
+            BASE,
+            server_state_file=None,
+            nbthread=1,
+            cpu_map="1 0",
+            rate_limit=RateLimit(requests=100, period_s=1),
+            log_target="stderr",
+        ),
         {"ingest": [Server("127.0.0.1", 9000)]},
     ),  # fmt: skip
     "no-limit-no-log": (replace(BASE, rate_limit=None, log_target=None, slots=4), {}),

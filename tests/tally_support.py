@@ -1,8 +1,8 @@
 """Helpers for the tally tests: their own database, a key prefix per test, polls, votes.
 
-Everything runs against the real Redis and PostgreSQL. The tally tests use the
-database ``buzzer_test_tally`` (created, migrated and dropped per test module) and
-keys under a random prefix, so they never touch ``buzzer`` or another suite's data.
+Everything runs against the real Redis and PostgreSQL. Each tally test module gets
+its own database ``buzzer_test_tally_<random>`` (created, migrated, dropped) and each
+test keys under a random prefix, so they never touch ``buzzer`` or another suite's data.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from services.tally.service import Tally
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 TALLY_DB = "buzzer_test_tally"
-TALLY_DSN = PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + TALLY_DB
 
 TABLES = (
     "applied_outbox, outbox_watermark, poll_partition_closed, rate_buckets, totals,"
@@ -42,16 +41,24 @@ TABLES = (
 
 
 def tally_database() -> Iterator[str]:
-    """Body of a module-scoped fixture: a migrated database, dropped afterwards."""
-    asyncio.run(migrate(TALLY_DSN))
-    yield TALLY_DSN
-    asyncio.run(_drop_database())
+    """Body of a module-scoped fixture: a migrated database, dropped afterwards.
+
+    The name is unique per module and run, so that two runs of the suite at once (CI
+    and a developer, or two engineers) never truncate or drop each other's tables.
+    """
+    name = f"{TALLY_DB}_{uuid.uuid4().hex[:8]}"
+    dsn = PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + name
+    asyncio.run(migrate(dsn))
+    try:
+        yield dsn
+    finally:
+        asyncio.run(_drop_database(name))
 
 
-async def _drop_database() -> None:
+async def _drop_database(name: str) -> None:
     admin = await asyncpg.connect(PG_ADMIN_DSN)
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{TALLY_DB}" WITH (FORCE)')
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
 

@@ -29,7 +29,9 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_every_variant_passes_haproxy_check(name: str, certs: tuple[str, str], tmp_path: Path) -> None:
+def test_every_variant_passes_haproxy_check(
+    name: str, certs: tuple[str, str], tmp_path: Path
+) -> None:
     settings, inventory = VARIANTS[name]
     keys = tmp_path / "ticket.keys"
     # Three 80-byte keys (AES-256 tickets), one per line, as HAProxy reads them.

@@ -149,8 +149,10 @@ def _peer_key_type(sock: ssl.SSLSocket) -> str:
     der = sock.getpeercert(binary_form=True)
     assert der is not None
     key = x509.load_der_x509_certificate(der).public_key()
-    return "ecdsa" if isinstance(key, ec.EllipticCurvePublicKey) else (
-        "rsa" if isinstance(key, rsa.RSAPublicKey) else type(key).__name__
+    return (
+        "ecdsa"
+        if isinstance(key, ec.EllipticCurvePublicKey)
+        else ("rsa" if isinstance(key, rsa.RSAPublicKey) else type(key).__name__)
     )
 
 
@@ -209,8 +211,14 @@ async def test_tls_ecdsa_first_rsa_fallback_resumption_redirect_and_websocket(
 class _LocalResolver(aiohttp.abc.AbstractResolver):
     async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[Any]:
         return [
-            {"hostname": host, "host": "127.0.0.1", "port": port,
-             "family": socket.AF_INET, "proto": 0, "flags": 0}
+            {
+                "hostname": host,
+                "host": "127.0.0.1",
+                "port": port,
+                "family": socket.AF_INET,
+                "proto": 0,
+                "flags": 0,
+            }
         ]
 
     async def close(self) -> None:

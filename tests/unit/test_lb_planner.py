@@ -107,8 +107,18 @@ def test_inputs_are_validated(bad: dict[str, float]) -> None:
 def test_measured_profile_comes_from_bench_output(tmp_path: Path) -> None:
     path = tmp_path / "measured.json"
     assert load_measured(path) == MEASURED_DEFAULTS
-    path.write_text(json.dumps({"bench": "lb", "profile": {
-        "haproxy_new_conns_per_s": 17_000.5, "haproxy_tls_resumed_per_s": 3000, "junk": 1}}))
+    path.write_text(
+        json.dumps(
+            {
+                "bench": "lb",
+                "profile": {
+                    "haproxy_new_conns_per_s": 17_000.5,
+                    "haproxy_tls_resumed_per_s": 3000,
+                    "junk": 1,
+                },
+            }
+        )
+    )
     prof = load_measured(path)
     assert prof.name == "measured"
     assert prof.haproxy_new_conns_per_s == 17_000.5

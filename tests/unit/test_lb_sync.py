@@ -12,7 +12,9 @@ pytestmark = pytest.mark.unit
 class FakeRuntime(RuntimeApi):
     """Slots as HAProxy keeps them, and a log of what sync asked for."""
 
-    def __init__(self, slots: list[tuple[str, int, int]], sessions: dict[str, list[int]] | None = None) -> None:
+    def __init__(
+        self, slots: list[tuple[str, int, int]], sessions: dict[str, list[int]] | None = None
+    ) -> None:
         super().__init__("/nonexistent")
         # (addr, port, admin_state); op_state follows admin: maint means stopped
         self.slots = {f"ingest{i}": list(s) for i, s in enumerate(slots, start=1)}
@@ -51,7 +53,9 @@ def src(*addrs: str) -> LocalInventory:
 
 
 def test_adds_into_free_slots_and_keeps_current() -> None:
-    rt = FakeRuntime([("10.0.0.1", 8081, 0), ("127.0.0.1", 8081, MAINT), ("127.0.0.1", 8081, MAINT)])
+    rt = FakeRuntime(
+        [("10.0.0.1", 8081, 0), ("127.0.0.1", 8081, MAINT), ("127.0.0.1", 8081, MAINT)]
+    )
     report = sync(rt, src("10.0.0.1:8081", "10.0.0.2:8081"), "ingest", probe=None)
     assert report.added == ["10.0.0.2:8081"] and report.kept == ["10.0.0.1:8081"]
     assert rt.log == ["addr ingest2 10.0.0.2:8081", "ready ingest2"]

@@ -1,0 +1,64 @@
+"""HAProxy in front of the local stack, rendered by the same code as production."""
+
+from __future__ import annotations
+
+import resource
+from typing import TYPE_CHECKING
+
+from lb.inventory import Server
+from lb.process import HaproxyProcess
+from lb.render import RenderParams, RenderSettings, render
+from lb.testing import make_cert
+
+if TYPE_CHECKING:
+    from buzzer.stack import Stack
+
+
+def local_settings(stack: Stack) -> RenderSettings:
+    state = stack.state_dir.resolve()
+    tls = state / "tls"
+    tls.mkdir(parents=True, exist_ok=True)
+    # Self-signed, remade at every start: ECDSA first, RSA for clients that need it.
+    certs = [str(make_cert(tls, "ecdsa")), str(make_cert(tls, "rsa"))]
+    return RenderSettings(
+        runtime_socket=str(state / "haproxy.sock"),
+        bind_host="127.0.0.1",
+        http_port=stack.http_port,
+        https_port=stack.https_port,
+        certs=certs,
+        # Locally, plain HTTP is served next to TLS so that curl and tests need no -k.
+        redirect_to_https=False,
+        stats_host="127.0.0.1",
+        stats_port=stack.stats_port,
+        log_target="stdout",
+        backend_ports={"ingest": stack.ingest_base_port, "push": stack.push_port},
+        server_state_file=str(state / "haproxy.state"),
+    )
+
+
+def local_config(stack: Stack) -> str:
+    inventory = {
+        "ingest": [Server("127.0.0.1", port) for port in stack.ingest_ports],
+        "push": [Server("127.0.0.1", stack.push_port)] if stack.with_push else [],
+    }
+    # Each proxied connection takes two descriptors; stay inside this machine's limit.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    limit = 100_000 if hard == resource.RLIM_INFINITY else hard
+    maxconn = max(1_000, min(50_000, (limit - 200) // 2))
+    return render(RenderParams(maxconn=maxconn), inventory, local_settings(stack))
+
+
+def start_local_haproxy(stack: Stack) -> HaproxyProcess:
+    root = stack.state_dir.resolve()
+    workdir = root / "haproxy"
+    workdir.mkdir(parents=True, exist_ok=True)
+    state = root / "haproxy.state"
+    state.touch()
+    proc = HaproxyProcess(
+        workdir,
+        runtime_socket=root / "haproxy.sock",
+        state_file=state,
+        log_path=root / "logs" / "haproxy.log",
+    )
+    proc.start(local_config(stack))
+    return proc
