@@ -62,3 +62,33 @@ def start_local_haproxy(stack: Stack) -> HaproxyProcess:
     )
     proc.start(local_config(stack))
     return proc
+
+
+def compose_config() -> str:
+    """The HAProxy config of docker-compose.yml: same renderer, service names as hosts."""
+    settings = RenderSettings(
+        runtime_socket="/tmp/haproxy.sock",
+        bind_host="*",
+        http_port=8080,
+        https_port=None,
+        redirect_to_https=False,
+        stats_host="*",
+        stats_port=8404,
+        log_target="stdout",
+        backend_ports={"ingest": 8081, "push": 8085},
+        server_state_file=None,
+        init_addr="last,libc,none",
+    )
+    inventory = {
+        "ingest": [Server("ingest1", 8081), Server("ingest2", 8081)],
+        "push": [Server("push", 8085)],
+    }
+    return render(RenderParams(maxconn=20_000), inventory, settings)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["compose"]:
+        raise SystemExit("usage: python -m buzzer.haproxy compose > deploy/compose/haproxy.cfg")
+    sys.stdout.write(compose_config())

@@ -73,6 +73,9 @@ class RenderSettings:
     hard_stop_after_s: int = 30
     """Bounds how long old workers keep websockets after a reload."""
     tunnel_timeout_s: int = 3600
+    init_addr: str | None = None
+    """e.g. ``"last,libc,none"`` where servers are host names (docker compose), so that
+    HAProxy starts (and ``haproxy -c`` passes) before every name resolves."""
 
 
 def _ms(seconds: float) -> str:
@@ -185,7 +188,8 @@ def _backend(name: str, servers: Sequence[Server], s: RenderSettings) -> list[st
         f"    option httpchk GET {s.health_path}",
         "    http-check expect status 200",
         "    default-server check inter 1s fastinter 500ms downinter 1s fall 2 rise 2"
-        " observe layer4 error-limit 2 on-error mark-down",
+        " observe layer4 error-limit 2 on-error mark-down"
+        + (f" init-addr {s.init_addr}" if s.init_addr else ""),
         # A connection that fails is retried, each time on another server, so a freshly
         # dead one is not tried twice. No L7 retries (retry-on): they keep a copy of
         # every request, and vote clients resend with the same vote id anyway.

@@ -110,12 +110,8 @@ def rate_at(profile: str, f: float, scale: float) -> float:
     return units * BASE_RATE * scale
 
 
-def constant_rate(rate: float) -> float:
-    """For the bench: a profile name of ``rate:N`` holds N votes/s until 0.9 of the run."""
-    return rate
-
-
 def offered(profile: str, f: float, scale: float) -> float:
+    """Like :func:`rate_at`; a profile ``rate:N`` (for benchmarks) holds N votes/s."""
     if profile.startswith("rate:"):
         return float(profile.split(":", 1)[1]) if f < 0.90 else 0.0
     return rate_at(profile, f, scale)
