@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import resource
 from typing import TYPE_CHECKING
 
 from lb.inventory import Server
 from lb.process import HaproxyProcess
-from lb.render import RenderParams, RenderSettings, render
+from lb.render import RateLimit, RenderParams, RenderSettings, render
 from lb.testing import make_cert
 
 if TYPE_CHECKING:
@@ -33,6 +34,9 @@ def local_settings(stack: Stack) -> RenderSettings:
         log_target="stdout",
         backend_ports={"ingest": stack.ingest_base_port, "push": stack.push_port},
         server_state_file=str(state / "haproxy.state"),
+        # Every local client shares 127.0.0.1, so the per-source table must not stand
+        # in for the per-device limits that load tests exercise: keep it, set high.
+        rate_limit=RateLimit(requests=int(os.environ.get("BUZZER_LB_SOURCE_LIMIT", "1000000"))),
     )
 
 

@@ -33,9 +33,12 @@ class Appender:
     by vote id), which is what makes a resend after NOSCRIPT or a reconnect harmless.
     """
 
-    def __init__(self, redis: Redis, max_inflight: int) -> None:
+    def __init__(self, redis: Redis, max_inflight: int, max_pipelines: int = 16) -> None:
         self._redis = redis
         self._max_inflight = max_inflight
+        # Pipelines in flight at once; past it, calls wait and go in the next, bigger one,
+        # which is also what keeps the connection pool from running dry under a spike.
+        self._max_pipelines = max_pipelines
         self._queue: list[tuple[AsyncScript, Sequence[Arg], Sequence[Arg], asyncio.Future[Any]]] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -57,9 +60,10 @@ class Appender:
 
     def _flush(self) -> None:
         self._scheduled = False
+        busy = sum(1 for t in self._tasks if not t.done())
+        if not self._queue or busy >= self._max_pipelines:
+            return  # a finishing pipeline flushes what is queued
         batch, self._queue = self._queue, []
-        if not batch:
-            return
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -98,6 +102,9 @@ class Appender:
                     fut.set_result(reply)
         finally:
             self.inflight -= len(batch)
+            if self._queue and not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
 
     async def _execute(
         self, batch: list[tuple[AsyncScript, Sequence[Arg], Sequence[Arg], asyncio.Future[Any]]]
@@ -129,7 +136,11 @@ class Appender:
 
     async def drain(self, timeout: float) -> None:
         """Wait for every queued call to be answered (graceful shutdown)."""
-        if self._scheduled:
-            self._flush()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._queue or self._tasks:
+            if self._queue and not self._tasks:
+                self._flush()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return
+            await asyncio.wait(list(self._tasks), timeout=remaining)
