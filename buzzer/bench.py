@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,16 +178,34 @@ def _api(method: str, url: str, token: str, body: Any = None) -> Any:
         return json.loads(r.read())
 
 
-def run_ingest(args: argparse.Namespace) -> int:
+@dataclass
+class VoteTarget:
+    """A running ingest process with an open 8-option poll and device tokens, and the
+    wrk script that casts unique votes against it."""
+
+    url: str
+    script: Path
+    script_args: list[str]
+    wrk_env: dict[str, str]
+    prefix: str
+    redis_url: str
+    partitions: int
+
+    def wrk(self, seconds: float, connections: int, url: str | None = None) -> WrkResult:
+        return wrk(url or self.url, seconds, connections, self.script, self.script_args, self.wrk_env)
+
+    def entries(self) -> int:
+        return asyncio.run(_count_entries(self.redis_url, self.prefix, self.partitions))
+
+
+@contextlib.contextmanager
+def vote_target(devices: int = 5000, cpu: int | None = 0) -> Iterator[VoteTarget]:
     from pydantic import SecretStr
 
     from gateway.tokens import TokenService
     from services.common.db import migrate
     from services.common.settings import CommonSettings
 
-    if not shutil.which("wrk"):
-        print("wrk is not installed (scripts/setup installs it)", file=sys.stderr)
-        return 2
     common = CommonSettings()
     dsn = common.database_url.get_secret_value().rsplit("/", 1)[0] + "/buzzer_bench"
     asyncio.run(migrate(dsn))
@@ -197,49 +217,61 @@ def run_ingest(args: argparse.Namespace) -> int:
     script = tmp / "vote.lua"
     script.write_text(WRK_SCRIPT)
     tokens = TokenService(SecretStr(secret))
-    (tmp / "tokens").write_text("\n".join(tokens.issue().token for _ in range(args.devices)) + "\n")
-
-    bare_port, ingest_port = free_port(), free_port()
-    bare = subprocess.Popen(pinned(0, [sys.executable, "-m", "buzzer.bare", str(bare_port)]), env=env)
-    ingest = subprocess.Popen(
-        pinned(0, [sys.executable, "-m", "buzzer", "serve", "ingest", "--port", str(ingest_port)]),
-        env=env)
-    results: dict[str, list[WrkResult]] = {"bare": [], "real": []}
+    (tmp / "tokens").write_text("\n".join(tokens.issue().token for _ in range(devices)) + "\n")
+    port = free_port()
+    argv = [sys.executable, "-m", "buzzer", "serve", "ingest", "--port", str(port)]
+    ingest = subprocess.Popen(pinned(cpu, argv) if cpu is not None else argv, env=env)
     try:
-        wait_http(f"http://127.0.0.1:{bare_port}/readyz")
-        wait_http(f"http://127.0.0.1:{ingest_port}/readyz")
-        base = f"http://127.0.0.1:{ingest_port}"
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/readyz")
         show = _api("POST", f"{base}/v1/admin/shows", admin, {"name": "bench"})
         poll = _api("POST", f"{base}/v1/admin/polls", admin, {
             "show_id": show["id"], "title": "bench",
             "options": [{"key": f"o{i}", "label": f"O{i}"} for i in range(8)],
             "max_votes_per_device": None, "max_count": 100})
         _api("POST", f"{base}/v1/admin/polls/{poll['id']}/open", admin)
-        wenv = {"BENCH_POLL": poll["id"], "BENCH_OPTIONS": "8"}
-        targets = {"bare": f"http://127.0.0.1:{bare_port}", "real": base}
-        accepted = 0
-        for name, url in targets.items():  # warm up both (JIT-free, but caches and pools)
-            r = wrk(url, 2, args.connections, script, [str(tmp / "tokens")], wenv)
-            accepted += r.ok if name == "real" else 0
-        for _ in range(args.rounds):
-            for name, url in targets.items():
-                r = wrk(url, args.seconds, args.connections, script, [str(tmp / "tokens")], wenv)
-                results[name].append(r)
-                if name == "real":
-                    accepted += r.ok
-                print(f"  {name:5} {r.rps:9.0f} req/s  p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:6.2f} ms"
-                      f"  non-2xx {r.non2xx}  socket errors {r.errors}", flush=True)
-        time.sleep(0.5)
-        in_stream = asyncio.run(_count_entries(common.redis_url, prefix, common.partitions))
+        yield VoteTarget(url=base, script=script, script_args=[str(tmp / "tokens")],
+                         wrk_env={"BENCH_POLL": poll["id"], "BENCH_OPTIONS": "8"},
+                         prefix=prefix, redis_url=common.redis_url, partitions=common.partitions)
     finally:
-        for proc in (bare, ingest):
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        ingest.terminate()
+        try:
+            ingest.wait(15)
+        except subprocess.TimeoutExpired:
+            ingest.kill()
         asyncio.run(_drop_prefix(common.redis_url, prefix))
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    if not shutil.which("wrk"):
+        print("wrk is not installed (scripts/setup installs it)", file=sys.stderr)
+        return 2
+    results: dict[str, list[WrkResult]] = {"bare": [], "real": []}
+    bare_port = free_port()
+    bare = subprocess.Popen(pinned(0, [sys.executable, "-m", "buzzer.bare", str(bare_port)]))
+    try:
+        with vote_target(args.devices) as target:
+            wait_http(f"http://127.0.0.1:{bare_port}/readyz")
+            urls = {"bare": f"http://127.0.0.1:{bare_port}", "real": target.url}
+            accepted = 0
+            for name, url in urls.items():  # warm up both: caches, pools, token cache
+                r = target.wrk(2, args.connections, url)
+                accepted += r.ok if name == "real" else 0
+            for _ in range(args.rounds):
+                for name, url in urls.items():
+                    r = target.wrk(args.seconds, args.connections, url)
+                    results[name].append(r)
+                    if name == "real":
+                        accepted += r.ok
+                    print(f"  {name:5} {r.rps:9.0f} req/s  p50 {r.p50_ms:6.2f} ms"
+                          f"  p99 {r.p99_ms:6.2f} ms  non-2xx {r.non2xx}"
+                          f"  socket errors {r.errors}", flush=True)
+            time.sleep(0.5)
+            in_stream = target.entries()
+    finally:
+        bare.terminate()
+        bare.wait(15)
 
     best = {k: max(v, key=lambda r: r.rps) for k, v in results.items()}
     ratio = best["real"].rps / best["bare"].rps if best["bare"].rps else 0.0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 
 import asyncpg
 import msgspec
@@ -54,28 +54,25 @@ def error_response(err: ApiError) -> web.Response:
     )
 
 
-@web.middleware
-async def error_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as err:
-        return error_response(err)
-    except web.HTTPException as exc:
+def as_response(exc: BaseException, request: web.Request) -> web.StreamResponse:
+    """The JSON answer for an exception a handler raised; re-raises what is not ours."""
+    if isinstance(exc, ApiError):
+        return error_response(exc)
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400 or exc.content_type == "application/json":
-            raise
+            raise exc
         code, message = _HTTP_CODES.get(exc.status, ("http_error", exc.reason))
         field = "body" if exc.status == 413 else None
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return error_response(ApiError(exc.status, code, message, field=field, headers=headers))
-    except (RedisError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+    if isinstance(exc, RedisError | asyncpg.PostgresConnectionError | asyncpg.InterfaceError | OSError):
         # A store that is away is the client's cue to retry, never a 500.
         log.warning("store unavailable", extra={"path": request.path, "error": str(exc)[:200]})
         return error_response(
             ApiError(503, "unavailable", "a backing store is unavailable, retry",
                      headers={"Retry-After": "1"})
         )
-    except Exception:
-        log.exception("unhandled error", extra={"path": request.path, "method": request.method})
-        return error_response(ApiError(500, "internal", "internal error"))
+    if not isinstance(exc, Exception):
+        raise exc  # cancellation and exits are not errors of the request
+    log.error("unhandled error", exc_info=exc, extra={"path": request.path, "method": request.method})
+    return error_response(ApiError(500, "internal", "internal error"))

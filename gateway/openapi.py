@@ -94,7 +94,7 @@ def build() -> dict[str, Any]:
         "/v1/admin/shows": {
             "get": _op("List shows", {"200": ok, **_errors(401)}, security=_ADMIN),
             "post": _op("Create a show", {"201": _json("ShowOut", "Created"),
-                                          **_errors(400, 401, 409, 415)},
+                                          **_errors(400, 401, 409, 413, 415)},
                         requestBody=_body("ShowIn"), security=_ADMIN),
         },
         "/v1/admin/polls": {
@@ -102,7 +102,7 @@ def build() -> dict[str, Any]:
                        parameters=[{"name": "show_id", "in": "query", "required": False,
                                     "schema": {"type": "string"}}], security=_ADMIN),
             "post": _op("Create a poll (draft)", {"201": _json("PollOut", "Created"),
-                                                  **_errors(400, 401, 404, 409, 415, 422)},
+                                                  **_errors(400, 401, 404, 409, 413, 415, 422)},
                         requestBody=_body("PollIn"), security=_ADMIN),
         },
         "/v1/admin/polls/{poll}/open": {

@@ -14,6 +14,9 @@ from gateway.errors import ApiError
 Slug = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
 """Option keys and ids: safe in Redis keys, URLs and the tally's JSON."""
 
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
+"""Names, titles and labels: any text PostgreSQL can store (no NUL character)."""
+
 
 class VoteRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     option: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -37,17 +40,17 @@ class DeviceIssued(msgspec.Struct, frozen=True):
 
 class OptionIn(msgspec.Struct, frozen=True):
     key: Slug
-    label: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    label: Text
 
 
 class ShowIn(msgspec.Struct, frozen=True):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    name: Text
     id: Slug | None = None
 
 
 class PollIn(msgspec.Struct, frozen=True):
     show_id: Slug
-    title: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    title: Text
     options: Annotated[list[OptionIn], msgspec.Meta(min_length=2, max_length=64)]
     max_votes_per_device: Annotated[int, msgspec.Meta(ge=1)] | None = 1
     """1 for a classic vote; null for buzz and clap (unlimited, rate-limited)."""

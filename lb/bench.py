@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-clients", type=int, default=8, help="parallel openssl s_time")
     p.add_argument("--haproxy-cpu", type=int, default=0)
     p.add_argument("--client-cpu", type=int, default=1)
-    p.add_argument("--ingest-url", help="measure votes/s through HAProxy to this ingest")
+    p.add_argument("--no-ingest", action="store_true",
+                   help="skip votes/s through HAProxy to a real ingest process")
     p.add_argument(
         "--profile-out",
         type=Path,
@@ -174,7 +175,7 @@ def _minimal(host: str, port: int, tls_port: int, certs: list[Path], backend: in
 def _generated(
     host: str,
     port: int,
-    tls_port: int,
+    tls_port: int | None,
     certs: list[Path],
     backend: int,
     workdir: Path,
@@ -281,11 +282,8 @@ def run(args: argparse.Namespace) -> int:
             responder.stop()
 
     ingest: float | None = None
-    if args.ingest_url:
-        ingest, errors = _wrk(args.ingest_url, secs, args.connections, ccpu, close=False)
-        print(f"votes/s through HAProxy to ingest: {ingest:,.0f} (errors {errors})")
-    else:
-        print("votes/s to ingest: skipped (no --ingest-url; the lead wires the real ingest)")
+    if not args.no_ingest and not args.only:
+        ingest = _votes_through_haproxy(args, hcpu)
 
     summary = _summary(results, ingest, secs)
     print()
@@ -304,6 +302,31 @@ def run(args: argparse.Namespace) -> int:
         print(f"profile written to {args.profile_out}")
     print(json.dumps(summary, sort_keys=True))
     return 0
+
+
+def _votes_through_haproxy(args: argparse.Namespace, hcpu: int) -> float:
+    """Real votes (tokens, validation, atomic append) through the generated config to
+    one real ingest process, next to the same votes sent to it directly."""
+    from buzzer.bench import vote_target
+
+    with tempfile.TemporaryDirectory(prefix="lb-bench-votes-") as tmp, vote_target(cpu=None) as target:
+        d = Path(tmp)
+        port = free_port()
+        backend = int(target.url.rsplit(":", 1)[1])
+        hap = HaproxyProcess(d, runtime_socket=d / "admin.sock", cpu=hcpu, log_path=Path(os.devnull))
+        hap.start(_generated("127.0.0.1", port, None, [], backend, d, free_port()))
+        try:
+            _wait_up(hap)
+            target.wrk(2, args.connections)  # warm up
+            direct = target.wrk(args.seconds, args.connections)
+            through = target.wrk(args.seconds, args.connections, f"http://127.0.0.1:{port}")
+        finally:
+            hap.stop()
+    print(f"votes/s direct to ingest:       {direct.rps:>9,.0f}  p99 {direct.p99_ms:.1f} ms"
+          f"  non-2xx {direct.non2xx}")
+    print(f"votes/s through HAProxy:        {through.rps:>9,.0f}  p99 {through.p99_ms:.1f} ms"
+          f"  non-2xx {through.non2xx}  ({through.rps / direct.rps:.2f} of direct)")
+    return through.rps
 
 
 def _wait_up(hap: HaproxyProcess, timeout: float = 5.0) -> None:

@@ -30,6 +30,7 @@ class Clients:
     unresolved: list[dict[str, Any]] = field(default_factory=list)
     timeline: dict[int, dict[str, int]] = field(default_factory=dict)
     probe: list[tuple[float, float | None]] = field(default_factory=list)
+    latency: list[tuple[int, float]] = field(default_factory=list)
     viewers: list[dict[str, Any]] = field(default_factory=list)
     operator: list[dict[str, Any]] = field(default_factory=list)
     devices: int = 0
@@ -56,6 +57,7 @@ def collect(out: Path) -> Clients:
         c.retries += d["retries"]
         c.unresolved += d["unresolved"]
         c.probe += [(t, ms) for t, ms in d["probe"]]
+        c.latency += [(int(t), ms) for t, ms in d.get("latency", [])]
         c.viewers += d["viewers"]
         c.operator += d["operator"]
         c.devices += d["devices"]
@@ -141,7 +143,7 @@ def read_server(plan: Plan, redis_url: str, dsn: str, prefix: str, partitions: i
             counts = dict.fromkeys(p.options, 0)
             for part in range(partitions):
                 for k, v in r.hgetall(keys.counts(part, p.id)).items():
-                    key = k.decode()
+                    key = k.decode() if isinstance(k, bytes) else str(k)
                     counts[key] = counts.get(key, 0) + int(v)
             live[p.id] = counts
         backlog = 0

@@ -9,6 +9,7 @@ parent adds them up for the audit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -50,6 +51,8 @@ class ProcessState:
         self.pending: dict[str, dict[str, Any]] = {}
         """Votes sent without a definite answer yet; any left at the end are resolved later."""
         self.timeline: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.latency: list[tuple[int, float]] = []
+        """(second, ms) of every vote request answered 202: percentiles over any window."""
         self.probe: list[tuple[float, float | None]] = []
         """(wall time of the 202, vote-to-screen ms or None if never seen)."""
         self.viewers: list[dict[str, Any]] = []
@@ -72,6 +75,7 @@ class ProcessState:
             "unresolved": list(self.pending.values()),
             "timeline": {str(s): dict(v) for s, v in sorted(self.timeline.items())},
             "probe": self.probe,
+            "latency": self.latency,
             "viewers": self.viewers,
             "operator": self.operator,
             "devices": self.devices,
@@ -129,11 +133,13 @@ class Device(FastHttpUser):
         attempt = 0
         while True:
             STATE.mark("sent")
+            sent = time.perf_counter()
             with self.client.post(path, json=body, headers=headers, name=f"vote ({poll.kind})",
                                   catch_response=True) as r:
                 status = r.status_code
                 if status == 202:
                     r.success()
+                    STATE.latency.append((int(time.time()), (time.perf_counter() - sent) * 1000))
                     accepted = int(r.json()["accepted"])
                     del STATE.pending[vote_id]
                     STATE.accepted[poll.id][option] += accepted
@@ -228,10 +234,8 @@ class LiveSocket:
 
     def close(self) -> None:
         if self.ws is not None:
-            try:
+            with contextlib.suppress(OSError, websocket.WebSocketException):
                 self.ws.close()
-            except (OSError, websocket.WebSocketException):
-                pass
             self.ws = None
 
     def receive(self, timeout: float) -> dict[str, Any] | None:
@@ -294,7 +298,8 @@ class Viewer(User):
             msg = self.sock.receive(0.5)
             if msg is not None and msg.get("final") and msg["poll"] not in self.finals:
                 self.finals.add(msg["poll"])
-                self.environment.runner.send_message(  # type: ignore[union-attr]
+                assert self.environment.runner is not None
+                self.environment.runner.send_message(
                     "viewer_final", {"viewer": self.sock.record["id"], "poll": msg["poll"]})
 
 
@@ -420,7 +425,7 @@ class ShowShape(LoadTestShape):
             return None
         voters = math.ceil(rate / PLAN.user_rate - 1e-9)
         SHAPE_LOG.append((time.time(), rate, voters))
-        return voters + FIXED, max(50.0, voters / 2), [Voter, Viewer, Prober, Operator]
+        return voters + FIXED, max(50.0, float(voters)), [Voter, Viewer, Prober, Operator]
 
 
 @events.init.add_listener
@@ -442,9 +447,7 @@ def _worker_runner() -> type:
 @events.test_stop.add_listener
 def _on_test_stop(environment: Environment, **_: Any) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    if isinstance(environment.runner, MasterRunner) or environment.runner is None:
-        pass
-    else:
+    if environment.runner is not None and not isinstance(environment.runner, MasterRunner):
         path = OUT / f"clients-{socket.gethostname()}-{os.getpid()}.json"
         path.write_text(json.dumps(STATE.dump()))
     if not isinstance(environment.runner, _worker_runner()) and SHAPE_LOG:

@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from services.common.db import create_pool, migrate
 from services.common.messages import Keys, OptionDef, PollDef, VoteEntry
 from services.common.polls import open_poll_redis, publish_poll
-from services.common.scripts import Scripts
+from services.common.scripts import Scripts, VoteRules, accept_votes
 from services.common.settings import TallySettings
 from services.tally.metrics import TallyMetrics
 from services.tally.pgwriter import Pg
@@ -191,7 +191,7 @@ async def cast_vote(
     partition: int | None = None,
     recv_ts: int | None = None,
 ) -> int:
-    """Append a vote the way ingest does (vote.lua). Returns the votes newly accepted."""
+    """Append a vote the way ingest does (vote_batch.lua). Returns the votes newly accepted."""
     device = device or uuid.uuid4().hex
     vote_id = vote_id or str(uuid.uuid4())
     p = env.keys.partition_of(device) if partition is None else partition
@@ -204,21 +204,8 @@ async def cast_vote(
         client_ts=0,
         recv_ts=int(time.time() * 1000) if recv_ts is None else recv_ts,
     )
-    flat: list[str | int] = []
-    for k, v in entry.to_fields().items():
-        flat += [k, v]
-    keys = env.keys
-    status, n, dup = await env.scripts.vote(
-        keys=[
-            keys.state(p, poll),
-            keys.dedupe(p, poll, device, vote_id),
-            keys.device_votes(p, poll, device),
-            keys.rate(p, device),
-            keys.votes(p),
-        ],
-        args=[f"{option}:{count}", 0, 0, 3600, count, 3600, *flat],
-        client=env.redis,
-    )
+    rules = VoteRules(dedupe_ttl_s=3600)
+    [(status, n, dup)] = await accept_votes(env.redis, env.scripts, env.keys, p, [(entry, rules)])
     if int(status) != 202:
         return -int(status)
     return 0 if int(dup) else int(n)

@@ -13,11 +13,11 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import Gauge
 
-from gateway.auth import ADMIN_TOKEN, TOKEN_SERVICE, admin_middleware, security_headers
-from gateway.errors import error_middleware
+from gateway.auth import ADMIN_TOKEN, TOKEN_SERVICE
+from gateway.edge import edge_middleware
 from gateway.tokens import TokenService
 from services.common.db import create_pool
-from services.common.observability import OBS, metrics_middleware, setup_observability
+from services.common.observability import OBS, setup_observability
 from services.common.scripts import Scripts
 from services.common.settings import IngestSettings
 from services.ingest.appender import Appender
@@ -49,7 +49,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = client
     app[SCRIPTS] = Scripts.register(client)
     app[POLLS] = PollCache(client, app[KEYS], settings.poll_cache_ttl_s)
-    app[APPENDER] = appender = Appender(client, settings.max_inflight)
+    app[APPENDER] = appender = Appender(client, app[SCRIPTS], app[KEYS], settings.max_inflight)
     monitor = BacklogMonitor(client, app[KEYS])
     app[BACKLOG] = monitor
     obs = app[OBS]
@@ -106,11 +106,10 @@ def create_app(settings: IngestSettings) -> web.Application:
         await app[PG].fetchval("SELECT 1")
 
     setup_observability(
-        app, "ingest", {"redis": redis_check, "postgres": pg_check}, optional=frozenset({"postgres"})
+        app, "ingest", {"redis": redis_check, "postgres": pg_check},
+        optional=frozenset({"postgres"}), with_middleware=False,
     )
-    # Order matters: metrics see the final status, errors become JSON before that,
-    # security headers go on every response, admin auth runs closest to the handler.
-    app.middlewares[:] = [metrics_middleware, security_headers, error_middleware, admin_middleware]
+    app.middlewares.append(edge_middleware)
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(pg_ctx)
     setup_routes(app)

@@ -1,57 +1,63 @@
-"""Coalesced appends: the Redis calls of concurrent requests share one round trip."""
+"""Coalesced appends: the votes of concurrent requests share one round trip."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 from hiredis import pack_command
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from services.common.messages import Keys, VoteEntry
+from services.common.scripts import Scripts, VoteRules, vote_batch_call
 
 log = logging.getLogger("buzzer.ingest.appender")
 
-Arg = str | int | bytes
+Pending = tuple[VoteEntry, VoteRules, "asyncio.Future[Any]"]
 
 
 class Overloaded(Exception):
-    """Too many calls waiting for Redis in this process."""
+    """Too many votes waiting for Redis in this process."""
 
 
 class Unavailable(Exception):
-    """Redis did not answer; the call may or may not have run."""
+    """Redis did not answer; the vote may or may not have been taken."""
 
 
 class Appender:
-    """Queues script calls and sends everything queued in one event-loop turn as one
-    pipeline; each caller's future resolves with its own reply.
+    """Queues votes and, once per event-loop turn, sends everything queued as one
+    pipeline: one ``vote_batch.lua`` call per partition. Each caller's future resolves
+    with its own vote's reply ``[code, a, b]``.
 
-    Calls are only ever scripts that are safe to re-run (the vote script is idempotent
-    by vote id), which is what makes a resend after NOSCRIPT or a reconnect harmless.
+    Resending a batch is harmless (the script is idempotent by vote id), which is what
+    makes the resend after NOSCRIPT safe, and a client's retry after a 503.
     """
 
-    def __init__(self, redis: Redis, max_inflight: int, max_pipelines: int = 16) -> None:
+    def __init__(
+        self, redis: Redis, scripts: Scripts, keys: Keys, max_inflight: int, max_pipelines: int = 16
+    ) -> None:
         self._redis = redis
+        self._script = scripts.vote_batch
+        self._keys = keys
         self._max_inflight = max_inflight
-        # Pipelines in flight at once; past it, calls wait and go in the next, bigger one,
+        # Pipelines in flight at once; past it, votes wait and go in the next, bigger one,
         # which is also what keeps the connection pool from running dry under a spike.
         self._max_pipelines = max_pipelines
-        self._queue: list[tuple[AsyncScript, Sequence[Arg], Sequence[Arg], asyncio.Future[Any]]] = []
+        self._queue: dict[int, list[Pending]] = {}
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.inflight = 0
         self.flushes = 0
         self.sent = 0
 
-    def submit(self, script: AsyncScript, keys: Sequence[Arg], args: Sequence[Arg]) -> asyncio.Future[Any]:
+    def submit(self, p: int, entry: VoteEntry, rules: VoteRules) -> asyncio.Future[Any]:
         if self.inflight >= self._max_inflight:
             raise Overloaded
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((script, keys, args, fut))
+        self._queue.setdefault(p, []).append((entry, rules, fut))
         self.inflight += 1
         if not self._scheduled:
             self._scheduled = True
@@ -63,69 +69,68 @@ class Appender:
         busy = sum(1 for t in self._tasks if not t.done())
         if not self._queue or busy >= self._max_pipelines:
             return  # a finishing pipeline flushes what is queued
-        batch, self._queue = self._queue, []
+        batch, self._queue = self._queue, {}
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(
-        self, batch: list[tuple[AsyncScript, Sequence[Arg], Sequence[Arg], asyncio.Future[Any]]]
-    ) -> None:
+    async def _send(self, batch: dict[int, list[Pending]]) -> None:
+        n = sum(len(v) for v in batch.values())
         self.flushes += 1
-        self.sent += len(batch)
+        self.sent += n
         try:
             replies = await self._execute(batch)
-            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            missing = [p for p, r in replies.items() if isinstance(r, NoScriptError)]
             if missing:
-                # Redis restarted and lost its script cache: load, resend those calls.
-                for script in {batch[i][0] for i in missing}:
-                    script.sha = await self._redis.script_load(script.script)
-                again = await self._execute([batch[i] for i in missing])
-                for i, r in zip(missing, again, strict=True):
-                    replies[i] = r
+                # Redis restarted and lost its script cache: load it, resend those batches.
+                self._script.sha = await self._redis.script_load(self._script.script)
+                replies.update(await self._execute({p: batch[p] for p in missing}))
         except (RedisError, OSError) as exc:
-            for *_, fut in batch:
-                if not fut.done():
-                    fut.set_exception(Unavailable(str(exc)))
+            self._fail(batch, Unavailable(str(exc)))
         except BaseException as exc:  # cancelled at shutdown: callers must not hang
-            for *_, fut in batch:
-                if not fut.done():
-                    fut.set_exception(Unavailable(repr(exc)))
+            self._fail(batch, Unavailable(repr(exc)))
             raise
         else:
-            for (*_, fut), reply in zip(batch, replies, strict=True):
-                if fut.done():
-                    continue
+            for p, pending in batch.items():
+                reply = replies[p]
                 if isinstance(reply, Exception):
-                    fut.set_exception(Unavailable(str(reply)))
-                else:
-                    fut.set_result(reply)
+                    self._fail({p: pending}, Unavailable(str(reply)))
+                    continue
+                for (_, _, fut), result in zip(pending, reply, strict=True):
+                    if not fut.done():
+                        fut.set_result(result)
         finally:
-            self.inflight -= len(batch)
+            self.inflight -= n
             if self._queue and not self._scheduled:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
 
-    async def _execute(
-        self, batch: list[tuple[AsyncScript, Sequence[Arg], Sequence[Arg], asyncio.Future[Any]]]
-    ) -> list[Any]:
+    @staticmethod
+    def _fail(batch: dict[int, list[Pending]], exc: Exception) -> None:
+        for pending in batch.values():
+            for _, _, fut in pending:
+                if not fut.done():
+                    fut.set_exception(exc)
+
+    async def _execute(self, batch: dict[int, list[Pending]]) -> dict[int, Any]:
         # A pipeline by hand on one pooled connection: hiredis packs the commands in C,
-        # ten times cheaper than redis-py's Python packer, which was the largest cost
-        # of a vote. Error replies are kept per call, like pipeline(raise_on_error=False).
-        data = b"".join(
-            [pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))  # type: ignore[arg-type]
-             for script, keys, args, _ in batch]
-        )
+        # ten times cheaper than redis-py's Python packer. Error replies are kept per
+        # partition, like pipeline(raise_on_error=False).
+        order = list(batch)
+        chunks = []
+        for p in order:
+            ks, args = vote_batch_call(self._keys, p, [(e, r) for e, r, _ in batch[p]])
+            chunks.append(pack_command(("EVALSHA", self._script.sha, len(ks), *ks, *args)))  # type: ignore[arg-type]
         pool = self._redis.connection_pool
         conn = await pool.get_connection()
         try:
-            await conn.send_packed_command(data, check_health=False)
-            replies: list[Any] = []
-            for _ in batch:
+            await conn.send_packed_command(b"".join(chunks), check_health=False)
+            replies: dict[int, Any] = {}
+            for p in order:
                 try:
-                    replies.append(await conn.read_response())
+                    replies[p] = await conn.read_response()
                 except ResponseError as exc:
-                    replies.append(exc)
+                    replies[p] = exc
         except BaseException:
             # The connection's read position is unknown now: never reuse it.
             await conn.disconnect()
@@ -135,12 +140,13 @@ class Appender:
         return replies
 
     async def drain(self, timeout: float) -> None:
-        """Wait for every queued call to be answered (graceful shutdown)."""
-        deadline = asyncio.get_running_loop().time() + timeout
+        """Wait for every queued vote to be answered (graceful shutdown)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         while self._queue or self._tasks:
-            if self._queue and not self._tasks:
+            if self._queue and not any(not t.done() for t in self._tasks):
                 self._flush()
-            remaining = deadline - asyncio.get_running_loop().time()
+            remaining = deadline - loop.time()
             if remaining <= 0:
                 return
             await asyncio.wait(list(self._tasks), timeout=remaining)

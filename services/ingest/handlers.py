@@ -10,8 +10,9 @@ from gateway.auth import device_of
 from gateway.errors import ApiError
 from gateway.schemas import VoteAccepted, VoteRequest, json_response, read_body
 from services.common.messages import VoteEntry
+from services.common.scripts import VoteRules
 from services.ingest.appender import Overloaded, Unavailable
-from services.ingest.keys import APPENDER, BACKLOG, KEYS, POLLS, SCRIPTS, SETTINGS
+from services.ingest.keys import APPENDER, BACKLOG, KEYS, POLLS, SETTINGS
 
 _RETRY = {"Retry-After": "1"}
 
@@ -40,8 +41,7 @@ async def post_vote(request: web.Request) -> web.Response:
     if backlog.backlog > settings.max_backlog:
         raise _unavailable("vote backlog over its bound, retry with the same vote_id")
 
-    keys = app[KEYS]
-    p = keys.partition_of(device)
+    p = app[KEYS].partition_of(device)
     vote_id = str(vote.vote_id)
     entry = VoteEntry(
         poll=poll_id,
@@ -52,30 +52,13 @@ async def post_vote(request: web.Request) -> web.Response:
         client_ts=vote.client_ts or 0,
         recv_ts=int(time.time() * 1000),
     )
-    fields = entry.to_fields()
-    args: list[str | int] = [
-        f"{vote.option}:{vote.count}",
-        pdef.max_votes_per_device or 0,
-        settings.device_rate_per_s,
-        settings.dedupe_ttl_s,
-        vote.count,
-        settings.dedupe_ttl_s,
-    ]
-    for k, v in fields.items():
-        args.append(k)
-        args.append(v)
+    rules = VoteRules(
+        max_votes=pdef.max_votes_per_device or 0,
+        rate_per_s=settings.device_rate_per_s,
+        dedupe_ttl_s=settings.dedupe_ttl_s,
+    )
     try:
-        code, a, b = await app[APPENDER].submit(
-            app[SCRIPTS].vote,
-            (
-                keys.state(p, poll_id),
-                keys.dedupe(p, poll_id, device, vote_id),
-                keys.device_votes(p, poll_id, device),
-                keys.rate(p, device),
-                keys.votes(p),
-            ),
-            args,
-        )
+        code, a, b = await app[APPENDER].submit(p, entry, rules)
     except Overloaded as exc:
         raise _unavailable("ingest is over its in-flight bound, retry with the same vote_id") from exc
     except Unavailable as exc:

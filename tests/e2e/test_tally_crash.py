@@ -1,6 +1,6 @@
 """The tally as a real process: SIGKILLed while votes flow, totals still exact; SIGTERM drains.
 
-Votes are appended exactly as ingest appends them (vote.lua); the test keeps its
+Votes are appended exactly as ingest appends them (vote_batch.lua); the test keeps its
 own count of what was accepted and compares it with the Redis counters, the
 PostgreSQL totals and the frozen final result.
 """

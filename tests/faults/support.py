@@ -277,7 +277,7 @@ async def open_poll(session: aiohttp.ClientSession, rs: RunningStack, **rules: A
 
 async def dedupe_ids(redis_url: str, prefix: str, poll: str) -> set[str]:
     """Vote ids Redis accepted for ``poll``: the dedupe key ``vid:<poll>:<device>:<id>``
-    is written by vote.lua in the same atomic step as the append, and unlike the
+    is written by vote_batch.lua in the same atomic step as the append, and unlike the
     stream entry it is not trimmed once applied."""
     client = aioredis.from_url(redis_url)
     try:
