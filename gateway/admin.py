@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import secrets
 from datetime import datetime
 from typing import Any
@@ -63,6 +64,8 @@ class ResultOut(msgspec.Struct, frozen=True):
     finalized_at: datetime | None
 
 
+_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
 _POLL_SQL = """
 SELECT p.*, COALESCE(
     (SELECT json_agg(json_build_object('key', o.key, 'label', o.label) ORDER BY o.position)
@@ -87,7 +90,15 @@ def _poll(row: asyncpg.Record) -> PollOut:
     )
 
 
+def _is_id(value: str) -> bool:
+    # Ids are slugs; anything else (a NUL byte, say, which PostgreSQL cannot even take as
+    # text) names nothing, and must be a 404 rather than a database error.
+    return _ID.fullmatch(value) is not None
+
+
 async def fetch_poll(pool: asyncpg.Pool, poll_id: str) -> PollOut:
+    if not _is_id(poll_id):
+        raise ApiError(404, "poll_not_found", f"no poll {poll_id!r}", field="poll")
     row = await pool.fetchrow(_POLL_SQL + " WHERE p.id = $1", poll_id)
     if row is None:
         raise ApiError(404, "poll_not_found", f"no poll {poll_id!r}", field="poll")
@@ -150,7 +161,9 @@ async def create_poll(request: web.Request) -> web.Response:
 async def list_polls(request: web.Request) -> web.Response:
     show = request.query.get("show_id")
     pool = request.app[PG]
-    if show:
+    if show and not _is_id(show):
+        rows = []
+    elif show:
         rows = await pool.fetch(_POLL_SQL + " WHERE p.show_id = $1 ORDER BY p.created_at, p.id", show)
     else:
         rows = await pool.fetch(_POLL_SQL + " ORDER BY p.created_at, p.id")

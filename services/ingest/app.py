@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 from aiohttp import web
-from prometheus_client import Gauge
+from prometheus_client import Gauge, Histogram
 
 from gateway.auth import ADMIN_TOKEN, TOKEN_SERVICE
 from gateway.edge import edge_middleware
@@ -61,6 +61,17 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
           ).set_function(lambda: appender.flushes)
     Gauge("buzzer_ingest_appends", "Votes sent to Redis in pipelines", registry=obs.registry
           ).set_function(lambda: appender.sent)
+    sizes = Histogram("buzzer_ingest_pipeline_votes", "Votes per pipeline sent to Redis",
+                      buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024), registry=obs.registry)
+    rtt = Histogram("buzzer_ingest_pipeline_seconds", "Round trip of one pipeline to Redis",
+                    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+                    registry=obs.registry)
+
+    def observe(votes: int, seconds: float) -> None:
+        sizes.observe(votes)
+        rtt.observe(seconds)
+
+    appender.observe = observe
     async with monitor.running():
         yield
         # Graceful stop: aiohttp already waited for handlers; answer whatever is queued.

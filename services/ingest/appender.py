@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from hiredis import pack_command
@@ -51,6 +53,8 @@ class Appender:
         self.inflight = 0
         self.flushes = 0
         self.sent = 0
+        self.observe: Callable[[int, float], None] = lambda votes, seconds: None
+        """Hook for metrics: votes in a pipeline and its round trip."""
 
     def submit(self, p: int, entry: VoteEntry, rules: VoteRules) -> asyncio.Future[Any]:
         if self.inflight >= self._max_inflight:
@@ -78,8 +82,10 @@ class Appender:
         n = sum(len(v) for v in batch.values())
         self.flushes += 1
         self.sent += n
+        started = time.perf_counter()
         try:
             replies = await self._execute(batch)
+            self.observe(n, time.perf_counter() - started)
             missing = [p for p, r in replies.items() if isinstance(r, NoScriptError)]
             if missing:
                 # Redis restarted and lost its script cache: load it, resend those batches.
