@@ -125,6 +125,9 @@ def _defaults(s: RenderSettings) -> list[str]:
         "    timeout client 30s",
         "    timeout server 30s",
         "    timeout http-request 10s",
+        # Wait for the whole request body within that timeout before picking a server:
+        # a slow body then costs HAProxy a buffer, not an ingest process a connection.
+        "    option http-buffer-request",
         "    timeout http-keep-alive 5s",
         "    timeout queue 5s",
         "    timeout check 1s",

@@ -97,17 +97,23 @@ def resolve(plan: Plan, out: Path, unresolved: list[dict[str, Any]], deadline_s:
     close), else a 409 once the poll is closed. Returns how many stay unknown."""
     if not unresolved:
         return 0
-    results = []
-    for vote in unresolved:
-        end = time.monotonic() + deadline_s
+    from concurrent.futures import ThreadPoolExecutor
+
+    end = time.monotonic() + deadline_s
+    transient = (0, 429, 500, 502, 503, 504)
+
+    def ask(vote: dict[str, Any]) -> dict[str, Any]:
         status, body = _post_vote(plan.host, vote)
-        while status in (0, 429, 500, 502, 503, 504) and time.monotonic() < end:
+        while status in transient and time.monotonic() < end:
             time.sleep(0.5)
             status, body = _post_vote(plan.host, vote)
         entry = {k: vote[k] for k in ("poll", "option", "count", "vote_id")}
-        entry["status"] = status if status not in (0, 429, 500, 502, 503, 504) else None
+        entry["status"] = None if status in transient else status
         entry["accepted"] = int(body.get("accepted", 0)) if status == 202 else 0
-        results.append(entry)
+        return entry
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(ask, unresolved))
     (out / "resolved.json").write_text(json.dumps(results))
     return sum(1 for r in results if r["status"] is None)
 

@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -95,7 +96,7 @@ def _search(measure: Any, args: argparse.Namespace, deadline: float, side: str) 
         if not lv.ok:
             bad = rate
         good = s.best.rate if s.best else 0.0
-        if bad is None or bad / max(good, 1.0) < 1.2 or len(s.levels) > 12:
+        if bad is None or bad / max(good, 1.0) < 1.2 or len(s.levels) > 10:
             break
         rate = (good + bad) / 2 if good else bad / 2
         if rate < 20:
@@ -132,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
     from services.common.db import migrate
     from services.common.settings import CommonSettings
 
+    # A timeout or Ctrl-C must still stop the stack and both HAProxies (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     common = CommonSettings()
     dsn = common.database_url.get_secret_value().rsplit("/", 1)[0] + "/buzzer_bench_stack"
     asyncio.run(migrate(dsn))

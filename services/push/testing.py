@@ -23,7 +23,7 @@ def push_settings(prefix: str | None = None, **overrides: Any) -> PushSettings:
     values: dict[str, Any] = {
         "key_prefix": prefix or f"t{uuid.uuid4().hex[:12]}",
         "admin_token": ADMIN_TOKEN,
-        "token_secret": "test-token-secret",
+        "token_secret": "test-token-secret-0123456789abcdef0123456789",
         "port": 0,
         "viewers_interval_s": 0.2,
     }

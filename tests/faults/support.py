@@ -240,7 +240,7 @@ async def post_vote(
             elif status in (429, 503) and "Retry-After" not in r.headers:
                 log.missing_retry_after += 1
             assert r.content_type == "application/json", (status, body[:200])
-    except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
+    except (TimeoutError, aiohttp.ClientError, ConnectionError):
         status = 0
     log.record(status, time.monotonic() - start)
     return status

@@ -11,7 +11,6 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest

@@ -70,8 +70,10 @@ async def scenario(rs: RunningStack, proxy: TcpProxy) -> None:
         async with aiohttp.ClientSession() as s:
             while not stop.is_set():
                 vid = str(uuid.uuid4())
-                while await post_vote(s, rs.ingest_urls[i % 2], poll, tokens[i], vid, log,
-                                      option=f"o{i % 2}") != 202:
+                for _ in range(1000):  # resend the same vote id until a 202
+                    if await post_vote(s, rs.ingest_urls[i % 2], poll, tokens[i], vid, log,
+                                       option=f"o{i % 2}") == 202:
+                        break
                     await asyncio.sleep(0.1)
                 await asyncio.sleep(0.02)  # a modest, steady flow
 

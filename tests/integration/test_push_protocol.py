@@ -18,7 +18,7 @@ from gateway.tokens import TokenService
 from services.common.settings import PushSettings
 from services.push import wsclient
 from services.push.ops import viewers_key
-from services.push.simtally import SimTally, delete_prefix
+from services.push.simtally import SimTally
 from services.push.testing import ADMIN_TOKEN, PushServer, push_settings, running_push
 
 pytestmark = pytest.mark.integration
@@ -42,8 +42,9 @@ def prefix() -> str:
 
 @pytest.fixture
 async def sim(redis: aioredis.Redis, prefix: str) -> AsyncIterator[SimTally]:
-    yield SimTally(redis, push_settings(prefix).keys())
-    await delete_prefix(redis, prefix)
+    tally = SimTally(redis, push_settings(prefix).keys())
+    yield tally
+    await tally.cleanup()
 
 
 @pytest.fixture
@@ -399,7 +400,7 @@ async def test_origin_check(sim: SimTally, start_push: StartPush) -> None:
 async def test_device_token_when_required(sim: SimTally, start_push: StartPush) -> None:
     await sim.define("p1", ["a"])
     push = await start_push(require_token=True)
-    settings: PushSettings = push_settings(token_secret="test-token-secret")
+    settings: PushSettings = push_settings(token_secret="test-token-secret-0123456789abcdef0123456789")
     token = TokenService(settings.token_secret, audience=settings.token_audience).issue().token
     url = f"{push.ws}/v1/polls/p1/live"
     missing = await wsclient.connect(url)

@@ -75,6 +75,7 @@ def test_dependencies_wait_for_health_and_migration() -> None:
 def test_redis_keeps_acknowledged_votes() -> None:
     command = SERVICES["redis"]["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "always"
 
 
 def test_the_image_contains_every_package() -> None:
