@@ -37,6 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     run = lsub.add_parser("run", help="headless locust run against a stack, then the audit")
     add_run_arguments(run)
     run.set_defaults(func=run_cmd)
+    pl = lsub.add_parser("plan", help="only create the show and write plan.json (for a fleet)")
+    add_run_arguments(pl)
+    pl.set_defaults(func=plan_cmd)
     aud = lsub.add_parser("audit", help="audit again the output directory of a run")
     aud.add_argument("--out", type=Path, required=True)
     aud.add_argument("--drain-timeout", type=float, default=10.0)
@@ -107,13 +110,14 @@ def run_cmd(args: argparse.Namespace) -> int:
     return run(args)[0]
 
 
-def run(args: argparse.Namespace, quiet: bool = False) -> tuple[int, dict[str, Any]]:
-    """The whole run; (exit code, figures). Used by ``buzzer bench stack`` too."""
+def make_plan(args: argparse.Namespace) -> Any:
+    """Create the show and its polls; write ``plan.json`` in the output directory."""
     from loadtest.plan import Plan, create_show
 
-    say = (lambda *a, **k: None) if quiet else print
     if args.viewers < 1:
         raise SystemExit("--viewers must be at least 1")
+    if args.profile not in ("show", "step", "soak") and not re.fullmatch(r"rate:\d+(\.\d+)?", args.profile):
+        raise SystemExit(f"unknown profile {args.profile!r}: show, step, soak or rate:N")
     out: Path = args.out or Path(os.environ.get("BUZZER_STATE_DIR", ".buzzer")) / "loadtest" / time.strftime("%Y%m%d-%H%M%S")
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -123,8 +127,22 @@ def run(args: argparse.Namespace, quiet: bool = False) -> tuple[int, dict[str, A
                 profile=args.profile, duration_s=args.duration, scale=args.scale,
                 user_rate=args.user_rate, viewers=args.viewers, out_dir=str(out), tail_s=args.tail)
     create_show(plan)
+    plan.save(out / "plan.json")
+    return plan
+
+
+def plan_cmd(args: argparse.Namespace) -> int:
+    plan = make_plan(args)
+    print(Path(plan.out_dir) / "plan.json")
+    return 0
+
+
+def run(args: argparse.Namespace, quiet: bool = False) -> tuple[int, dict[str, Any]]:
+    """The whole run; (exit code, figures). Used by ``buzzer bench stack`` too."""
+    say = (lambda *a, **k: None) if quiet else print
+    plan = make_plan(args)
+    out, host, ws_host = Path(plan.out_dir), plan.host, plan.ws_host
     plan_path = out / "plan.json"
-    plan.save(plan_path)
     say(f"loadtest: profile {plan.profile}, {plan.duration_s:.0f} s, scale {plan.scale}, "
         f"{len(plan.polls)} polls of show {plan.show_id}, against {host} (live {ws_host})", flush=True)
     started = time.monotonic()

@@ -26,7 +26,7 @@ import websocket
 from gevent.event import Event
 from locust import FastHttpUser, LoadTestShape, User, constant, constant_throughput, events, task
 from locust.env import Environment
-from locust.runners import MasterRunner
+from locust.runners import MasterRunner, WorkerRunner
 
 from loadtest.plan import PROBE, Plan, PollPlan, offered
 
@@ -431,17 +431,11 @@ class ShowShape(LoadTestShape):
 @events.init.add_listener
 def _on_init(environment: Environment, **_: Any) -> None:
     runner = environment.runner
-    if runner is not None and not isinstance(runner, _worker_runner()):
+    if runner is not None and not isinstance(runner, WorkerRunner):
         def on_final(environment: Environment, msg: Any, **_: Any) -> None:
             FINALS.add((msg.data["viewer"], msg.data["poll"]))
 
         runner.register_message("viewer_final", on_final)
-
-
-def _worker_runner() -> type:
-    from locust.runners import WorkerRunner
-
-    return WorkerRunner
 
 
 @events.test_stop.add_listener
@@ -450,5 +444,5 @@ def _on_test_stop(environment: Environment, **_: Any) -> None:
     if environment.runner is not None and not isinstance(environment.runner, MasterRunner):
         path = OUT / f"clients-{socket.gethostname()}-{os.getpid()}.json"
         path.write_text(json.dumps(STATE.dump()))
-    if not isinstance(environment.runner, _worker_runner()) and SHAPE_LOG:
+    if not isinstance(environment.runner, WorkerRunner) and SHAPE_LOG:
         (OUT / "shape.json").write_text(json.dumps(SHAPE_LOG))

@@ -13,6 +13,8 @@ from pydantic import SecretStr
 
 from services.common.db import migrate
 from services.common.messages import Keys
+from tests.support import delete_prefix
+from tests.tally_support import TallyEnv, tally_database, tally_env
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -57,17 +59,6 @@ async def redis(key_prefix: str) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-async def delete_prefix(client: aioredis.Redis, prefix: str) -> None:
-    batch = []
-    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-        batch.append(key)
-        if len(batch) >= 500:
-            await client.delete(*batch)
-            batch = []
-    if batch:
-        await client.delete(*batch)
-
-
 ADMIN_TOKEN = "test-admin-" + uuid.uuid4().hex
 TOKEN_SECRET = "test-secret-" + uuid.uuid4().hex
 
@@ -84,3 +75,15 @@ def ingest_settings(pg_dsn: str, key_prefix: str):  # type: ignore[no-untyped-de
         token_secret=SecretStr(TOKEN_SECRET),
         admin_token=SecretStr(ADMIN_TOKEN),
     )
+
+
+@pytest.fixture(scope="module")
+def tally_dsn() -> Iterator[str]:
+    """A database of the module's own: tally tests drop theirs when done."""
+    yield from tally_database()
+
+
+@pytest.fixture
+async def env(tally_dsn: str) -> AsyncIterator[TallyEnv]:
+    async with tally_env(tally_dsn) as e:
+        yield e

@@ -7,9 +7,8 @@ import asyncio
 import contextlib
 import os
 import socket
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import aiohttp
 
 from buzzer.stack import Stack
 from tests.conftest import PG_ADMIN_DSN, REDIS_URL
+from tests.support import delete_prefix
 
 
 def consecutive_free_ports(n: int) -> int:
@@ -112,8 +112,6 @@ def local_stack(
 
 
 async def _cleanup(prefix: str) -> None:
-    from tests.conftest import delete_prefix
-
     import redis.asyncio as aioredis
 
     client = aioredis.from_url(REDIS_URL)
@@ -121,18 +119,6 @@ async def _cleanup(prefix: str) -> None:
         await delete_prefix(client, prefix)
     finally:
         await client.aclose()
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout: float = 30.0, interval: float = 0.1
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if await check():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
 
 
 async def api(

@@ -11,7 +11,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +29,7 @@ from services.common.settings import TallySettings
 from services.tally.metrics import TallyMetrics
 from services.tally.pgwriter import Pg
 from services.tally.service import Tally
+from tests.support import delete_prefix
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -61,17 +62,6 @@ async def _drop_database(name: str) -> None:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
-
-
-async def delete_prefix(client: aioredis.Redis, prefix: str) -> None:
-    batch: list[bytes] = []
-    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-        batch.append(key)
-        if len(batch) >= 500:
-            await client.delete(*batch)
-            batch = []
-    if batch:
-        await client.delete(*batch)
 
 
 @dataclass
@@ -231,19 +221,6 @@ async def pending(env: TallyEnv, stream: str, group: str) -> int:
         return int((await env.redis.xpending(stream, group))["pending"])
     except aioredis.ResponseError:
         return 0
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout: float = 10.0, interval: float = 0.05
-) -> None:
-    """Poll ``check`` until it holds or the deadline passes (then fail)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if await check():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)
 
 
 def without_zeros(d: dict[str, int]) -> dict[str, int]:

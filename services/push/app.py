@@ -51,15 +51,29 @@ class HubCollector(Collector):
         for name, doc, value in (
             ("buzzer_push_updates_received", "Tally updates read from the stream", s.received),
             ("buzzer_push_updates_stale", "Updates not newer than the poll's state", s.stale),
-            ("buzzer_push_updates_undecodable", "Stream entries that were not a TallyUpdate", s.undecodable),
-            ("buzzer_push_broadcasts", "Fan-outs of one update to a poll's subscribers", s.broadcasts),
+            (
+                "buzzer_push_updates_undecodable",
+                "Stream entries that were not a TallyUpdate",
+                s.undecodable,
+            ),
+            (
+                "buzzer_push_broadcasts",
+                "Fan-outs of one update to a poll's subscribers",
+                s.broadcasts,
+            ),
             ("buzzer_push_messages_sent", "Messages written to websockets", s.sent),
-            ("buzzer_push_updates_coalesced", "Updates a slow client skipped for a newer one", s.coalesced),
+            (
+                "buzzer_push_updates_coalesced",
+                "Updates a slow client skipped for a newer one",
+                s.coalesced,
+            ),
             ("buzzer_push_snapshot_reads", "Live-counter reads for snapshots", s.snapshots_read),
         ):
             yield CounterMetricFamily(name, doc, value=value)
         closes = CounterMetricFamily(
-            "buzzer_push_disconnects", "Sockets closed by the server, by close code", labels=["code"]
+            "buzzer_push_disconnects",
+            "Sockets closed by the server, by close code",
+            labels=["code"],
         )
         for code, n in s.disconnects.items():
             closes.add_metric([code], n)
@@ -75,7 +89,9 @@ class HubCollector(Collector):
 async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     keys = app[KEYS]
-    client = aioredis.from_url(settings.redis_url, socket_connect_timeout=2.0, health_check_interval=0)
+    client = aioredis.from_url(
+        settings.redis_url, socket_connect_timeout=2.0, health_check_interval=0
+    )
     app[REDIS] = client
     registry = app[OBS].registry
     fanout = Histogram(
@@ -112,18 +128,28 @@ async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
     app[OPS] = OpsReader(client, keys)
     viewers = app[VIEWERS]
     registry.register(HubCollector(hub))
-    Gauge("buzzer_push_connections", "Open websockets in this process", registry=registry
-          ).set_function(lambda: len(hub.clients))
-    Gauge("buzzer_push_subscriptions", "Poll subscriptions in this process", registry=registry
-          ).set_function(hub.subscriptions)
-    Gauge("buzzer_push_viewers_total", "Open websockets over every push process", registry=registry
-          ).set_function(lambda: viewers.total)
-    Gauge("buzzer_push_slow_clients", "Clients with updates waiting to be written", registry=registry
-          ).set_function(lambda: len(hub.deferred))
-    Gauge("buzzer_push_client_send_buffer_max_bytes", "Largest unsent byte count of a waiting client",
-          registry=registry).set_function(hub.max_send_buffer)
-    Gauge("buzzer_push_client_pending_max", "Most updates waiting for one client (one per poll)",
-          registry=registry).set_function(hub.max_pending)
+    Gauge(
+        "buzzer_push_connections", "Open websockets in this process", registry=registry
+    ).set_function(lambda: len(hub.clients))
+    Gauge(
+        "buzzer_push_subscriptions", "Poll subscriptions in this process", registry=registry
+    ).set_function(hub.subscriptions)
+    Gauge(
+        "buzzer_push_viewers_total", "Open websockets over every push process", registry=registry
+    ).set_function(lambda: viewers.total)
+    Gauge(
+        "buzzer_push_slow_clients", "Clients with updates waiting to be written", registry=registry
+    ).set_function(lambda: len(hub.deferred))
+    Gauge(
+        "buzzer_push_client_send_buffer_max_bytes",
+        "Largest unsent byte count of a waiting client",
+        registry=registry,
+    ).set_function(hub.max_send_buffer)
+    Gauge(
+        "buzzer_push_client_pending_max",
+        "Most updates waiting for one client (one per poll)",
+        registry=registry,
+    ).set_function(hub.max_pending)
 
     tasks = [
         asyncio.create_task(hub.read_updates(block_ms=settings.xread_block_ms), name="push-reader"),
@@ -149,7 +175,11 @@ async def _report_viewers(app: web.Application) -> None:
     while True:
         try:
             viewers.total = await report_viewers(
-                app[REDIS], app[KEYS], settings.instance_id, len(hub.clients), settings.viewers_interval_s
+                app[REDIS],
+                app[KEYS],
+                settings.instance_id,
+                len(hub.clients),
+                settings.viewers_interval_s,
             )
         except (RedisError, OSError) as exc:
             log.warning("viewer count not reported", extra={"error": str(exc)})

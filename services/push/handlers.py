@@ -124,7 +124,9 @@ async def _serve(request: web.Request, poll: str | None) -> web.WebSocketRespons
             await _receive(hub, client, ws, settings)
     except (RedisError, OSError) as exc:
         log.warning("live state unavailable", extra={"error": str(exc)})
-        await _close(hub, client, ws, Close.TRY_AGAIN_LATER, "live state unavailable, try again later")
+        await _close(
+            hub, client, ws, Close.TRY_AGAIN_LATER, "live state unavailable, try again later"
+        )
     except Exception:
         log.exception("websocket handler failed", extra={"ip": ip})
         await _close(hub, client, ws, Close.INTERNAL_ERROR, "internal error")
@@ -134,7 +136,9 @@ async def _serve(request: web.Request, poll: str | None) -> web.WebSocketRespons
     return ws
 
 
-async def _close(hub: Hub, client: Client, ws: web.WebSocketResponse, code: Close, reason: str) -> None:
+async def _close(
+    hub: Hub, client: Client, ws: web.WebSocketResponse, code: Close, reason: str
+) -> None:
     if client.closing or ws.closed:
         return
     hub.stats.disconnects[code.name] = hub.stats.disconnects.get(code.name, 0) + 1
@@ -157,7 +161,9 @@ async def _subscribe(
         await _close(hub, client, ws, Close.POLICY_VIOLATION, "invalid poll id")
         return False
     if poll not in client.subs and len(client.subs) >= max_subs:
-        await _close(hub, client, ws, Close.POLICY_VIOLATION, "too many subscriptions on one socket")
+        await _close(
+            hub, client, ws, Close.POLICY_VIOLATION, "too many subscriptions on one socket"
+        )
         return False
     snap = await hub.snapshot(poll)
     if client.closing:
@@ -173,7 +179,9 @@ async def _subscribe(
     return True
 
 
-async def _receive(hub: Hub, client: Client, ws: web.WebSocketResponse, settings: PushSettings) -> None:
+async def _receive(
+    hub: Hub, client: Client, ws: web.WebSocketResponse, settings: PushSettings
+) -> None:
     async for msg in ws:
         if client.closing:
             break
@@ -191,8 +199,13 @@ async def _receive(hub: Hub, client: Client, ws: web.WebSocketResponse, settings
                 return
             if isinstance(m, protocol.Subscribe):
                 if not await _subscribe(
-                    hub, client, ws, m.poll, m.since_version,
-                    max_subs=settings.max_subscriptions, strict=False,
+                    hub,
+                    client,
+                    ws,
+                    m.poll,
+                    m.since_version,
+                    max_subs=settings.max_subscriptions,
+                    strict=False,
                 ):
                     return
             elif isinstance(m, protocol.Unsubscribe):

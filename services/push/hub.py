@@ -73,7 +73,9 @@ class Client:
         "ws",
     )
 
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, ip: str, now: float) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, transport: asyncio.Transport, ip: str, now: float
+    ) -> None:
         self.ws = ws
         self.transport = transport
         self.ip = ip
@@ -198,7 +200,9 @@ class Hub:
             return self._reject(Close.TRY_AGAIN_LATER, "server full, try again later")
         n = self.per_ip.get(ip, 0)
         if n >= self.max_per_ip:
-            return self._reject(Close.TOO_MANY_FROM_ADDRESS, "too many connections from this address")
+            return self._reject(
+                Close.TOO_MANY_FROM_ADDRESS, "too many connections from this address"
+            )
         self.per_ip[ip] = n + 1
         self.reserved += 1
         return None
@@ -397,18 +401,17 @@ class Hub:
         now = self._loop.time()
         ps.timer = None
         ps.last_bcast = now
-        key, frame, limit, gap = ps.key, ps.frame, self.limit, self.min_interval
+        # No per-client spacing check here: broadcasts of a poll are already spaced by
+        # min_interval, and a client's own clock (sent_at) would drift later each time it
+        # was deferred, turning one late write into a permanent 100 ms lag.
+        key, frame, limit = ps.key, ps.frame, self.limit
         poll = ps.update.poll if ps.update is not None else ""
         sent = 0
         for c, sub in ps.subscribers.items():
             if key <= sub.key or c.closing:
                 continue
             t = c.transport
-            if (
-                (c.pending is not None and poll in c.pending)
-                or now - sub.sent_at < gap
-                or t.get_write_buffer_size() > limit
-            ):
+            if (c.pending is not None and poll in c.pending) or t.get_write_buffer_size() > limit:
                 self._defer(c, poll, key, frame)
                 continue
             if not t.is_closing():
@@ -442,7 +445,9 @@ class Hub:
                 if c.blocked_since is None:
                     c.blocked_since = now
                 elif now - c.blocked_since > self.slow_timeout:
-                    log.info("slow client disconnected", extra={"ip": c.ip, "pending": len(c.pending)})
+                    log.info(
+                        "slow client disconnected", extra={"ip": c.ip, "pending": len(c.pending)}
+                    )
                     self.kick(c, Close.TOO_SLOW, "too slow: updates not read in time")
                 continue
             c.blocked_since = None
@@ -464,7 +469,11 @@ class Hub:
         """Idle sockets out; forget polls nobody followed for a while."""
         now = self._loop.time()
         for c in list(self.clients):
-            if not c.closing and c.idle_since is not None and now - c.idle_since > self.idle_timeout:
+            if (
+                not c.closing
+                and c.idle_since is not None
+                and now - c.idle_since > self.idle_timeout
+            ):
                 self.kick(c, Close.IDLE, "idle: no subscription")
         for poll, ps in list(self.polls.items()):
             if not ps.subscribers and ps.inflight is None and now - ps.touched > poll_ttl_s:
@@ -474,7 +483,9 @@ class Hub:
 
     def max_send_buffer(self) -> int:
         """Largest unsent byte count among clients waiting (only they can be large)."""
-        return max((c.transport.get_write_buffer_size() for c in self.deferred if not c.closing), default=0)
+        return max(
+            (c.transport.get_write_buffer_size() for c in self.deferred if not c.closing), default=0
+        )
 
     def max_pending(self) -> int:
         return max((len(c.pending) for c in self.deferred if c.pending), default=0)
@@ -494,7 +505,9 @@ class Hub:
                 reply: Any = await self.redis.xread({stream: last}, count=count, block=block_ms)
                 backoff = 0.1
             except (RedisError, OSError) as exc:
-                log.warning("updates stream unavailable", extra={"error": str(exc), "retry_s": backoff})
+                log.warning(
+                    "updates stream unavailable", extra={"error": str(exc), "retry_s": backoff}
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue

@@ -53,13 +53,17 @@ async def report_viewers(
     return await _sum_fresh(redis, key, fields, interval_s, t)
 
 
-async def read_viewers(redis: Redis, keys: Keys, interval_s: float, now: float | None = None) -> int:
+async def read_viewers(
+    redis: Redis, keys: Keys, interval_s: float, now: float | None = None
+) -> int:
     key = viewers_key(keys)
     fields: Any = await redis.hgetall(key)
     return await _sum_fresh(redis, key, fields, interval_s, time.time() if now is None else now)
 
 
-async def _sum_fresh(redis: Redis, key: str, fields: dict[bytes, bytes], interval_s: float, now: float) -> int:
+async def _sum_fresh(
+    redis: Redis, key: str, fields: dict[bytes, bytes], interval_s: float, now: float
+) -> int:
     total = 0
     stale: list[bytes] = []
     for name, raw in fields.items():
@@ -165,4 +169,3 @@ class OpsReader:
 
 def _s(v: object) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
-

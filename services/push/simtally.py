@@ -55,13 +55,19 @@ class SimTally:
         show_id: str = "show-1",
     ) -> PollDef:
         opts = [
-            OptionDef(key=o, label=o.replace("-", " ").title()) if isinstance(o, str)
+            OptionDef(key=o, label=o.replace("-", " ").title())
+            if isinstance(o, str)
             else OptionDef(key=o[0], label=o[1])
             for o in options
         ]
         pdef = PollDef(
-            id=poll, show_id=show_id, title=title, options=opts,
-            max_votes_per_device=None, max_count=1, state=state,
+            id=poll,
+            show_id=show_id,
+            title=title,
+            options=opts,
+            max_votes_per_device=None,
+            max_count=1,
+            state=state,
         )
         await self._save(pdef)
         return pdef
@@ -80,7 +86,9 @@ class SimTally:
         await self._save(pdef)
         return pdef
 
-    async def add_votes(self, poll: str, votes: Mapping[str, int], now: float | None = None) -> None:
+    async def add_votes(
+        self, poll: str, votes: Mapping[str, int], now: float | None = None
+    ) -> None:
         """Apply votes the way apply.lua does: counts, the second's bucket, version +1."""
         sec = int(time.time() if now is None else now)
         by_partition: dict[int, dict[str, int]] = {}
@@ -90,7 +98,11 @@ class SimTally:
         pipe = self.redis.pipeline(transaction=True)
         for p, part in by_partition.items():
             self.written.update(
-                (self.keys.counts(p, poll), self.keys.second(p, poll, sec), self.keys.version(p, poll))
+                (
+                    self.keys.counts(p, poll),
+                    self.keys.second(p, poll, sec),
+                    self.keys.version(p, poll),
+                )
             )
             for option, n in part.items():
                 pipe.hincrby(self.keys.counts(p, poll), option, n)

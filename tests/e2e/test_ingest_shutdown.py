@@ -17,8 +17,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from services.common.messages import Keys, VoteEntry
-from tests.conftest import PG_ADMIN_DSN, REDIS_URL, delete_prefix
+from tests.conftest import PG_ADMIN_DSN, REDIS_URL
 from tests.stack_support import api, consecutive_free_ports, eventually
+from tests.support import delete_prefix
 
 pytestmark = pytest.mark.e2e
 
@@ -59,7 +60,7 @@ async def scenario(port: int, proc: subprocess.Popen[bytes], env: dict[str, str]
                         statuses.append(r.status)
                         if r.status == 202:
                             accepted.add(vid)
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     statuses.append(0)
                     await asyncio.sleep(0.01)
 

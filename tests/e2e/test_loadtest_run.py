@@ -40,11 +40,12 @@ def _buzzer(rs: RunningStack, *args: str, timeout: float = 90) -> subprocess.Com
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     tmp = tmp_path_factory.mktemp("loadtest")
-    with local_stack(tmp, database="buzzer_test_loadtest", ingest=1, push=True) as rs:
+    # Through HAProxy, as `buzzer loadtest run` is used: votes and websockets on one port.
+    with local_stack(tmp, database="buzzer_test_loadtest", ingest=2, push=True, haproxy=True) as rs:
         out = tmp / "out"
         proc = _buzzer(rs, "loadtest", "run", "--profile", "show", "--duration", "8s",
                        "--scale", "0.3", "--viewers", "2", "--tail", "10",
-                       "--host", rs.url, "--ws-host", f"ws://127.0.0.1:{rs.stack.push_port}",
+                       "--host", rs.url,
                        "--admin-token", rs.admin, "--out", str(out), "--drain-timeout", "20")
         audit = json.loads((out / "audit.json").read_text()) if (out / "audit.json").exists() else {}
         yield Run(rs=rs, out=out, proc=proc, audit=audit)
@@ -114,3 +115,21 @@ async def _remove_one_vote(rs: RunningStack, poll: str, option: str) -> None:
                            poll, option)
     finally:
         await conn.close()
+
+
+def test_refused_votes_are_retried_with_the_same_id_and_stay_exact(tmp_path: Path) -> None:
+    # One vote per second per device and a tiny backlog bound: voters get 429s and 503s
+    # with Retry-After, and must retry each with the same vote id without double counting.
+    env = {"BUZZER_DEVICE_RATE_PER_S": "1", "BUZZER_MAX_BACKLOG": "10"}
+    with local_stack(tmp_path, database="buzzer_test_loadtest", ingest=1, push=True,
+                     extra_env=env) as rs:
+        out = tmp_path / "out"
+        proc = _buzzer(rs, "loadtest", "run", "--profile", "soak", "--duration", "6s",
+                       "--scale", "1", "--user-rate", "3", "--viewers", "1", "--tail", "10",
+                       "--host", rs.url, "--ws-host", f"ws://127.0.0.1:{rs.stack.push_port}",
+                       "--admin-token", rs.admin, "--out", str(out), "--drain-timeout", "20",
+                       "--no-chart")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["retries"] > 0 and audit["accepted_votes"] > 0
+    assert "AUDIT OK" in proc.stdout

@@ -103,7 +103,7 @@ async def kill_under_load(rs: RunningStack) -> None:
                                 replays[0] += replay
                                 break
                             failures_seen[str(r.status)] += 1
-                    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    except (TimeoutError, aiohttp.ClientError) as exc:
                         failures_seen[type(exc).__name__] += 1
                     await asyncio.sleep(0.05 * (attempt + 1))
                 else:

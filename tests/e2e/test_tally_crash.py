@@ -17,7 +17,6 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,24 +33,11 @@ from tests.tally_support import (
     pending,
     pg_counts,
     redis_counts,
-    tally_database,
-    tally_env,
 )
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def tally_dsn() -> Iterator[str]:
-    yield from tally_database()
-
-
-@pytest.fixture
-async def env(tally_dsn: str) -> AsyncIterator[TallyEnv]:
-    async with tally_env(tally_dsn) as e:
-        yield e
 
 
 def _free_port() -> int:

@@ -151,7 +151,7 @@ def test_token_rotation_overlap_then_previous_secret_refused(tmp_path: Path) -> 
 async def _cleanup(prefix: str) -> None:
     import redis.asyncio as aioredis
 
-    from tests.conftest import delete_prefix
+    from tests.support import delete_prefix
 
     client = aioredis.from_url(REDIS_URL)
     try:

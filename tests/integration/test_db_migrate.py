@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import uuid
@@ -32,8 +33,9 @@ async def test_migrate_creates_the_database_and_is_idempotent() -> None:
             assert {"shows", "polls", "options", "totals", "rate_buckets", "applied_outbox"} <= tables
         finally:
             await conn.close()
-        out = subprocess.run([sys.executable, "-m", "buzzer", "db", "migrate"], capture_output=True,
-                             text=True, env={"DATABASE_URL": dsn, "PATH": ""}, check=True)
+        out = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "buzzer", "db", "migrate"], capture_output=True,
+            text=True, env={"DATABASE_URL": dsn, "PATH": ""}, check=True)
         assert "up to date" in out.stdout
     finally:
         admin = await asyncpg.connect(PG_ADMIN_DSN)

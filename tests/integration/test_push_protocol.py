@@ -62,7 +62,9 @@ async def start_push(prefix: str) -> AsyncIterator[StartPush]:
         await cm.__aexit__(None, None, None)
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+async def until(
+    predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -85,7 +87,9 @@ async def vote_and_publish(sim: SimTally, poll: str, votes: dict[str, int]) -> d
     return {"version": u.version, "counts": u.counts, "total": u.total}
 
 
-async def test_snapshot_then_updates_with_growing_versions(sim: SimTally, start_push: StartPush) -> None:
+async def test_snapshot_then_updates_with_growing_versions(
+    sim: SimTally, start_push: StartPush
+) -> None:
     await sim.define("p1", ["red", "blue"])
     await sim.add_votes("p1", {"red": 2})
     push = await start_push()
@@ -108,7 +112,9 @@ async def test_snapshot_then_updates_with_growing_versions(sim: SimTally, start_
     c.abort()
 
 
-async def test_resume_with_old_version_gets_current_state(sim: SimTally, start_push: StartPush) -> None:
+async def test_resume_with_old_version_gets_current_state(
+    sim: SimTally, start_push: StartPush
+) -> None:
     await sim.define("p1", ["a", "b"])
     first = await vote_and_publish(sim, "p1", {"a": 1})
     current = await vote_and_publish(sim, "p1", {"b": 4})
@@ -120,13 +126,17 @@ async def test_resume_with_old_version_gets_current_state(sim: SimTally, start_p
     c.abort()
 
 
-async def test_resume_with_current_version_gets_nothing_older(sim: SimTally, start_push: StartPush) -> None:
+async def test_resume_with_current_version_gets_nothing_older(
+    sim: SimTally, start_push: StartPush
+) -> None:
     await sim.define("p1", ["a", "b"])
     await vote_and_publish(sim, "p1", {"a": 1})
     current = await vote_and_publish(sim, "p1", {"a": 1})
     push = await start_push()
     c = await wsclient.connect(f"{push.ws}/v1/live")
-    c.send_text(json.dumps({"type": "subscribe", "poll": "p1", "since_version": current["version"]}))
+    c.send_text(
+        json.dumps({"type": "subscribe", "poll": "p1", "since_version": current["version"]})
+    )
     assert await recv(c) == {"type": "uptodate", "poll": "p1", "version": current["version"]}
     # A client that saw a later version (through another push process) than this one
     # knows: nothing up to that version may follow, the next newer state does.
@@ -175,7 +185,9 @@ async def test_final_result_reaches_every_subscriber(sim: SimTally, start_push: 
         c.abort()
 
 
-async def test_multi_poll_socket_unsubscribe_and_unknown_poll(sim: SimTally, start_push: StartPush) -> None:
+async def test_multi_poll_socket_unsubscribe_and_unknown_poll(
+    sim: SimTally, start_push: StartPush
+) -> None:
     await sim.define("p1", ["a"])
     await sim.define("p2", ["a"])
     push = await start_push()
@@ -199,7 +211,9 @@ async def test_multi_poll_socket_unsubscribe_and_unknown_poll(sim: SimTally, sta
     c.abort()
 
 
-async def test_at_most_ten_updates_per_second_per_poll(sim: SimTally, start_push: StartPush) -> None:
+async def test_at_most_ten_updates_per_second_per_poll(
+    sim: SimTally, start_push: StartPush
+) -> None:
     await sim.define("p1", ["a"])
     push = await start_push()
     c = await wsclient.connect(f"{push.ws}/v1/polls/p1/live")
@@ -238,12 +252,17 @@ WIDE = [f"option-{i:03d}" for i in range(120)]
 """Enough options that one update is ~4 KB: a few fill a tiny socket buffer."""
 
 
-async def test_slow_client_gets_latest_state_with_bounded_queue(sim: SimTally, start_push: StartPush) -> None:
+async def test_slow_client_gets_latest_state_with_bounded_queue(
+    sim: SimTally, start_push: StartPush
+) -> None:
     limit = 16 * 1024
     await sim.define("wide", WIDE)
     push = await start_push(
-        send_buffer_limit_bytes=limit, socket_sndbuf_bytes=4096, min_interval_ms=5,
-        slow_client_timeout_s=60, heartbeat_s=120,
+        send_buffer_limit_bytes=limit,
+        socket_sndbuf_bytes=4096,
+        min_interval_ms=5,
+        slow_client_timeout_s=60,
+        heartbeat_s=120,
     )
     slow = await wsclient.connect(f"{push.ws}/v1/polls/wide/live", rcvbuf=4096)
     fast = await wsclient.connect(f"{push.ws}/v1/polls/wide/live")
@@ -284,11 +303,17 @@ async def test_slow_client_gets_latest_state_with_bounded_queue(sim: SimTally, s
     fast.abort()
 
 
-async def test_slow_client_is_disconnected_past_its_bound(sim: SimTally, start_push: StartPush) -> None:
+async def test_slow_client_is_disconnected_past_its_bound(
+    sim: SimTally, start_push: StartPush
+) -> None:
     await sim.define("wide", WIDE)
     push = await start_push(
-        send_buffer_limit_bytes=8 * 1024, socket_sndbuf_bytes=4096, min_interval_ms=5,
-        slow_client_timeout_s=0.3, heartbeat_s=120, close_timeout_s=5,
+        send_buffer_limit_bytes=8 * 1024,
+        socket_sndbuf_bytes=4096,
+        min_interval_ms=5,
+        slow_client_timeout_s=0.3,
+        heartbeat_s=120,
+        close_timeout_s=5,
     )
     slow = await wsclient.connect(f"{push.ws}/v1/polls/wide/live", rcvbuf=4096)
     other = await wsclient.connect(f"{push.ws}/v1/polls/wide/live")
@@ -311,7 +336,9 @@ async def test_slow_client_is_disconnected_past_its_bound(sim: SimTally, start_p
     other.abort()
 
 
-async def test_connection_limits_per_address_and_total(sim: SimTally, start_push: StartPush) -> None:
+async def test_connection_limits_per_address_and_total(
+    sim: SimTally, start_push: StartPush
+) -> None:
     await sim.define("p1", ["a"])
     push = await start_push(max_connections_per_ip=2, max_connections=3)
     a = await wsclient.connect(f"{push.ws}/v1/polls/p1/live")
@@ -319,9 +346,13 @@ async def test_connection_limits_per_address_and_total(sim: SimTally, start_push
     c = await wsclient.connect(f"{push.ws}/v1/polls/p1/live")
     assert await closed(c) == (4029, "too many connections from this address")
     # Through a trusted proxy (127.0.0.1 by default) the forwarded address counts.
-    d = await wsclient.connect(f"{push.ws}/v1/polls/p1/live", headers={"X-Forwarded-For": "10.0.0.7"})
+    d = await wsclient.connect(
+        f"{push.ws}/v1/polls/p1/live", headers={"X-Forwarded-For": "10.0.0.7"}
+    )
     await recv(d)
-    e = await wsclient.connect(f"{push.ws}/v1/polls/p1/live", headers={"X-Forwarded-For": "10.0.0.8"})
+    e = await wsclient.connect(
+        f"{push.ws}/v1/polls/p1/live", headers={"X-Forwarded-For": "10.0.0.8"}
+    )
     assert await closed(e) == (1013, "server full, try again later")
     a.abort()
     await until(lambda: len(push.hub.clients) == 2, what="a slot to free up")
@@ -342,12 +373,24 @@ async def test_connection_limits_per_address_and_total(sim: SimTally, start_push
         (lambda c: c.send_text('{"type":"subscribe"}'), 1008, "invalid message"),
         (lambda c: c.send_text('{"type":"dance","poll":"p1"}'), 1008, "invalid message"),
         (lambda c: c.send_text('{"type":"subscribe","poll":"../etc"}'), 1008, "invalid poll id"),
-        (lambda c: c.send_text('{"type":"subscribe","poll":"p1","since_version":"x"}'), 1008, "invalid"),
+        (
+            lambda c: c.send_text('{"type":"subscribe","poll":"p1","since_version":"x"}'),
+            1008,
+            "invalid",
+        ),
         (lambda c: c.send_text("[" * 5000 + "]" * 5000), 1009, ""),
         (lambda c: c.send_text(b"\xff\xfe"), 1007, ""),
     ],
-    ids=["binary", "not-json", "missing-field", "unknown-type", "bad-poll-id", "bad-version",
-         "too-big", "not-utf8"],
+    ids=[
+        "binary",
+        "not-json",
+        "missing-field",
+        "unknown-type",
+        "bad-poll-id",
+        "bad-version",
+        "too-big",
+        "not-utf8",
+    ],
 )
 async def test_malformed_messages_close_with_their_code_and_others_keep_going(
     sim: SimTally,
@@ -400,7 +443,9 @@ async def test_origin_check(sim: SimTally, start_push: StartPush) -> None:
 async def test_device_token_when_required(sim: SimTally, start_push: StartPush) -> None:
     await sim.define("p1", ["a"])
     push = await start_push(require_token=True)
-    settings: PushSettings = push_settings(token_secret="test-token-secret-0123456789abcdef0123456789")
+    settings: PushSettings = push_settings(
+        token_secret="test-token-secret-0123456789abcdef0123456789"
+    )
     token = TokenService(settings.token_secret, audience=settings.token_audience).issue().token
     url = f"{push.ws}/v1/polls/p1/live"
     missing = await wsclient.connect(url)
@@ -422,7 +467,9 @@ async def test_idle_socket_is_closed(start_push: StartPush) -> None:
     assert await closed(c) == (4000, "idle: no subscription")
 
 
-async def test_shutdown_closes_every_client_with_going_away(sim: SimTally, start_push: StartPush) -> None:
+async def test_shutdown_closes_every_client_with_going_away(
+    sim: SimTally, start_push: StartPush
+) -> None:
     await sim.define("p1", ["a"])
     push = await start_push()
     clients = [await wsclient.connect(f"{push.ws}/v1/polls/p1/live") for _ in range(5)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -19,22 +18,9 @@ from tests.tally_support import (
     eventually,
     pg_counts,
     redis_counts,
-    tally_database,
-    tally_env,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def tally_dsn() -> Iterator[str]:
-    yield from tally_database()
-
-
-@pytest.fixture
-async def env(tally_dsn: str) -> AsyncIterator[TallyEnv]:
-    async with tally_env(tally_dsn) as e:
-        yield e
 
 
 async def test_running_tally_applies_publishes_and_reports(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -18,22 +17,9 @@ from tests.tally_support import (
     create_poll,
     pending,
     redis_counts,
-    tally_database,
-    tally_env,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def tally_dsn() -> Iterator[str]:
-    yield from tally_database()
-
-
-@pytest.fixture
-async def env(tally_dsn: str) -> AsyncIterator[TallyEnv]:
-    async with tally_env(tally_dsn) as e:
-        yield e
 
 
 async def _votes(env: TallyEnv, poll: str, n: int) -> Counter[str]:

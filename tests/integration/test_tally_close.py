@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -20,22 +19,9 @@ from tests.tally_support import (
     pending,
     pg_counts,
     redis_counts,
-    tally_database,
-    tally_env,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def tally_dsn() -> Iterator[str]:
-    yield from tally_database()
-
-
-@pytest.fixture
-async def env(tally_dsn: str) -> AsyncIterator[TallyEnv]:
-    async with tally_env(tally_dsn) as e:
-        yield e
 
 
 async def _drain(env: TallyEnv, tally: Tally) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-
 import pytest
 
 from services.common.messages import PG_GROUP, TALLY_GROUP
@@ -14,22 +12,9 @@ from tests.tally_support import (
     create_poll,
     pg_counts,
     redis_counts,
-    tally_database,
-    tally_env,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def tally_dsn() -> Iterator[str]:
-    yield from tally_database()
-
-
-@pytest.fixture
-async def env(tally_dsn: str) -> AsyncIterator[TallyEnv]:
-    async with tally_env(tally_dsn) as e:
-        yield e
 
 
 async def _ids(env: TallyEnv, stream: str) -> list[bytes]:

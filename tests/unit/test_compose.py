@@ -96,7 +96,7 @@ def test_haproxy_config_is_current() -> None:
     for name in APP:
         cmd = SERVICES[name]["command"]
         if cmd[:2] == ["serve", "ingest"]:
-            assert f"server ingest" in text and f" {name}:{cmd[-1]}" in text
+            assert "server ingest" in text and f" {name}:{cmd[-1]}" in text
 
 
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="scripts/setup installs haproxy")

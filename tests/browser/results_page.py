@@ -1,0 +1,87 @@
+"""Page object for the results page, shared by the push-only and full-stack browser tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from playwright.async_api import Browser, Page, async_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+
+
+@asynccontextmanager
+async def chromium() -> AsyncIterator[Browser]:
+    """Debian's Chromium driven by Playwright (no ``playwright install``)."""
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+class ResultsPage:
+    def __init__(self, page: Page) -> None:
+        self.page = page
+
+    async def open(self, base_url: str, poll: str) -> None:
+        await self.page.goto(f"{base_url}/results?poll={poll}")
+
+    async def status(self) -> str:
+        return await self.page.get_attribute("#status", "data-state") or ""
+
+    async def wait_status(self, state: str, timeout_ms: float = 10_000) -> None:
+        await self.page.wait_for_selector(f'#status[data-state="{state}"]', timeout=timeout_ms)
+
+    async def counts(self) -> dict[str, int]:
+        values: dict[str, str] = await self.page.evaluate(
+            """() => Object.fromEntries([...document.querySelectorAll('.option')].map(
+                   el => [el.dataset.option, el.querySelector('.count').dataset.value]))"""
+        )
+        return {k: int(v) for k, v in values.items()}
+
+    async def total(self) -> int:
+        return int(await self.page.get_attribute("#total", "data-value") or 0)
+
+    async def wait_counts(self, expected: Mapping[str, int], timeout_ms: float = 10_000) -> None:
+        """Until every option's count and the total on screen are exactly ``expected``."""
+        await self.page.wait_for_function(
+            """(exp) => {
+                const els = [...document.querySelectorAll('.option')];
+                if (els.length !== Object.keys(exp).length) return false;
+                let total = 0;
+                for (const el of els) {
+                    const v = Number(el.querySelector('.count').dataset.value);
+                    if (v !== exp[el.dataset.option]) return false;
+                    total += v;
+                }
+                return Number(document.getElementById('total').dataset.value) === total;
+            }""",
+            arg=dict(expected),
+            timeout=timeout_ms,
+        )
+
+    async def wait_final(self, timeout_ms: float = 10_000) -> None:
+        await self.page.wait_for_selector('body[data-final="true"]', timeout=timeout_ms)
+        await self.wait_status("final", timeout_ms)
+        await self.page.wait_for_selector("#banner-final:not([hidden])", timeout=timeout_ms)
+
+    async def screenshot(self, name: str = "results-page.png") -> Path:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / name
+        await self.page.screenshot(path=str(path), full_page=True)
+        return path
