@@ -18,8 +18,8 @@ import redis.asyncio as aioredis
 
 from services.common.messages import Keys, VoteEntry
 from tests.conftest import PG_ADMIN_DSN, REDIS_URL
-from tests.stack_support import api, consecutive_free_ports, eventually
-from tests.support import delete_prefix
+from tests.stack_support import api, consecutive_free_ports
+from tests.support import delete_prefix, eventually
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,8 @@ import redis.asyncio as aioredis
 
 from services.common.messages import Keys
 from tests.conftest import REDIS_URL
-from tests.stack_support import RunningStack, api, create_open_poll, eventually, local_stack
+from tests.stack_support import RunningStack, api, create_open_poll, local_stack
+from tests.support import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

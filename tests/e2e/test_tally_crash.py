@@ -24,12 +24,12 @@ import pytest
 
 from services.common.messages import PG_GROUP, TALLY_GROUP
 from services.common.polls import close_poll_redis
+from tests.support import eventually
 from tests.tally_support import (
     TallyEnv,
     cast_vote,
     close_poll_pg,
     create_poll,
-    eventually,
     pending,
     pg_counts,
     redis_counts,

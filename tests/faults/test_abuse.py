@@ -34,7 +34,8 @@ from tests.faults.support import (
     new_devices,
     post_vote,
 )
-from tests.stack_support import RunningStack, api, create_open_poll, eventually, local_stack
+from tests.stack_support import RunningStack, api, create_open_poll, local_stack
+from tests.support import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 

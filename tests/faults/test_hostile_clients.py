@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 
 from tests.faults.support import VoteLog, new_devices, open_poll, p99, post_vote
-from tests.stack_support import RunningStack, eventually, local_stack
+from tests.stack_support import RunningStack, local_stack
+from tests.support import eventually
 
 pytestmark = [
     pytest.mark.e2e,

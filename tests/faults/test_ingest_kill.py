@@ -21,7 +21,8 @@ from tests.faults.support import (
     open_poll,
     post_vote,
 )
-from tests.stack_support import RunningStack, eventually, local_stack
+from tests.stack_support import RunningStack, local_stack
+from tests.support import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 

@@ -27,7 +27,8 @@ from tests.faults.support import (
     post_vote,
     rss_kb,
 )
-from tests.stack_support import RunningStack, eventually, local_stack
+from tests.stack_support import RunningStack, local_stack
+from tests.support import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 

@@ -25,7 +25,8 @@ from tests.faults.support import (
     open_poll,
     post_vote,
 )
-from tests.stack_support import RunningStack, eventually, local_stack
+from tests.stack_support import RunningStack, local_stack
+from tests.support import eventually
 
 OUTAGE_S = env_flag("BUZZER_FAULT_PG_OUTAGE_S", 30.0)
 """The issue's 30 s; set the variable to shorten it while iterating."""

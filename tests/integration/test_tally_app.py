@@ -11,11 +11,11 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from services.common.messages import decode_update
 from services.tally.app import create_app
+from tests.support import eventually
 from tests.tally_support import (
     TallyEnv,
     cast_vote,
     create_poll,
-    eventually,
     pg_counts,
     redis_counts,
 )
