@@ -317,6 +317,10 @@ class PgWriter:
             if claimed:
                 self.metrics.claimed.labels(STREAM).inc(len(claimed))
                 self.stats.claimed += len(claimed)
+                log.info(
+                    "claimed pending entries of an idle consumer",
+                    extra={"partition": p, "entries": len(claimed), "stream": STREAM},
+                )
                 await self.process(p, claimed)
 
     async def run_partition(self, p: int, stop: asyncio.Event) -> None:
