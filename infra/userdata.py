@@ -18,7 +18,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 apt-get install -y -q python3-venv awscli {extra_packages}
-install -d -m 0755 /etc/buzzer /run/buzzer
+install -d -m 0755 /etc/buzzer /run/buzzer /var/lib/buzzer
 python3 -m venv /opt/buzzer
 /opt/buzzer/bin/pip install --quiet {package}
 cat > /etc/buzzer/node.env <<'EOF'
@@ -77,11 +77,14 @@ RestartSec=5
 [Install]
 WantedBy=multi-user.target
 EOF
-/opt/buzzer/bin/buzzer lb render {render_args} -o /etc/haproxy/haproxy.cfg.new
-/opt/buzzer/bin/buzzer lb apply --config /etc/haproxy/haproxy.cfg.new
+echo 1 > /var/lib/buzzer/haproxy.state
+/opt/buzzer/bin/buzzer lb apply {render_args} --target /etc/haproxy/haproxy.cfg
 systemctl daemon-reload
 systemctl enable --now haproxy buzzer-lb-sync
 """
+
+
+RUNTIME_SOCKET = "/run/buzzer/haproxy.sock"
 
 
 def discovery_source(show: str) -> str:
@@ -111,12 +114,17 @@ def render(
     )
     if tier == "haproxy":
         source = shlex.quote(discovery_source(sheet.show))
-        common = (
-            f"--source {source} --maxconn {timeline.peak.maxconn_per_node}"
-            f" --ingest-port {port_of(sheet, 'ingest')} --push-port {port_of(sheet, 'push')}"
+        ports = f"--port ingest={port_of(sheet, 'ingest')} --port push={port_of(sheet, 'push')}"
+        # The config has empty server-template slots; sync fills them from EC2 tags
+        # through the runtime API, so membership changes never need a reload.
+        render_args = (
+            f"--maxconn {timeline.peak.maxconn_per_node} --runtime-socket {RUNTIME_SOCKET}"
+            f" --state-file /var/lib/buzzer/haproxy.state"
         )
-        return out + _HAPROXY.format(
-            show=sheet.show, sync_args=f"{common} --interval 15", render_args=common
+        sync_args = (
+            f"--socket {RUNTIME_SOCKET} --backend ingest --backend push --source {source}"
+            f" {ports} --interval 15"
         )
+        return out + _HAPROXY.format(show=sheet.show, sync_args=sync_args, render_args=render_args)
     out += _SECRETS.format(region=region, prefix=sheet.ssm_prefix.rstrip("/"))
     return out + _SERVICE.format(tier=tier, processes=processes)

@@ -140,8 +140,8 @@ def test_user_data_installs_tier_and_keeps_secrets_out() -> None:
     sheet = load(EXAMPLE)
     tl = timeline.build(sheet)
     lb = userdata.render(sheet, tl, "haproxy", 8, "eu-west-1")
-    assert "buzzer lb sync --source ec2:buzzer:show=final-2026" in lb
-    assert "buzzer lb apply" in lb and "buzzer lb render" in lb
+    assert "--source ec2:buzzer:show=final-2026" in lb
+    assert "buzzer lb apply" in lb and "buzzer lb sync" in lb
     assert f"--maxconn {tl.peak.maxconn_per_node}" in lb
     ingest = userdata.render(sheet, tl, "ingest", 4, "eu-west-1")
     assert "buzzer serve ingest" in ingest
@@ -174,3 +174,24 @@ def test_cli_plan_offline_and_bad_sheet(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_now_option_parses_utc() -> None:
     assert cli._utc("2026-12-19T19:00:00Z") == datetime(2026, 12, 19, 19, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("tier", ["haproxy", "ingest", "tally", "push"])
+def test_user_data_runs_only_real_buzzer_commands(tier: str) -> None:
+    """Every `buzzer ...` line a node runs at boot parses with the real CLI, so a renamed
+    flag fails here and not on the night."""
+    import shlex
+
+    from buzzer.cli import build_parser
+
+    sheet = load(EXAMPLE)
+    text = userdata.render(sheet, timeline.build(sheet), tier, 2, "eu-west-1")  # type: ignore[arg-type]
+    commands = [
+        line.split("/opt/buzzer/bin/buzzer", 1)[1]
+        for line in text.splitlines()
+        if "/opt/buzzer/bin/buzzer " in line
+    ]
+    assert commands
+    for command in commands:
+        args = build_parser().parse_args(shlex.split(command))
+        assert callable(args.func), command
