@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from buzzer.ports import free_port
 
 WRK_SCRIPT = r"""
 local tokens, n, prefix, counter = {}, 0, "", 0
@@ -66,12 +67,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         p = bsub.add_parser(name, help=(mod.__doc__ or name).strip().splitlines()[0])
         mod.add_arguments(p)
         p.set_defaults(func=mod.run)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pinned(core: int, argv: list[str]) -> list[str]:

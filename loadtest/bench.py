@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from buzzer.ports import free_ports
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--level-seconds", type=float, default=12.0, help="length of one rate level")
@@ -104,25 +106,6 @@ def _search(measure: Any, args: argparse.Namespace, deadline: float, side: str) 
     return s
 
 
-def _free_base(n: int) -> int:
-    import socket
-
-    for _ in range(200):
-        with socket.socket() as sk:
-            sk.bind(("127.0.0.1", 0))
-            base = int(sk.getsockname()[1])
-        if base + n >= 65535:
-            continue
-        try:
-            for port in range(base, base + n):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free ports")
-
-
 def run(args: argparse.Namespace) -> int:
     from buzzer.bench import wait_http
     from buzzer.haproxy import start_local_haproxy
@@ -146,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
            "BUZZER_LOG_LEVEL": "WARNING", "BUZZER_STATE_DIR": str(tmp / "state")}
     # The audit in this process reads the same Redis prefix and database as the stack.
     os.environ.update({k: env[k] for k in ("BUZZER_KEY_PREFIX", "DATABASE_URL", "BUZZER_ADMIN_TOKEN")})
-    base = _free_base(16)
+    base = free_ports(16)
     stack = Stack(env=env, http_port=base, https_port=base + 1, stats_port=base + 2,
                   ingest=2, haproxy=True, state_dir=tmp / "state", ingest_base_port=base + 3,
                   tally_port=base + 5, push_port=base + 6)

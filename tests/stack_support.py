@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,30 +14,10 @@ from typing import Any
 
 import aiohttp
 
+from buzzer.ports import free_ports
 from buzzer.stack import Stack
 from tests.conftest import PG_ADMIN_DSN, REDIS_URL
 from tests.support import delete_prefix
-
-
-def consecutive_free_ports(n: int) -> int:
-    """The first of ``n`` consecutive ports that are free now."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + n >= 65535:
-            continue
-        ok = True
-        for port in range(base, base + n):
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free ports")
 
 
 @dataclass
@@ -85,7 +64,7 @@ def local_stack(
         "BUZZER_STATE_DIR": str(tmp_path / "state"),
         **(extra_env or {}),
     }
-    base = consecutive_free_ports(ingest + 6)
+    base = free_ports(ingest + 6)
     stack = Stack(
         env=env,
         http_port=base,

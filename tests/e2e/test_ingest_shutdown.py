@@ -16,9 +16,10 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from buzzer.ports import free_port
 from services.common.messages import Keys, VoteEntry
 from tests.conftest import PG_ADMIN_DSN, REDIS_URL
-from tests.stack_support import api, consecutive_free_ports
+from tests.stack_support import api
 from tests.support import delete_prefix, eventually
 
 pytestmark = pytest.mark.e2e
@@ -74,7 +75,7 @@ async def scenario(port: int, proc: subprocess.Popen[bytes], env: dict[str, str]
 
 
 def test_sigterm_answers_in_flight_votes_and_loses_none(tmp_path: Path) -> None:
-    port = consecutive_free_ports(1)
+    port = free_port()
     prefix = f"e{uuid.uuid4().hex[:10]}"
     env = {**os.environ, "BUZZER_KEY_PREFIX": prefix, "BUZZER_ADMIN_TOKEN": uuid.uuid4().hex,
            "BUZZER_TOKEN_SECRET": uuid.uuid4().hex * 2, "REDIS_URL": REDIS_URL,

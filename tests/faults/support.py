@@ -24,16 +24,11 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 
+from buzzer.ports import free_port
 from services.common.messages import Keys
 from tests.stack_support import RunningStack, api, create_open_poll
 
 REDIS_SERVER = "/usr/bin/redis-server"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- Redis
