@@ -137,7 +137,8 @@
     $("api-base").textContent = `Admin API: ${apiBase || location.origin}`;
     loadShows();
     refreshOps();
-    opsTimer = setInterval(refreshOps, 1000);
+    // The poll list too: a closed poll turns final on its own once the streams drain.
+    opsTimer = setInterval(() => { refreshOps(); loadPolls(); }, 1000);
   }
 
   function logout() {
