@@ -58,6 +58,8 @@ class RenderSettings:
     stats_host: str = "127.0.0.1"
     stats_port: int = 8404
     log_target: str | None = "stdout"
+    log_normal: bool = False
+    """Also log successful requests (off: only failures are logged)."""
     """``stdout``/``stderr`` for a child process, a unix socket path, or ``None``."""
     nbthread: int | None = None
     cpu_map: str | None = None
@@ -149,6 +151,11 @@ def _frontend(params: RenderParams, s: RenderSettings) -> list[str]:
     out += [f"    maxconn {params.maxconn}", "    monitor-uri /lb-healthz"]
     if s.log_target:
         out.append("    option httplog")
+        if not s.log_normal:
+            # At tens of thousands of requests/s a line per request costs a tenth of
+            # the node; log what went wrong (errors, timeouts, retries, 5xx) and let the
+            # stats and Prometheus counters account for the rest.
+            out.append("    option dontlog-normal")
     if s.https_port is not None and s.redirect_to_https:
         out.append("    http-request redirect scheme https code 301 unless { ssl_fc }")
     rl = s.rate_limit

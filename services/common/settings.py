@@ -53,6 +53,8 @@ class IngestSettings(CommonSettings):
     """Unapplied stream entries over all partitions above which votes get 503."""
     max_inflight: int = 20_000
     """Votes waiting for Redis in this process above which votes get 503."""
+    max_pipelines: int = 4
+    """Pipelines to Redis in flight at once; votes arriving meanwhile wait for the next."""
     dedupe_ttl_s: int = 6 * 3600
     max_body_bytes: int = 4096
     poll_cache_ttl_s: float = 1.0

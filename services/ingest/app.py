@@ -49,7 +49,9 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = client
     app[SCRIPTS] = Scripts.register(client)
     app[POLLS] = PollCache(client, app[KEYS], settings.poll_cache_ttl_s)
-    app[APPENDER] = appender = Appender(client, app[SCRIPTS], app[KEYS], settings.max_inflight)
+    app[APPENDER] = appender = Appender(
+        client, app[SCRIPTS], app[KEYS], settings.max_inflight, settings.max_pipelines
+    )
     monitor = BacklogMonitor(client, app[KEYS])
     app[BACKLOG] = monitor
     obs = app[OBS]
