@@ -181,8 +181,11 @@ def _frontend(params: RenderParams, s: RenderSettings) -> list[str]:
         "    acl live path_beg /v1/polls/",
         "    acl live_end path_end /live",
         "    acl api path_beg /v1/",
+        "    acl votes path_end /votes",
         # The push service's own API: multi-poll live sockets and the console's figures.
         "    acl push_api path /v1/live /v1/ops",
+        # Votes are nearly every request: route them with the fewest ACL evaluations.
+        "    use_backend ingest if live votes",
         "    use_backend push if websocket || live live_end || push_api",
         "    use_backend ingest if api",
         # Pages (/results, /console, /static/) are the push service's.

@@ -19,7 +19,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -28,6 +27,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import msgspec
+
+from buzzer.ports import free_port
 
 LAT_BUCKETS_MS = 10_000
 
@@ -204,12 +205,6 @@ async def _server_delays(port: int) -> dict[str, Any]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _percentile(sorted_values: list[float], q: float) -> float | None:
     if not sorted_values:
         return None
@@ -266,7 +261,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     poll = "bench"
     options = [f"opt{i}" for i in range(args.options)]
     await sim.define(poll, options, title="Bench poll")
-    port = args.port or _free_port()
+    port = args.port or free_port()
     env = {
         **os.environ,
         "REDIS_URL": args.redis_url,
