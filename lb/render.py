@@ -156,22 +156,27 @@ def _frontend(params: RenderParams, s: RenderSettings) -> list[str]:
             # the node; log what went wrong (errors, timeouts, retries, 5xx) and let the
             # stats and Prometheus counters account for the rest.
             out.append("    option dontlog-normal")
+    rl = s.rate_limit
+    if rl is not None:
+        out += [
+            f"    stick-table type ipv6 size {rl.table_size} expire {rl.expire_s}s"
+            f" store http_req_rate({rl.period_s}s)",
+            # Tracked once per connection (cheaper on keep-alive); the table still
+            # counts every request of the connection in http_req_rate.
+            "    tcp-request connection track-sc0 src",
+        ]
     if s.https_port is not None and s.redirect_to_https:
         out.append("    http-request redirect scheme https code 301 unless { ssl_fc }")
-    rl = s.rate_limit
     if rl is not None:
         body = (
             '{"error":"rate_limited","detail":"too many requests from this address",'
             f'"retry_after_s":{rl.period_s}}}'
         )
-        out += [
-            f"    stick-table type ipv6 size {rl.table_size} expire {rl.expire_s}s"
-            f" store http_req_rate({rl.period_s}s)",
-            "    http-request track-sc0 src",
+        out.append(
             f"    http-request return status 429 content-type application/json"
             f" string '{body}' hdr Retry-After {rl.period_s}"
-            f" if {{ sc_http_req_rate(0) gt {rl.requests} }}",
-        ]
+            f" if {{ sc_http_req_rate(0) gt {rl.requests} }}"
+        )
     if s.https_port is not None:
         out.append("    http-request set-header X-Forwarded-Proto https if { ssl_fc }")
         out.append("    http-request set-header X-Forwarded-Proto http unless { ssl_fc }")
