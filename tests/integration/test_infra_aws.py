@@ -60,6 +60,8 @@ def sheet_data(aws: Clients) -> dict[str, Any]:
     ]
     zone = aws.route53.create_hosted_zone(Name="example.com", CallerReference="t")["HostedZone"]
     data: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    # Fixed figures: the measured profile changes whenever `buzzer bench lb` runs.
+    data["capacity"]["profile"] = "historical"
     shift = NOW + timedelta(hours=3) - data["on_air"]
     for key in ("on_air", "off_air"):
         data[key] += shift
