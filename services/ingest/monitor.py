@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -89,7 +90,7 @@ class BacklogMonitor:
             await asyncio.sleep(self._interval)
 
     @contextlib.asynccontextmanager
-    async def running(self):  # type: ignore[no-untyped-def]
+    async def running(self) -> AsyncIterator[BacklogMonitor]:
         task = asyncio.create_task(self.run())
         try:
             yield self
