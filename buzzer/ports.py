@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 
-def _bindable(port: int) -> bool:
+def bindable(port: int) -> bool:
     with socket.socket() as probe:
         # As the servers themselves bind: a port whose old connections linger in
         # TIME_WAIT (after a benchmark) is free for a listener.
@@ -27,6 +27,6 @@ def free_ports(n: int) -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             base = int(s.getsockname()[1])
-        if base + n < 65535 and all(_bindable(p) for p in range(base, base + n)):
+        if base + n < 65535 and all(bindable(p) for p in range(base, base + n)):
             return base
     raise RuntimeError(f"no {n} consecutive free ports on 127.0.0.1")

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from buzzer.ports import bindable
+
 STATE_DIR = Path(os.environ.get("BUZZER_STATE_DIR", ".buzzer"))
 
 
@@ -105,7 +107,18 @@ class Stack:
             self.children.append(Child("push", self._py("serve", "push", "--port", str(self.push_port)),
                                        self.env, f"http://127.0.0.1:{self.push_port}/readyz"))
 
+    def ports(self) -> list[int]:
+        ports = [*self.ingest_ports, self.tally_port]
+        ports += [self.push_port] if self.with_push else []
+        ports += [self.http_port, self.https_port, self.stats_port] if self.haproxy else []
+        return ports
+
     def start(self, timeout: float = 30) -> None:
+        # Fail before starting anything, rather than health-check another stack's process.
+        taken = [p for p in self.ports() if not bindable(p)]
+        if taken:
+            raise RuntimeError(f"port(s) {', '.join(map(str, taken))} already in use "
+                               "(another `buzzer up`?)")
         log_dir = self.state_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         for child in self.children:
@@ -192,7 +205,11 @@ def _up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        stack.start()
+        try:
+            stack.start()
+        except Exception as exc:  # a port in use, a dependency down: say it in one line
+            print(f"buzzer up: {exc}", file=sys.stderr)
+            return 1
         print("buzzer is up:")
         for name, url in stack.urls().items():
             print(f"  {name:24} {url}")
