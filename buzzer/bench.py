@@ -24,8 +24,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from buzzer.http import api
 from buzzer.ports import free_port
 
 WRK_SCRIPT = r"""
@@ -164,15 +164,6 @@ async def _drop_prefix(redis_url: str, prefix: str) -> None:
         await client.aclose()
 
 
-def _api(method: str, url: str, token: str, body: Any = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Authorization": f"Bearer {token}",
-                                          "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
-
-
 @dataclass
 class VoteTarget:
     """A running ingest process with an open 8-option poll and device tokens, and the
@@ -219,12 +210,12 @@ def vote_target(devices: int = 5000, cpu: int | None = 0) -> Iterator[VoteTarget
     try:
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/readyz")
-        show = _api("POST", f"{base}/v1/admin/shows", admin, {"name": "bench"})
-        poll = _api("POST", f"{base}/v1/admin/polls", admin, {
+        show = api("POST", f"{base}/v1/admin/shows", admin, {"name": "bench"})
+        poll = api("POST", f"{base}/v1/admin/polls", admin, {
             "show_id": show["id"], "title": "bench",
             "options": [{"key": f"o{i}", "label": f"O{i}"} for i in range(8)],
             "max_votes_per_device": None, "max_count": 100})
-        _api("POST", f"{base}/v1/admin/polls/{poll['id']}/open", admin)
+        api("POST", f"{base}/v1/admin/polls/{poll['id']}/open", admin)
         yield VoteTarget(url=base, script=script, script_args=[str(tmp / "tokens")],
                          wrk_env={"BENCH_POLL": poll["id"], "BENCH_OPTIONS": "8"},
                          prefix=prefix, redis_url=common.redis_url, partitions=common.partitions)

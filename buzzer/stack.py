@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from buzzer.http import api
 from buzzer.ports import bindable
 
 STATE_DIR = Path(os.environ.get("BUZZER_STATE_DIR", ".buzzer"))
@@ -231,21 +232,10 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _request(method: str, url: str, token: str | None = None, body: Any = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
-
-
 def _demo(args: argparse.Namespace) -> int:
     token = os.environ.get("BUZZER_ADMIN_TOKEN") or load_secrets()["BUZZER_ADMIN_TOKEN"]
     url = args.url.rstrip("/")
-    show = _request("POST", f"{url}/v1/admin/shows", token, {"name": "Demo night"})
+    show = api("POST", f"{url}/v1/admin/shows", token, {"name": "Demo night"})
     polls: list[dict[str, Any]] = [
         {"title": "Buzz act 3", "options": [{"key": "buzz", "label": "Buzz"},
                                             {"key": "golden", "label": "Golden buzzer"}],
@@ -259,10 +249,10 @@ def _demo(args: argparse.Namespace) -> int:
     ]
     created = []
     for spec in polls:
-        poll = _request("POST", f"{url}/v1/admin/polls", token, {"show_id": show["id"], **spec})
-        poll = _request("POST", f"{url}/v1/admin/polls/{poll['id']}/open", token)
+        poll = api("POST", f"{url}/v1/admin/polls", token, {"show_id": show["id"], **spec})
+        poll = api("POST", f"{url}/v1/admin/polls/{poll['id']}/open", token)
         created.append(poll)
-    device = _request("POST", f"{url}/v1/devices")
+    device = api("POST", f"{url}/v1/devices")
     print(f"show {show['id']} with {len(created)} open polls:")
     for p in created:
         print(f"  {p['id']}  {p['title']}  options: {', '.join(o['key'] for o in p['options'])}")

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadtest.plan import Plan, api
+from buzzer.http import api
+from loadtest.plan import Plan
 
 
 @dataclass

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from buzzer.http import api
 
 PROBE = "probe"
 """An option in every buzz/clap poll that only the prober votes: its count is known exactly."""
@@ -136,17 +136,6 @@ def schedule(profile: str) -> list[dict[str, Any]]:
 
 
 # -- admin API (setup happens in the parent, before locust starts) ----------------------
-
-
-def api(method: str, url: str, token: str | None = None, body: Any = None, timeout: float = 10) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())
 
 
 def create_show(plan: Plan) -> None:
