@@ -171,28 +171,15 @@ class VotesConsumer:
 
     async def recover(self, p: int) -> int:
         """Re-apply this consumer's own pending entries, then claim those of dead consumers."""
-        reader = self.readers[p]
         self._deferred[p] = False
         applied = 0
-        async for page in reader.own_pending(self.settings.batch_size):
-            applied += (await self.apply(p, page)).applied
-        async for claimed, deleted in reader.claim(
-            self.settings.claim_idle_ms, self.settings.batch_size
+        async for page, claimed, dropped in self.readers[p].recover(
+            self.settings.batch_size, self.settings.claim_idle_ms
         ):
-            if deleted:
-                # XAUTOCLAIM already dropped them from the pending list (Redis 7); the
-                # explicit ack covers servers that do not.
-                await reader.ack(deleted)
-                self.metrics.dropped.labels(STREAM).inc(len(deleted))
-                self.stats.dropped += len(deleted)
-            if claimed:
-                self.metrics.claimed.labels(STREAM).inc(len(claimed))
-                self.stats.claimed += len(claimed)
-                log.info(
-                    "claimed pending entries of an idle consumer",
-                    extra={"partition": p, "entries": len(claimed)},
-                )
-                applied += (await self.apply(p, claimed)).applied
+            if claimed or dropped:
+                self.metrics.recovered(self.stats, STREAM, p, len(page) if claimed else 0, dropped)
+            if page:
+                applied += (await self.apply(p, page)).applied
         return applied
 
     async def run_partition(self, p: int, stop: asyncio.Event) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+log = logging.getLogger("buzzer.tally")
 
 
 @dataclass
@@ -100,3 +103,17 @@ class TallyMetrics:
             ["stream"],
             registry=registry,
         )
+
+    def recovered(self, stats: Stats, stream: str, p: int, claimed: int, dropped: int) -> None:
+        """Count what a recovery pass took over from idle consumers, and log it."""
+        if dropped:
+            self.dropped.labels(stream).inc(dropped)
+            stats.dropped += dropped
+        if claimed:
+            self.claimed.labels(stream).inc(claimed)
+            stats.claimed += claimed
+            log.info(
+                "claimed pending entries of an idle consumer",
+                extra={"partition": p, "entries": claimed, "stream": stream},
+            )
+

@@ -305,23 +305,14 @@ class PgWriter:
 
     async def recover(self, p: int) -> None:
         """Re-process this writer's own pending entries, then claim those of dead writers."""
-        reader = self.readers[p]
         self._retry[p] = False
-        async for page in reader.own_pending(self.settings.batch_size):
-            await self.process(p, page)
-        async for claimed, deleted in reader.claim(
-            self.settings.claim_idle_ms, self.settings.batch_size
+        async for page, claimed, dropped in self.readers[p].recover(
+            self.settings.batch_size, self.settings.claim_idle_ms
         ):
-            if deleted:
-                await reader.ack(deleted)
-            if claimed:
-                self.metrics.claimed.labels(STREAM).inc(len(claimed))
-                self.stats.claimed += len(claimed)
-                log.info(
-                    "claimed pending entries of an idle consumer",
-                    extra={"partition": p, "entries": len(claimed), "stream": STREAM},
-                )
-                await self.process(p, claimed)
+            if claimed or dropped:
+                self.metrics.recovered(self.stats, STREAM, p, len(page) if claimed else 0, dropped)
+            if page:
+                await self.process(p, page)
 
     async def run_partition(self, p: int, stop: asyncio.Event) -> None:
         reader = self.readers[p]

@@ -125,6 +125,23 @@ class GroupReader:
             if parse_id(cursor) == (0, 0):
                 return
 
+    async def recover(
+        self, count: int, min_idle_ms: int
+    ) -> AsyncIterator[tuple[list[Entry], bool, int]]:
+        """What to process again, page by page: this consumer's own pending entries, then
+        the entries of consumers idle longer than ``min_idle_ms``, claimed for this one.
+
+        Yields (entries, claimed, dropped): ``dropped`` counts claimed ids whose entries
+        were deleted from the stream; they are acknowledged here (XAUTOCLAIM already
+        removed them from the pending list on Redis 7; the ack covers servers that don't).
+        """
+        async for page in self.own_pending(count):
+            yield page, False, 0
+        async for claimed, deleted in self.claim(min_idle_ms, count):
+            if deleted:
+                await self.ack(deleted)
+            yield claimed, True, len(deleted)
+
     async def ack(self, ids: list[bytes] | list[str]) -> int:
         if not ids:
             return 0
