@@ -129,17 +129,23 @@ def _s_time(
     return count / (time.monotonic() - t0), errors
 
 
+# The least HAProxy needs to proxy HTTP: the baseline both other configs are held to.
+_BARE = [
+    "global",
+    "    nbthread 1",
+    "    maxconn 8000",
+    "defaults",
+    "    mode http",
+    "    timeout connect 2s",
+    "    timeout client 30s",
+    "    timeout server 30s",
+]
+
+
 def _responder(port: int) -> str:
     return "\n".join(
         [
-            "global",
-            "    nbthread 1",
-            "    maxconn 8000",
-            "defaults",
-            "    mode http",
-            "    timeout connect 2s",
-            "    timeout client 30s",
-            "    timeout server 30s",
+            *_BARE,
             "frontend answer",
             f"    bind 127.0.0.1:{port}",
             "    http-request return status 200 content-type application/json"
@@ -153,14 +159,7 @@ def _minimal(host: str, port: int, tls_port: int, certs: list[Path], backend: in
     crts = " ".join(f"crt {c}" for c in certs)
     return "\n".join(
         [
-            "global",
-            "    nbthread 1",
-            "    maxconn 8000",
-            "defaults",
-            "    mode http",
-            "    timeout connect 2s",
-            "    timeout client 30s",
-            "    timeout server 30s",
+            *_BARE,
             "frontend fe",
             f"    bind {host}:{port}",
             f"    bind {host}:{tls_port} ssl {crts} alpn http/1.1",
