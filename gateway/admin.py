@@ -96,13 +96,17 @@ def _is_id(value: str) -> bool:
     return _ID.fullmatch(value) is not None
 
 
-async def fetch_poll(pool: asyncpg.Pool, poll_id: str) -> PollOut:
+async def fetch_poll_row(pool: asyncpg.Pool, poll_id: str) -> asyncpg.Record:
     if not _is_id(poll_id):
         raise ApiError(404, "poll_not_found", f"no poll {poll_id!r}", field="poll")
     row = await pool.fetchrow(_POLL_SQL + " WHERE p.id = $1", poll_id)
     if row is None:
         raise ApiError(404, "poll_not_found", f"no poll {poll_id!r}", field="poll")
-    return _poll(row)
+    return row
+
+
+async def fetch_poll(pool: asyncpg.Pool, poll_id: str) -> PollOut:
+    return _poll(await fetch_poll_row(pool, poll_id))
 
 
 def _new_id(prefix: str) -> str:
@@ -210,13 +214,13 @@ async def close_poll(request: web.Request) -> web.Response:
 
 async def _result(request: web.Request) -> ResultOut:
     pool = request.app[PG]
-    poll = await fetch_poll(pool, request.match_info["poll"])
+    row = await fetch_poll_row(pool, request.match_info["poll"])
+    poll = _poll(row)
     rows = await pool.fetch("SELECT option_key, count FROM totals WHERE poll_id = $1", poll.id)
     got = {r["option_key"]: int(r["count"]) for r in rows}
     counts = {o.key: got.get(o.key, 0) for o in poll.options}
-    finalized = await pool.fetchval("SELECT finalized_at FROM polls WHERE id = $1", poll.id)
     return ResultOut(poll=poll, counts=counts, total=sum(counts.values()), final=poll.final,
-                     finalized_at=finalized)
+                     finalized_at=row["finalized_at"])
 
 
 async def result_json(request: web.Request) -> web.Response:

@@ -19,7 +19,6 @@ TALLY_GROUP = "tally"
 PG_GROUP = "pgwriter"
 """Consumer group of the PostgreSQL writer on every partition's applied stream."""
 
-ENTRY_VOTE = b"v"
 ENTRY_CLOSE = b"c"
 
 PollState = Literal["draft", "open", "closed"]

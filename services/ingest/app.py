@@ -30,7 +30,6 @@ from services.ingest.keys import (
     REDIS,
     SCRIPTS,
     SETTINGS,
-    TOKENS,
 )
 from services.ingest.monitor import BacklogMonitor, PollCache
 from services.ingest.routes import setup_routes
@@ -102,14 +101,12 @@ def create_app(settings: IngestSettings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[KEYS] = settings.keys()
-    tokens = TokenService(
+    app[TOKEN_SERVICE] = TokenService(
         settings.token_secret,
         settings.token_secrets_previous,
         audience=settings.token_audience,
         ttl_s=settings.token_ttl_s,
     )
-    app[TOKENS] = tokens
-    app[TOKEN_SERVICE] = tokens
     app[ADMIN_TOKEN] = settings.admin_token
 
     async def redis_check() -> None:

@@ -6,7 +6,6 @@ import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
-from gateway.tokens import TokenService
 from services.common.messages import Keys
 from services.common.scripts import Scripts
 from services.common.settings import IngestSettings
@@ -21,4 +20,3 @@ APPENDER = web.AppKey("appender", Appender)
 POLLS = web.AppKey("poll_cache", PollCache)
 BACKLOG = web.AppKey("backlog", BacklogMonitor)
 PG = web.AppKey("pg", asyncpg.Pool)
-TOKENS = web.AppKey("tokens", TokenService)
