@@ -4,18 +4,32 @@ from __future__ import annotations
 
 import os
 import resource
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from pathlib import Path
 
+from buzzer.certs import make_cert
 from lb.inventory import Server
 from lb.process import HaproxyProcess
 from lb.render import RateLimit, RenderParams, RenderSettings, render
-from lb.testing import make_cert
-
-if TYPE_CHECKING:
-    from buzzer.stack import Stack
 
 
-def local_settings(stack: Stack) -> RenderSettings:
+@dataclass(frozen=True)
+class LocalFront:
+    """What HAProxy in front of a local stack listens on and proxies to; ``buzzer up``'s
+    Stack describes itself as one, so this module needs nothing of it."""
+
+    state_dir: Path
+    http_port: int
+    https_port: int
+    stats_port: int
+    ingest_ports: tuple[int, ...]
+    push_port: int
+    with_push: bool
+    # The backend's port for the servers HAProxy adds at runtime (lb sync).
+    ingest_base_port: int
+
+
+def local_settings(stack: LocalFront) -> RenderSettings:
     state = stack.state_dir.resolve()
     tls = state / "tls"
     tls.mkdir(parents=True, exist_ok=True)
@@ -40,7 +54,7 @@ def local_settings(stack: Stack) -> RenderSettings:
     )
 
 
-def local_config(stack: Stack) -> str:
+def local_config(stack: LocalFront) -> str:
     inventory = {
         "ingest": [Server("127.0.0.1", port) for port in stack.ingest_ports],
         "push": [Server("127.0.0.1", stack.push_port)] if stack.with_push else [],
@@ -52,7 +66,7 @@ def local_config(stack: Stack) -> str:
     return render(RenderParams(maxconn=maxconn), inventory, local_settings(stack))
 
 
-def start_local_haproxy(stack: Stack) -> HaproxyProcess:
+def start_local_haproxy(stack: LocalFront) -> HaproxyProcess:
     root = stack.state_dir.resolve()
     workdir = root / "haproxy"
     workdir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,9 @@ import urllib.request
 from typing import Any
 
 
-def api(method: str, url: str, token: str | None = None, body: Any = None, timeout: float = 10) -> Any:
+def api(
+    method: str, url: str, token: str | None = None, body: Any = None, timeout: float = 10
+) -> Any:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method)
     if data is not None:

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from buzzer.haproxy import LocalFront, start_local_haproxy
 from buzzer.http import api
 from buzzer.ports import bindable
+from buzzer.secretfile import write_secret
 
 STATE_DIR = Path(os.environ.get("BUZZER_STATE_DIR", ".buzzer"))
 
@@ -30,6 +32,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     up.add_argument("--https-port", type=int, default=int(os.environ.get("BUZZER_HTTPS_PORT", 8443)))
     up.add_argument("--ingest", type=int, default=2, help="ingest processes")
     up.add_argument("--no-haproxy", action="store_true", help="serve ingest directly on --http-port")
+    up.add_argument("--monitoring", action="store_true",
+                    help="also run a local Prometheus with the alerting rules (deploy/prometheus)")
+    up.add_argument("--prometheus-port", type=int,
+                    default=int(os.environ.get("BUZZER_PROMETHEUS_PORT", 9090)))
     up.add_argument("--for", dest="duration", type=float, default=0,
                     help="stop by itself after this many seconds (0: until Ctrl-C/SIGTERM)")
     up.set_defaults(func=_up)
@@ -51,10 +57,8 @@ def load_secrets(state_dir: Path = STATE_DIR) -> dict[str, str]:
         out[name] = os.environ.get(name) or stored.get(name) or secrets.token_urlsafe(32)
     if out != stored:
         state_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(out))
-        path.chmod(0o600)
-    (state_dir / "admin-token").write_text(out["BUZZER_ADMIN_TOKEN"])
-    (state_dir / "admin-token").chmod(0o600)
+        write_secret(path, json.dumps(out))
+    write_secret(state_dir / "admin-token", out["BUZZER_ADMIN_TOKEN"])
     return out
 
 
@@ -128,9 +132,19 @@ class Stack:
             if child.health:
                 wait_ready(child, timeout)
         if self.haproxy:
-            from buzzer.haproxy import start_local_haproxy
+            self.haproxy_proc = start_local_haproxy(self.front())
 
-            self.haproxy_proc = start_local_haproxy(self)
+    def front(self) -> LocalFront:
+        return LocalFront(
+            state_dir=self.state_dir,
+            http_port=self.http_port,
+            https_port=self.https_port,
+            stats_port=self.stats_port,
+            ingest_ports=tuple(self.ingest_ports),
+            push_port=self.push_port,
+            with_push=self.with_push,
+            ingest_base_port=self.ingest_base_port,
+        )
 
     def stop(self, timeout: float = 15) -> None:
         if self.haproxy_proc is not None:
@@ -205,15 +219,22 @@ def _up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    prometheus = None
     try:
         try:
             stack.start()
+            if args.monitoring:
+                from buzzer.monitoring import start_for_stack
+
+                prometheus = start_for_stack(stack, args.prometheus_port)
         except Exception as exc:  # a port in use, a dependency down: say it in one line
             print(f"buzzer up: {exc}", file=sys.stderr)
             return 1
         print("buzzer is up:")
         for name, url in stack.urls().items():
             print(f"  {name:24} {url}")
+        if prometheus is not None:
+            print(f"  {'prometheus':24} {prometheus.url}")
         print(f"  {'admin token':24} {STATE_DIR / 'admin-token'}")
         print(f"  {'logs':24} {STATE_DIR / 'logs'}/")
         print("Ctrl-C to stop.", flush=True)
@@ -227,6 +248,8 @@ def _up(args: argparse.Namespace) -> int:
                 break
             time.sleep(0.2)
     finally:
+        if prometheus is not None:
+            prometheus.stop()
         stack.stop()
         print("buzzer: stopped", flush=True)
     return 0

@@ -3,33 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
+from infra.runsheet import TIERS, RunSheet, Tier, processes_per_instance
 from lb import planner
-
-if TYPE_CHECKING:
-    from infra.runsheet import RunSheet, Tier
-
-PROFILE_FIELDS: frozenset[str] = frozenset(
-    f.name for f in fields(planner.Profile) if f.name not in ("name", "source")
-)
-
-# vCPUs of the types a show is likely to use; anything else needs
-# capacity.instance_types.<type>.processes in the run sheet.
-VCPUS: dict[str, int] = {
-    f"{family}.{size}": n
-    for family in ("c6i", "c7i", "c6g", "c7g", "c8g", "m6i", "m7i", "m6g", "m7g")
-    for size, n in (
-        ("large", 2),
-        ("xlarge", 4),
-        ("2xlarge", 8),
-        ("4xlarge", 16),
-        ("8xlarge", 32),
-        ("12xlarge", 48),
-        ("16xlarge", 64),
-    )
-}
 
 
 @dataclass(frozen=True)
@@ -43,6 +21,8 @@ class TierCounts:
     processes: dict[str, int]
     maxconn_per_node: int
     partitions: int
+    binding: dict[str, str]
+    """Per tier, the resource that sets its instance count, with the figures."""
 
     def get(self, tier: Tier) -> int:
         n: int = getattr(self, tier)
@@ -61,18 +41,12 @@ class TierCounts:
             },
             maxconn_per_node=max(self.maxconn_per_node, other.maxconn_per_node),
             partitions=max(self.partitions, other.partitions),
+            # The load that asked for the larger count explains it; on a tie, the earlier.
+            binding={
+                tier: (other if other.get(tier) > self.get(tier) else self).binding[tier]
+                for tier in TIERS
+            },
         )
-
-
-def known_profiles() -> list[str]:
-    return sorted(planner.PROFILES)
-
-
-def processes_per_instance(sheet: RunSheet, instance_type: str) -> int | None:
-    cap = sheet.capacity.instance_types.get(instance_type)
-    if cap is not None:
-        return cap.processes
-    return VCPUS.get(instance_type)
 
 
 def _figures(sheet: RunSheet) -> dict[str, float]:
@@ -82,8 +56,6 @@ def _figures(sheet: RunSheet) -> dict[str, float]:
     ingest tier), so a faster ingest instance type does not speed up the tally's.
     """
     out = dict(sheet.capacity.figures)
-    from infra.runsheet import TIERS
-
     for tier in TIERS:
         cap = sheet.capacity.instance_types.get(sheet.tiers.get(tier).instance_type)
         if cap is None:
@@ -92,9 +64,9 @@ def _figures(sheet: RunSheet) -> dict[str, float]:
     return out
 
 
-def tier_counts(sheet: RunSheet, votes_per_s: float, viewers: int) -> TierCounts:
+def _inputs(sheet: RunSheet, votes_per_s: float, viewers: int) -> planner.PlanInputs:
     t = sheet.traffic
-    inputs = planner.PlanInputs(
+    return planner.PlanInputs(
         peak_votes_per_s=votes_per_s,
         viewers=viewers,
         new_conn_share=t.new_conn_share,
@@ -105,6 +77,11 @@ def tier_counts(sheet: RunSheet, votes_per_s: float, viewers: int) -> TierCounts
         min_haproxy_nodes=t.min_haproxy_nodes,
         overrides=_figures(sheet),
     )
+
+
+def tier_counts(sheet: RunSheet, votes_per_s: float, viewers: int) -> TierCounts:
+    t = sheet.traffic
+    inputs = _inputs(sheet, votes_per_s, viewers)
     profile = planner.PROFILES[sheet.capacity.profile]
     cp = planner.plan(inputs, profile)
     figures = replace(profile, **inputs.overrides)
@@ -115,11 +92,21 @@ def tier_counts(sheet: RunSheet, votes_per_s: float, viewers: int) -> TierCounts
     h = t.headroom
     cores = processes_per_instance(sheet, sheet.tiers.haproxy.instance_type) or 1
     concurrent = cp.load["haproxy_concurrent_conns"]
-    haproxy = max(
-        t.min_haproxy_nodes,
-        math.ceil(round(cp.load["haproxy_cores"] / h / cores, 6)),
-        math.ceil(round(concurrent / (figures.haproxy_max_conns * h), 6)),
-    )
+    by_rate = math.ceil(round(cp.load["haproxy_cores"] / h / cores, 6))
+    by_conns = math.ceil(round(concurrent / (figures.haproxy_max_conns * h), 6))
+    haproxy = max(t.min_haproxy_nodes, by_rate, by_conns)
+    if haproxy > max(by_rate, by_conns):
+        haproxy_why = f"minimum of {t.min_haproxy_nodes} instances for redundancy"
+    elif by_rate >= by_conns:
+        haproxy_why = (
+            f"connection rate: {cp.load['haproxy_cores']:,.1f} cores busy"
+            f" / ({cores} cores per instance x {h:g})"
+        )
+    else:
+        haproxy_why = (
+            f"concurrent connections: {concurrent:,.0f}"
+            f" / ({figures.haproxy_max_conns:,} per instance x {h:g})"
+        )
     maxconn = max(1000, min(figures.haproxy_max_conns, math.ceil(concurrent / haproxy / h)))
 
     def instances(tier: Tier, procs: int) -> int:
@@ -138,4 +125,71 @@ def tier_counts(sheet: RunSheet, votes_per_s: float, viewers: int) -> TierCounts
         },
         maxconn_per_node=maxconn,
         partitions=cp.partitions,
+        binding={
+            "haproxy": haproxy_why,
+            "ingest": f"votes/s: {votes_per_s:,.0f}"
+            f" / ({figures.ingest_votes_per_s:,.0f} per process x {h:g})",
+            "tally": f"votes/s: {votes_per_s:,.0f}"
+            f" / ({figures.tally_votes_per_s:,.0f} per consumer x {h:g})",
+            "push": f"viewers: {viewers:,} / ({figures.push_viewers:,} per process x {h:g})",
+        },
     )
+
+
+def describe_peak(sheet: RunSheet, peak: TierCounts) -> str:
+    """The show's peak fleet as a table, for ``infra plan``: instances per tier, what an
+    instance holds, and the resource that sets the count."""
+    head = ("tier", "instances", "instance type", "per instance", "processes", "binding resource")
+    rows = [head]
+    for tier in TIERS:
+        itype = sheet.tiers.get(tier).instance_type
+        per = processes_per_instance(sheet, itype) or 1
+        if tier == "haproxy":
+            # One HAProxy process per instance, with a thread per core.
+            holds, procs = f"1 process, {per} cores", "-"
+        else:
+            holds, procs = f"{per} processes", f"{peak.processes[tier]:,}"
+        rows.append((tier, f"{peak.get(tier):,}", itype, holds, procs, peak.binding[tier]))
+    w = [max(len(r[i]) for r in rows) for i in range(5)]
+    out = []
+    for tier, n, itype, holds, procs, why in rows:
+        out.append(
+            f"{tier:<{w[0]}}  {n:>{w[1]}}  {itype:<{w[2]}}  {holds:>{w[3]}}  {procs:>{w[4]}}  {why}"
+        )
+    return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One tier's capacity and load in a single unit, so that they can be compared."""
+
+    unit: str
+    per_instance: float
+    """What one instance of the tier carries at 100 % utilisation, in ``unit``."""
+    load: Callable[[float, int], float]
+    """Expected load in ``unit`` for (votes/s, viewers)."""
+
+
+def measure(sheet: RunSheet, tier: Tier, haproxy_binding: str = "") -> Measure:
+    """The unit ``tier`` is sized in; for HAProxy, the one its ``haproxy_binding`` names:
+    concurrent connections (memory) or busy cores (connection and handshake rate)."""
+    profile = planner.PROFILES[sheet.capacity.profile]
+    figures = replace(profile, **_figures(sheet))
+    per = processes_per_instance(sheet, sheet.tiers.get(tier).instance_type) or 1
+    if tier == "ingest":
+        return Measure("votes/s", per * figures.ingest_votes_per_s, lambda v, _: v)
+    if tier == "tally":
+        return Measure("votes/s", per * figures.tally_votes_per_s, lambda v, _: v)
+    if tier == "push":
+        return Measure("viewers", per * figures.push_viewers, lambda _, n: float(n))
+
+    def planned(votes: float, viewers: int) -> dict[str, float]:
+        return planner.plan(_inputs(sheet, votes, viewers), profile).load
+
+    if haproxy_binding.startswith("concurrent"):
+        return Measure(
+            "concurrent connections",
+            float(figures.haproxy_max_conns),
+            lambda v, n: planned(v, n)["haproxy_concurrent_conns"],
+        )
+    return Measure("busy cores", float(per), lambda v, n: planned(v, n)["haproxy_cores"])

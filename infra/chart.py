@@ -1,19 +1,144 @@
-"""The capacity timeline as a PNG: instances per tier against the expected load."""
+"""The capacity timeline as a PNG: per tier, capacity and expected load on one axis.
+
+Each tier is drawn in the unit it is sized in (votes/s, viewers, HAProxy's concurrent
+connections or busy cores), so the gap between the two curves is the headroom.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from infra.capacity import measure
 from infra.runsheet import ASG_TIERS, Tier
 from infra.timeline import CapacityTimeline
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
-def _series(tl: CapacityTimeline, tier: Tier, times: list[datetime]) -> list[int]:
+CAPACITY = "tab:blue"
+LOAD = "tab:orange"
+
+
+def instances(tl: CapacityTimeline, tier: Tier, times: list[datetime]) -> list[int]:
     if tier == "haproxy":
         end = tl.steps[-1].at
         return [tl.haproxy_nodes if tl.haproxy_ready_by <= t <= end else 0 for t in times]
     return [tl.level_at(tier, t) for t in times]
+
+
+def _times(tl: CapacityTimeline) -> list[datetime]:
+    start = tl.haproxy_ready_by - timedelta(minutes=20)
+    end = tl.steps[-1].at + timedelta(minutes=20)
+    step = timedelta(minutes=1)
+    return [start + i * step for i in range(int((end - start) / step) + 1)]
+
+
+def _short(x: float, _pos: object = None) -> str:
+    for div, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def _label_levels(ax: Axes, times: list[datetime], counts: list[int], caps: list[float]) -> None:
+    """Write the instance count where it changes, on the capacity line."""
+    prev = None
+    for t, n, c in zip(times, counts, caps, strict=True):
+        if n != prev and n > 0:
+            ax.annotate(
+                f"{n:,} inst.",
+                (t, c),
+                textcoords="offset points",
+                xytext=(3, 4),
+                fontsize=8,
+                color=CAPACITY,
+            )
+        prev = n
+
+
+def _tier(ax: Axes, tl: CapacityTimeline, tier: Tier, times: list[datetime]) -> None:
+    m = measure(tl.sheet, tier, tl.peak.binding["haproxy"])
+    h = tl.sheet.traffic.headroom
+    counts = instances(tl, tier, times)
+    caps = [n * m.per_instance for n in counts]
+    load = [m.load(tl.votes_at(t), tl.viewers_at(t)) for t in times]
+
+    ax.fill_between(times, caps, step="post", color=CAPACITY, alpha=0.12, lw=0)
+    ax.step(times, caps, where="post", color=CAPACITY, lw=2, label="capacity (100 %)")
+    ax.step(
+        times,
+        [c * h for c in caps],
+        where="post",
+        color=CAPACITY,
+        lw=1,
+        ls="--",
+        label=f"planned utilisation ({h:.0%})",
+    )
+    ax.fill_between(times, load, color=LOAD, alpha=0.35, lw=0)
+    ax.plot(times, load, color=LOAD, lw=2, label="expected load")
+    _label_levels(ax, times, counts, caps)
+
+    busiest = max(
+        (i for i in range(len(times)) if caps[i] > 0 and load[i] > 0),
+        key=lambda i: load[i] / caps[i],
+        default=None,
+    )
+    itype = tl.sheet.tiers.get(tier).instance_type
+    title = f"{tier} ({_short(m.per_instance)} {m.unit} per {itype})"
+    if busiest is not None:
+        share = load[busiest] / caps[busiest]
+        title += (
+            f": busiest {times[busiest]:%H:%M}, {_short(load[busiest])} of"
+            f" {_short(caps[busiest])} {m.unit} = {share:.0%} of capacity"
+        )
+        ax.plot([times[busiest]], [load[busiest]], "o", color=LOAD, ms=5)
+    ax.set_title(title, loc="left", fontsize=10)
+    ax.set_ylabel(m.unit)
+    ax.set_ylim(0, max(caps + load) * 1.15 or 1)
+    ax.grid(axis="y", alpha=0.3)
+
+    import matplotlib.ticker as mticker
+
+    ax.yaxis.set_major_formatter(mticker.FuncFormatter(_short))
+
+
+def figure(tl: CapacityTimeline) -> Figure:
+    """The chart, built without pyplot (no global state, no GUI backend)."""
+    import matplotlib.dates as mdates
+    from matplotlib.figure import Figure
+
+    s = tl.sheet
+    times = _times(tl)
+    tiers: list[Tier] = ["haproxy", *ASG_TIERS]
+    fig = Figure(figsize=(12, 2.6 * len(tiers) + 0.8), layout="constrained")
+    axes = fig.subplots(len(tiers), 1, sharex=True)
+    for ax, tier in zip(axes, tiers, strict=True):
+        _tier(ax, tl, tier, times)
+        for t in (s.on_air, s.off_air):
+            ax.axvline(t, color="black", lw=0.8)
+        for poll in s.polls:
+            ax.axvline(poll.call_to_action, color="tab:red", ls=":", lw=1)
+    top = axes[0]
+    for t, text in [(s.on_air, "on air"), (s.off_air, "off air")]:
+        top.annotate(text, (t, 1), xycoords=("data", "axes fraction"), xytext=(2, -10),
+                     textcoords="offset points", fontsize=8)  # fmt: skip
+    for poll in s.polls:
+        top.annotate(f"vote now: {poll.id}", (poll.call_to_action, 1),
+                     xycoords=("data", "axes fraction"), xytext=(2, -20),
+                     textcoords="offset points", fontsize=8, color="tab:red")  # fmt: skip
+    handles, labels = top.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper right", ncols=3, fontsize=9, frameon=False)
+    fig.suptitle(
+        f"show {s.show}: capacity vs expected load per tier (gap = headroom)",
+        x=0.01,
+        ha="left",
+    )
+    axes[-1].xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+    axes[-1].set_xlabel("UTC")
+    return fig
 
 
 def render(tl: CapacityTimeline, out: Path) -> Path:
@@ -21,41 +146,7 @@ def render(tl: CapacityTimeline, out: Path) -> Path:
 
     # No display on a CI runner or an ops box: never let matplotlib pick a GUI backend.
     matplotlib.use("Agg", force=True)
-    import matplotlib.dates as mdates
-    import matplotlib.pyplot as plt
-
-    s = tl.sheet
-    start = tl.haproxy_ready_by - timedelta(minutes=20)
-    end = tl.steps[-1].at + timedelta(minutes=20)
-    step = timedelta(minutes=1)
-    times = [start + i * step for i in range(int((end - start) / step) + 1)]
-
-    tiers: list[Tier] = ["haproxy", *ASG_TIERS]
-    fig, axes = plt.subplots(len(tiers), 1, sharex=True, figsize=(11, 2.4 * len(tiers)))
-    for ax, tier in zip(axes, tiers, strict=True):
-        ax.step(times, _series(tl, tier, times), where="post", color="tab:blue", lw=2)
-        ax.set_ylabel(f"{tier}\ninstances", color="tab:blue")
-        ax.set_ylim(bottom=0)
-        load = ax.twinx()
-        if tier == "push":
-            load.plot(times, [tl.viewers_at(t) for t in times], color="tab:orange")
-            load.set_ylabel("viewers", color="tab:orange")
-        else:
-            load.plot(times, [tl.votes_at(t) for t in times], color="tab:orange")
-            load.set_ylabel("votes/s", color="tab:orange")
-        load.set_ylim(bottom=0)
-        for t, style in [(s.on_air, "-"), (s.off_air, "-")]:
-            ax.axvline(t, color="black", ls=style, lw=0.8)
-        for poll in s.polls:
-            ax.axvline(poll.call_to_action, color="tab:red", ls="--", lw=0.8)
-    axes[0].set_title(
-        f"show {s.show}: capacity (blue) vs expected load (orange); "
-        "black = on/off air, red = call to action"
-    )
-    axes[-1].xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
-    axes[-1].set_xlabel("UTC")
-    fig.tight_layout()
+    fig = figure(tl)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out

@@ -49,18 +49,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "--max-attempts",
             type=int,
             default=8,
-            help="per AWS call, with backoff, before throttling is an error (default 8)",
+            help="per AWS call, with backoff, before throttling is an error (default: %(default)s)",
         )
         c.add_argument(
             "--now",
             type=_utc,
             default=None,
-            help="plan as if it were this UTC time (ISO-8601), e.g. for a rehearsal",
+            help="plan as if it were this UTC time (ISO-8601), e.g. for a rehearsal (default: now)",
         )
         c.set_defaults(func=handler)
         return c
 
-    pl = command("plan", "print the timeline and what apply would change", _plan)
+    pl = command(
+        "plan",
+        "print the timeline (instances per tier), the peak fleet and what apply would change",
+        _plan,
+    )
     pl.add_argument(
         "--offline", action="store_true", help="no AWS call: the timeline and resources only"
     )
@@ -115,10 +119,16 @@ def _run(args: argparse.Namespace, command: str, body: Body, aws: bool = True) -
 
 def _plan(args: argparse.Namespace) -> int:
     from infra import commands, timeline
+    from infra.capacity import describe_peak
 
     def body(sheet: RunSheet, aws: Clients | None, now: datetime) -> int:
         _echo(f"show {sheet.show}: on air {sheet.on_air:%Y-%m-%d %H:%M} UTC")
-        _echo(timeline.describe(timeline.build(sheet)))
+        _echo("")
+        tl = timeline.build(sheet)
+        _echo(timeline.describe(tl))
+        _echo("")
+        _echo(f"peak fleet, at {sheet.traffic.headroom:.0%} utilisation:")
+        _echo(describe_peak(sheet, tl.peak))
         _echo("")
         if aws is None:
             _echo("(offline: not compared with AWS)")

@@ -7,12 +7,16 @@ sheet at 19:00 on show day can fix it without reading this file.
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
+
+import tiers
+from lb import planner
 
 Tier = Literal["haproxy", "ingest", "tally", "push"]
 TIERS: tuple[Tier, ...] = ("haproxy", "ingest", "tally", "push")
@@ -143,7 +147,14 @@ class RunSheet(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
         return self.app.ssm_prefix or f"/buzzer/{self.show}"
 
 
-DEFAULT_PORTS: dict[Tier, int] = {"haproxy": 80, "ingest": 8081, "tally": 8090, "push": 8082}
+# HAProxy listens on 80 on a node (TLS ends at the AWS load balancer in front of it);
+# the services' ports are the one table in ``tiers``.
+DEFAULT_PORTS: dict[Tier, int] = {
+    "haproxy": 80,
+    "ingest": tiers.INGEST.port,
+    "tally": tiers.TALLY.port,
+    "push": tiers.PUSH.port,
+}
 DEFAULT_IDLE: dict[Tier, int] = {"haproxy": 0, "ingest": 1, "tally": 1, "push": 1}
 DEFAULT_AFTER: dict[Tier, int] = {"haproxy": 0, "ingest": 0, "tally": 0, "push": 0}
 
@@ -177,9 +188,41 @@ def _fail(field: str, msg: str) -> RunSheetError:
     return RunSheetError(f"run sheet: {msg} - at `$.{field}`")
 
 
-def _check(sheet: RunSheet) -> None:
-    from infra.capacity import PROFILE_FIELDS, known_profiles
+# What the checks below hold a sheet's capacity section to; infra.capacity plans with
+# the same figures.
+PROFILE_FIELDS: frozenset[str] = frozenset(
+    f.name for f in fields(planner.Profile) if f.name not in ("name", "source")
+)
 
+# vCPUs of the types a show is likely to use; anything else needs
+# capacity.instance_types.<type>.processes in the run sheet.
+VCPUS: dict[str, int] = {
+    f"{family}.{size}": n
+    for family in ("c6i", "c7i", "c6g", "c7g", "c8g", "m6i", "m7i", "m6g", "m7g")
+    for size, n in (
+        ("large", 2),
+        ("xlarge", 4),
+        ("2xlarge", 8),
+        ("4xlarge", 16),
+        ("8xlarge", 32),
+        ("12xlarge", 48),
+        ("16xlarge", 64),
+    )
+}
+
+
+def known_profiles() -> list[str]:
+    return sorted(planner.PROFILES)
+
+
+def processes_per_instance(sheet: RunSheet, instance_type: str) -> int | None:
+    cap = sheet.capacity.instance_types.get(instance_type)
+    if cap is not None:
+        return cap.processes
+    return VCPUS.get(instance_type)
+
+
+def _check(sheet: RunSheet) -> None:
     if sheet.off_air <= sheet.on_air:
         raise _fail("off_air", "must be after on_air")
     seen: set[str] = set()
@@ -209,8 +252,6 @@ def _check(sheet: RunSheet) -> None:
                     f"capacity.instance_types.{itype}.figures.{name}",
                     "not a planner profile figure",
                 )
-    from infra.capacity import processes_per_instance
-
     for tier in ASG_TIERS:
         itype = sheet.tiers.get(tier).instance_type
         if processes_per_instance(sheet, itype) is None:

@@ -175,13 +175,15 @@ def build(sheet: RunSheet) -> CapacityTimeline:
 
 def describe(tl: CapacityTimeline) -> str:
     """The timeline as a table, for ``infra plan``."""
+    units = f"{' instances per tier ':-^{7 + 8 * len(ASG_TIERS)}}"
     rows = [
-        f"{'time (UTC)':<17}  {'step':<16}  {'haproxy':>7}  "
+        f"{'':<16}  {'':<16}  {units}",
+        f"{'time (UTC)':<16}  {'step':<16}  {'haproxy':>7}  "
         + "  ".join(f"{t:>6}" for t in ASG_TIERS)
-        + "  why"
+        + "  why",
     ]
     rows.append(
-        f"{'from apply':<17}  {'idle':<16}  {'-':>7}  "
+        f"{'from apply':<16}  {'idle':<16}  {'-':>7}  "
         + "  ".join(f"{tl.idle[t]:>6}" for t in ASG_TIERS)
         + "  proves AMI and user data boot before the show"
     )

@@ -8,12 +8,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import tiers
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     lb = sub.add_parser("lb", help="capacity plan and HAProxy config, apply and sync")
     lbsub = lb.add_subparsers(dest="lb_command", required=True, metavar="SUBCOMMAND")
 
-    p = lbsub.add_parser("plan", help="fleet sizes for an expected peak")
+    p = lbsub.add_parser(
+        "plan",
+        help="fleet sizes for an expected peak",
+        description="Fleet sizes for an expected peak: HAProxy nodes of one core each, "
+        "ingest, push and tally processes, stream partitions; each with the resource that "
+        "sets its count, then the arithmetic. `buzzer infra plan` turns them into instances.",
+    )
     _plan_arguments(p)
     p.add_argument("--json", action="store_true", help="JSON for infra/ instead of a table")
     p.set_defaults(func=cmd_plan)
@@ -31,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--master-socket", type=Path, help="reload through this master CLI")
     p.add_argument("--master-pid", type=int, help="or reload with SIGUSR2 to this pid")
     p.add_argument("--dry-run", action="store_true", help="print the config, change nothing")
-    p.add_argument("--haproxy", default="haproxy")
+    p.add_argument("--haproxy", default="haproxy", help="binary (default: %(default)s)")
     p.set_defaults(func=cmd_apply)
 
     p = lbsub.add_parser("sync", help="keep a running HAProxy's servers in line with inventory")
@@ -45,52 +53,126 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="BACKEND=PORT",
-        help="service port per backend for ec2 sources (default ingest=8081, push=8082)",
+        help="service port per backend for ec2 sources (default: the tiers table, "
+        f"ingest={tiers.INGEST.port}, push={tiers.PUSH.port})",
     )
     once = p.add_mutually_exclusive_group()
     once.add_argument("--once", action="store_true")
-    once.add_argument("--interval", type=float, default=5.0)
-    p.add_argument("--drain-timeout", type=float, default=30.0)
+    once.add_argument(
+        "--interval", type=float, default=5.0, help="seconds between rounds (default: %(default)g)"
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a removed server may finish its sessions (default: %(default)g)",
+    )
     p.add_argument("--no-probe", action="store_true", help="don't GET /readyz before adding")
     p.set_defaults(func=cmd_sync)
 
 
 def _plan_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("plan")
-    g.add_argument("--peak-votes", type=float, default=5000.0, help="votes/s at the peak")
-    g.add_argument("--viewers", type=int, default=0, help="concurrent websocket viewers")
-    g.add_argument("--new-conn-share", type=float, default=0.5)
+    g.add_argument(
+        "--peak-votes",
+        type=float,
+        default=5000.0,
+        metavar="VOTES_PER_S",
+        help="votes per second at the peak (default: %(default)g)",
+    )
+    g.add_argument(
+        "--viewers",
+        type=int,
+        default=0,
+        help="concurrent websocket viewers at the peak (default: %(default)s)",
+    )
+    g.add_argument(
+        "--new-conn-share",
+        type=float,
+        default=0.5,
+        metavar="SHARE",
+        help="share (0 to 1) of vote requests that open a new connection instead of reusing "
+        "a kept-alive one; mobile clients reconnect often (default: %(default)g)",
+    )
     g.add_argument("--tls", action="store_true", help="clients connect over TLS")
-    g.add_argument("--resumption", type=float, default=0.0, help="share of resumed handshakes")
+    g.add_argument(
+        "--resumption",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share (0 to 1) of new TLS connections that resume a session (default: %(default)g)",
+    )
     g.add_argument("--rsa", action="store_true", help="plan for RSA-2048, not ECDSA")
-    g.add_argument("--headroom", type=float, default=0.6, help="target utilisation")
-    g.add_argument("--viewer-ramp", type=float, default=60.0, help="seconds for viewers to join")
-    g.add_argument("--profile", default="measured", help="historical or measured")
+    g.add_argument(
+        "--headroom",
+        type=float,
+        default=0.6,
+        metavar="UTILISATION",
+        help="target utilisation (0 to 1] of every unit at the peak (default: %(default)g)",
+    )
+    g.add_argument(
+        "--viewer-ramp",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds over which the viewers join (default: %(default)g)",
+    )
+    g.add_argument(
+        "--profile",
+        default="measured",
+        help="per-unit capacity figures: historical or measured, see docs/capacity.md "
+        "(default: %(default)s)",
+    )
     g.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="override a profile figure, e.g. ingest_votes_per_s=6000",
+        help="override a profile figure, e.g. ingest_votes_per_s=6000 (repeatable)",
     )
 
 
 def _render_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("render")
     g.add_argument("--inventory", type=Path, help="JSON/YAML: {ingest: [host:port], push: [...]}")
-    g.add_argument("--runtime-socket", default="/run/buzzer/haproxy.sock")
+    g.add_argument(
+        "--runtime-socket",
+        default="/run/buzzer/haproxy.sock",
+        help="HAProxy admin socket (default: %(default)s)",
+    )
     g.add_argument("--state-file", help="server-state-file kept across reloads")
-    g.add_argument("--bind", default="*")
-    g.add_argument("--http-port", type=int, default=80)
-    g.add_argument("--https-port", type=int)
+    g.add_argument("--bind", default="*", help="listen address (default: %(default)s, all)")
+    g.add_argument(
+        "--http-port", type=int, default=80, help="plain HTTP listener (default: %(default)s)"
+    )
+    g.add_argument("--https-port", type=int, help="TLS listener (default: none)")
     g.add_argument("--cert", action="append", default=[], help="PEM; ECDSA first, then RSA")
     g.add_argument("--no-redirect", action="store_true", help="serve plain HTTP beside TLS")
-    g.add_argument("--tls-ticket-keys")
-    g.add_argument("--stats-port", type=int, default=8404)
-    g.add_argument("--log", default="stdout", help="stdout, stderr, a socket path, or none")
-    g.add_argument("--nbthread", type=int)
-    g.add_argument("--slots", type=int, default=16)
-    g.add_argument("--rate-limit", type=int, default=2000, help="requests per source per 10 s")
+    g.add_argument("--tls-ticket-keys", help="file of TLS session ticket keys (default: none)")
+    g.add_argument(
+        "--stats-port",
+        type=int,
+        default=tiers.HAPROXY_STATS_PORT,
+        help="stats page and /metrics (default: %(default)s)",
+    )
+    g.add_argument(
+        "--log",
+        default="stdout",
+        help="stdout, stderr, a socket path, or none (default: %(default)s)",
+    )
+    g.add_argument("--nbthread", type=int, help="threads (default: HAProxy's, one per core)")
+    g.add_argument(
+        "--slots",
+        type=int,
+        default=16,
+        help="server slots per backend, for servers added at runtime (default: %(default)s)",
+    )
+    g.add_argument(
+        "--rate-limit",
+        type=int,
+        default=2000,
+        help="requests per source per 10 s, 0 for none (default: %(default)s)",
+    )
     g.add_argument("--maxconn", type=int, help="instead of the plan's maxconn per node")
 
 
@@ -201,7 +283,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from lb.runtime import RuntimeApi, RuntimeApiError
     from lb.sync import SyncError, probe_readyz, sync
 
-    ports = {"ingest": 8081, "push": 8082}
+    ports = tiers.backend_ports()
     for item in args.port:
         name, _, port = item.partition("=")
         ports[name] = int(port)

@@ -144,17 +144,26 @@ class CapacityPlan:
         return dict(sorted(d.items()))
 
     def to_table(self) -> str:
+        # The units are spelled out: a bare "haproxy nodes 36 concurrent connections" was
+        # read as 36 connections. The planner's HAProxy node is one core (see Profile).
         rows = [
-            ("haproxy nodes", self.haproxy_nodes, self.binding["haproxy"]),
-            ("  maxconn per node", self.maxconn_per_node, ""),
-            ("ingest processes", self.ingest_processes, self.binding["ingest"]),
-            ("push processes", self.push_processes, self.binding["push"]),
-            ("tally consumers", self.tally_consumers, self.binding["tally"]),
-            ("stream partitions", self.partitions, self.binding["partitions"]),
+            ("haproxy", f"{self.haproxy_nodes:,}", "nodes (1 core each)", self.binding["haproxy"]),
+            (
+                "",
+                f"{self.maxconn_per_node:,}",
+                "max connections per node",
+                f"{self.load['haproxy_concurrent_conns']:,.0f} concurrent / nodes / headroom",
+            ),
+            ("ingest", f"{self.ingest_processes:,}", "processes", self.binding["ingest"]),
+            ("push", f"{self.push_processes:,}", "processes", self.binding["push"]),
+            ("tally", f"{self.tally_consumers:,}", "consumer processes", self.binding["tally"]),
+            ("stream", f"{self.partitions:,}", "partitions", self.binding["partitions"]),
         ]
-        w = max(len(r[0]) for r in rows)
+        head = ("tier", "count", "unit", "binding resource (sets the count)")
+        w = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
         out = [f"profile: {self.profile}", ""]
-        out += [f"{name:<{w}}  {count:>8}  {why}".rstrip() for name, count, why in rows]
+        for tier, count, unit, why in [head, *rows]:
+            out.append(f"{tier:<{w[0]}}  {count:>{w[1]}}  {unit:<{w[2]}}  {why}".rstrip())
         out += ["", "arithmetic:"] + [f"  {s}" for s in self.steps]
         return "\n".join(out)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import tiers
 from lb.inventory import Inventory, Server
 from lb.planner import CapacityPlan
 
@@ -56,7 +57,7 @@ class RenderSettings:
     """Shared ticket keys, so a ticket resumes on any node and across reloads."""
     ssl_cache_size: int = 100_000
     stats_host: str = "127.0.0.1"
-    stats_port: int = 8404
+    stats_port: int = tiers.HAPROXY_STATS_PORT
     log_target: str | None = "stdout"
     log_normal: bool = False
     """Also log successful requests (off: only failures are logged)."""
@@ -66,7 +67,7 @@ class RenderSettings:
     """e.g. ``"1 0"``: thread 1 on CPU 0."""
     slots: int = 16
     """``server-template`` slots per backend, for nodes added at runtime."""
-    backend_ports: dict[str, int] = field(default_factory=lambda: {"ingest": 8081, "push": 8082})
+    backend_ports: dict[str, int] = field(default_factory=tiers.backend_ports)
     rate_limit: RateLimit | None = field(default_factory=RateLimit)
     health_path: str = "/readyz"
     server_state_file: str | None = None

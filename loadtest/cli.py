@@ -43,6 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     aud = lsub.add_parser("audit", help="audit again the output directory of a run")
     aud.add_argument("--out", type=Path, required=True)
     aud.add_argument("--drain-timeout", type=float, default=10.0)
+    aud.add_argument("--admin-token", default=None,
+                     help="to close the polls (default: $BUZZER_ADMIN_TOKEN or .buzzer/admin-token)")
     aud.set_defaults(func=audit_cmd)
 
 
@@ -84,14 +86,16 @@ def admin_token(explicit: str | None) -> str:
     raise SystemExit(f"no admin token: set BUZZER_ADMIN_TOKEN or start the stack ({path})")
 
 
-def run_locust(plan_path: Path, out: Path, host: str, processes: int, timeout: float) -> int:
+def run_locust(plan_path: Path, out: Path, host: str, processes: int, timeout: float,
+               admin_token: str) -> int:
     argv = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-H", host,
             "--csv", str(out / "locust"), "--csv-full-history", "--html", str(out / "locust.html"),
             "--stop-timeout", "10", "--only-summary", "--loglevel", "WARNING",
             "--logfile", str(out / "locust.log")]
     if processes:
         argv += ["--processes", str(processes)]
-    env = {**os.environ, "BUZZER_LOADTEST_PLAN": str(plan_path),
+    # The operator user needs the admin token; plan.json does not hold it.
+    env = {**os.environ, "BUZZER_LOADTEST_PLAN": str(plan_path), "BUZZER_ADMIN_TOKEN": admin_token,
            "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     with (out / "locust.out").open("wb") as log:
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -147,7 +151,7 @@ def run(args: argparse.Namespace, quiet: bool = False) -> tuple[int, dict[str, A
         f"{len(plan.polls)} polls of show {plan.show_id}, against {host} (live {ws_host})", flush=True)
     started = time.monotonic()
     rc = run_locust(plan_path, out, host, args.processes,
-                    timeout=plan.duration_s + plan.tail_s + 120)
+                    timeout=plan.duration_s + plan.tail_s + 120, admin_token=plan.admin_token)
     say(f"loadtest: locust exited with {rc} after {time.monotonic() - started:.0f} s "
         f"(reports in {out})", flush=True)
     if rc not in (0, 1):  # 1: some requests failed (503s, retried); the audit judges
@@ -159,7 +163,7 @@ def run(args: argparse.Namespace, quiet: bool = False) -> tuple[int, dict[str, A
 def finish(plan: Any, out: Path, drain_timeout: float, *, chart: bool, say: Any,
            locust_ok: bool = True, resolve_votes: bool = True) -> tuple[int, dict[str, Any]]:
     from loadtest.audit import audit, close_polls, collect, drain, resolve
-    from loadtest.report import summary
+    from loadtest.report import summary, summary_lines
     from services.common.settings import CommonSettings
 
     clients = collect(out)
@@ -183,13 +187,9 @@ def finish(plan: Any, out: Path, drain_timeout: float, *, chart: bool, say: Any,
     for line in result.lines:
         say(line)
     say("")
-    v2s = figures["vote_to_screen"]
-    votes = figures["votes"]
-    say(f"votes: {figures['accepted_votes']} accepted ({figures['accepted_taps']} taps), "
-        f"{figures['retries']} retries, refused {figures['refused'] or 'none'}; "
-        f"p50 {votes.get('p50_ms', float('nan')):.0f} ms, p99 {votes.get('p99_ms', float('nan')):.0f} ms")
-    say(f"vote-to-screen: {v2s['samples']} probes, p50 {v2s['p50_ms']:.0f} ms, "
-        f"p99 {v2s['p99_ms']:.0f} ms, max {v2s['max_ms']:.0f} ms, not shown in 5 s: {v2s['lost']}")
+    for line in summary_lines(plan, clients, figures):
+        say(line)
+    say("")
     if chart:
         say(f"chart: {out / 'chart.png'}; locust report: {out / 'locust.html'}")
     if not locust_ok:
@@ -209,5 +209,5 @@ def audit_cmd(args: argparse.Namespace) -> int:
     from loadtest.plan import Plan
 
     out = args.out.resolve()
-    plan = Plan.load(out / "plan.json")
+    plan = Plan.load(out / "plan.json", admin_token=admin_token(args.admin_token))
     return finish(plan, out, args.drain_timeout, chart=False, say=print)[0]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import msgspec
 import websocket
 from gevent.event import Event
 from locust import FastHttpUser, LoadTestShape, User, constant, constant_throughput, events, task
@@ -29,6 +30,7 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
 from loadtest.plan import PROBE, Plan, PollPlan, offered
+from services.common.api import VoteRequest
 
 PLAN = Plan.load(Path(os.environ["BUZZER_LOADTEST_PLAN"]))
 OUT = Path(PLAN.out_dir)
@@ -122,20 +124,29 @@ class Device(FastHttpUser):
 
     def cast(self, poll: PollPlan, option: str, count: int) -> int | None:
         """Send one vote until it has a definite answer; the taps accepted, or None."""
-        vote_id = str(uuid.uuid4())
-        body = {"option": option, "count": count, "vote_id": vote_id,
-                "client_ts": int(time.time() * 1000)}
-        STATE.pending[vote_id] = {"poll": poll.id, "option": option, "count": count,
-                                  "vote_id": vote_id, "token": self.token}
-        headers = {"Authorization": f"Bearer {self.token}"}
+        vid = uuid.uuid4()
+        vote_id = str(vid)
+        # Built from the API's own type: a body the load test sends is one ingest accepts.
+        body = msgspec.json.encode(
+            VoteRequest(option=option, vote_id=vid, count=count, client_ts=int(time.time() * 1000))
+        ).decode()
+        STATE.pending[vote_id] = {
+            "poll": poll.id,
+            "option": option,
+            "count": count,
+            "vote_id": vote_id,
+            "token": self.token,
+        }
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
         path = f"/v1/polls/{poll.id}/votes"
         deadline = time.monotonic() + VOTE_DEADLINE_S
         attempt = 0
         while True:
             STATE.mark("sent")
             sent = time.perf_counter()
-            with self.client.post(path, json=body, headers=headers, name=f"vote ({poll.kind})",
-                                  catch_response=True) as r:
+            with self.client.post(
+                path, data=body, headers=headers, name=f"vote ({poll.kind})", catch_response=True
+            ) as r:
                 status = r.status_code
                 if status == 202:
                     r.success()
@@ -177,8 +188,9 @@ class Device(FastHttpUser):
             STATE.poll_state_busy = True
             try:
                 for p in PLAN.polls:
-                    with self.client.get(f"/v1/polls/{p.id}", name="poll state",
-                                         catch_response=True) as r:
+                    with self.client.get(
+                        f"/v1/polls/{p.id}", name="poll state", catch_response=True
+                    ) as r:
                         if r.status_code == 200:
                             STATE.poll_state[p.id] = r.json()["state"]
                             r.success()
@@ -258,8 +270,16 @@ class LiveSocket:
         if msg.get("type") not in ("snapshot", "update"):
             return None
         poll = self.record["polls"].setdefault(
-            msg["poll"], {"updates": 0, "versions": [], "version": None, "counts": {},
-                          "final": False, "regressions": 0})
+            msg["poll"],
+            {
+                "updates": 0,
+                "versions": [],
+                "version": None,
+                "counts": {},
+                "final": False,
+                "regressions": 0,
+            },
+        )
         if poll["version"] is not None and msg["version"] < poll["version"]:
             poll["regressions"] += 1
         poll["updates"] += 1
@@ -300,7 +320,8 @@ class Viewer(User):
                 self.finals.add(msg["poll"])
                 assert self.environment.runner is not None
                 self.environment.runner.send_message(
-                    "viewer_final", {"viewer": self.sock.record["id"], "poll": msg["poll"]})
+                    "viewer_final", {"viewer": self.sock.record["id"], "poll": msg["poll"]}
+                )
 
 
 class Prober(Device):
@@ -354,16 +375,27 @@ class Prober(Device):
                 # Shown before our 202 was read: the screen was not late, count it as 0.
                 ms = max(0.0, (seen - t0) * 1000)
                 STATE.probe.append((wall, ms))
-                events.request.fire(request_type="WS", name="vote-to-screen", response_time=ms,
-                                    response_length=0, exception=None, context={})
+                events.request.fire(
+                    request_type="WS",
+                    name="vote-to-screen",
+                    response_time=ms,
+                    response_length=0,
+                    exception=None,
+                    context={},
+                )
                 self.arrivals[poll.id] = [(n, t) for n, t in self.arrivals[poll.id] if n >= k]
                 return
             left = deadline - time.perf_counter()
             if left <= 0:
                 STATE.probe.append((wall, None))
-                events.request.fire(request_type="WS", name="vote-to-screen", response_time=5000,
-                                    response_length=0, exception=TimeoutError("not shown in 5 s"),
-                                    context={})
+                events.request.fire(
+                    request_type="WS",
+                    name="vote-to-screen",
+                    response_time=5000,
+                    response_length=0,
+                    exception=TimeoutError("not shown in 5 s"),
+                    context={},
+                )
                 return
             self.changed.clear()
             self.changed.wait(left)
@@ -393,9 +425,12 @@ class Operator(FastHttpUser):
             gevent.sleep(min(wait, 0.5))
             return
         for attempt in range(10):
-            with self.client.post(f"/v1/admin/polls/{poll}/{what}", name=f"admin {what}",
-                                  headers={"Authorization": f"Bearer {PLAN.admin_token}"},
-                                  catch_response=True) as r:
+            with self.client.post(
+                f"/v1/admin/polls/{poll}/{what}",
+                name=f"admin {what}",
+                headers={"Authorization": f"Bearer {PLAN.admin_token}"},
+                catch_response=True,
+            ) as r:
                 if r.status_code == 200:
                     r.success()
                     STATE.operator.append({"t": time.time(), "action": what, "poll": poll})
@@ -432,6 +467,7 @@ class ShowShape(LoadTestShape):
 def _on_init(environment: Environment, **_: Any) -> None:
     runner = environment.runner
     if runner is not None and not isinstance(runner, WorkerRunner):
+
         def on_final(environment: Environment, msg: Any, **_: Any) -> None:
             FINALS.add((msg.data["viewer"], msg.data["poll"]))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,8 @@ class PollPlan:
 class Plan:
     host: str
     ws_host: str
-    admin_token: str
+    admin_token: str = field(repr=False)
+    """Never saved: ``plan.json`` is copied to load generators and kept with the reports."""
     profile: str
     duration_s: float
     scale: float
@@ -57,13 +59,19 @@ class Plan:
     probe_interval_s: float = 0.25
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))
+        data = asdict(self)
+        del data["admin_token"]
+        path.write_text(json.dumps(data, indent=2))
 
     @classmethod
-    def load(cls, path: Path) -> Plan:
+    def load(cls, path: Path, admin_token: str | None = None) -> Plan:
+        """The plan in ``path``; the admin token from ``admin_token`` or, in a locust
+        process, from ``BUZZER_ADMIN_TOKEN`` (which ``buzzer loadtest run`` sets for it)."""
         raw = json.loads(path.read_text())
+        raw.pop("admin_token", None)
         raw["polls"] = [PollPlan(**p) for p in raw["polls"]]
-        return cls(**raw)
+        token = os.environ.get("BUZZER_ADMIN_TOKEN", "") if admin_token is None else admin_token
+        return cls(admin_token=token, **raw)
 
     def audience_options(self, poll: PollPlan) -> list[str]:
         return [o for o in poll.options if o != PROBE]

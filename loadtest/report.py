@@ -5,10 +5,22 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 from loadtest.audit import Clients
+from loadtest.plan import Plan
+
+NUMBER = re.compile(r"-|[-+]?[\d,.]+%?")
+
+REFUSED = {
+    "400": "bad request",
+    "401": "no or bad device token",
+    "403": "forbidden",
+    "404": "no such poll or option",
+    "409": "closed, not open yet, or already voted",
+}
 
 
 def _history(out: Path) -> list[dict[str, str]]:
@@ -59,6 +71,65 @@ def summary(out: Path, clients: Clients) -> dict[str, Any]:
                            "p50_ms": percentile(probes, 0.5), "p99_ms": percentile(probes, 0.99),
                            "max_ms": max(probes, default=math.nan)},
     }
+
+
+def table(head: list[str], rows: list[list[Any]]) -> list[str]:
+    """Aligned text columns: numbers (and "-" for none) right-aligned, text left-aligned."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "-" if math.isnan(v) else f"{v:,.0f}"
+        if isinstance(v, int) and not isinstance(v, bool):
+            return f"{v:,}"
+        return str(v)
+
+    cells = [head, *[[cell(v) for v in r] for r in rows]]
+    w = [max(len(r[i]) for r in cells) for i in range(len(head))]
+    right = [all(NUMBER.fullmatch(r[i]) for r in cells[1:]) for i in range(len(head))]
+    return [
+        "  ".join(c.rjust(w[i]) if right[i] else c.ljust(w[i]) for i, c in enumerate(r)).rstrip()
+        for r in cells
+    ]
+
+
+def summary_lines(plan: Plan, clients: Clients, figures: dict[str, Any]) -> list[str]:
+    """The figures of a run as tables; every option of every poll, zero votes included."""
+    votes = figures["votes"]
+    out = ["votes (the clients' view)"]
+    out += table(
+        ["accepted", "taps", "retries", "failed requests", "p50 ms", "p99 ms", "peak accepted/s"],
+        [[figures["accepted_votes"], figures["accepted_taps"], figures["retries"],
+          int(votes.get("failures", 0)), float(votes.get("p50_ms", math.nan)),
+          float(votes.get("p99_ms", math.nan)), int(figures["peak_accepted_per_s"])]],
+    )  # fmt: skip
+
+    out += ["", "taps accepted per option"]
+    rows: list[list[Any]] = []
+    for p in plan.polls:
+        counts = clients.accepted.get(p.id, {})
+        # The plan's options, not the clients': an option nobody voted for is a result too.
+        total = sum(counts.get(o, 0) for o in plan.audience_options(p))
+        for opt in p.options:
+            n = counts.get(opt, 0)
+            share = f"{n / total:.1%}" if total and opt in plan.audience_options(p) else "-"
+            rows.append([p.title, p.id, opt, n, share])
+    out += table(["poll", "id", "option", "taps", "share"], rows)
+
+    out += ["", "refused votes (a definite no, not retried)"]
+    refused = figures["refused"] or {}
+    out += table(
+        ["status", "votes", "meaning"],
+        [[k, n, REFUSED.get(k, "")] for k, n in sorted(refused.items())] or [["none", 0, ""]],
+    )
+
+    v2s = figures["vote_to_screen"]
+    out += ["", "vote-to-screen (probe vote to a viewer's screen)"]
+    out += table(
+        ["probes", "p50 ms", "p99 ms", "max ms", "not shown in 5 s"],
+        [[v2s["samples"], float(v2s["p50_ms"]), float(v2s["p99_ms"]), float(v2s["max_ms"]),
+          v2s["lost"]]],
+    )  # fmt: skip
+    return out
 
 
 def chart(out: Path, clients: Clients, path: Path) -> None:

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from services.common.db import migrate
 from services.common.messages import Keys
 from tests.support import delete_prefix
-from tests.tally_support import TallyEnv, tally_database, tally_env
+from tests.support.tally import TallyEnv, tally_database, tally_env
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")

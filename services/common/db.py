@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from importlib import resources
@@ -82,3 +83,33 @@ async def create_pool(dsn: str, size: int = 4, min_size: int = 1) -> asyncpg.Poo
     pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=size)
     assert pool is not None
     return pool
+
+
+class LazyPool:
+    """An asyncpg pool created on first use, never at start: a process whose main work
+    doesn't need PostgreSQL (applying votes, taking votes) starts and keeps working while
+    it is down, and its readiness reports it. A failed creation is retried on next use.
+
+    :param dsn: PostgreSQL URL
+    :param size: most connections
+    :param min_size: connections opened when the pool is created
+    """
+
+    def __init__(self, dsn: str, size: int = 4, min_size: int = 1) -> None:
+        self._dsn = dsn
+        self._size = size
+        self._min_size = min_size
+        self._pool: asyncpg.Pool | None = None
+        self._lock = asyncio.Lock()
+
+    async def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._lock:
+                if self._pool is None:
+                    self._pool = await create_pool(self._dsn, self._size, self._min_size)
+        return self._pool
+
+    async def close(self, timeout: float | None = None) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.wait_for(pool.close(), timeout)

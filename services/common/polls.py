@@ -11,7 +11,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from services.common.messages import Keys, PollDef, decode_polldef, encode_polldef
-from services.common.scripts import Scripts
+from services.common.scripts import Scripts, close_partition
 
 # A closed poll never reopens, even if a stale "open" races the close.
 _OPEN = """
@@ -42,11 +42,7 @@ async def close_poll_redis(redis: Redis, keys: Keys, scripts: Scripts, poll_id: 
     """Close on every partition, each with its close marker. Returns partitions newly closed."""
     closed = 0
     for p in range(keys.partitions):
-        closed += int(
-            await scripts.close(
-                keys=[keys.state(p, poll_id), keys.votes(p)], args=[poll_id], client=redis
-            )
-        )
+        closed += await close_partition(redis, scripts, keys, p, poll_id)
     return closed
 
 

@@ -1,19 +1,29 @@
-"""The Lua scripts that enforce the stream contract, and how to call them."""
+"""The Lua scripts that enforce the stream contract: what each takes, what each answers.
+
+Every call goes through this module: a builder lays out a script's KEYS and ARGV from
+typed input, and a decoder turns its reply into a typed outcome. ``vote_batch.lua``
+finds each vote's keys and arguments by the names it receives with every call, and
+those names are the fields of the named tuples below, so the layout is written down
+in one place only.
+
+Adding a vote rule: a field in :class:`VoteRules` and :class:`VoteArgs`, its check in
+``vote_batch.lua`` answering a new :class:`VoteOutcome`, the outcome's field in
+:class:`VoteResult` and :func:`decode_vote`, and its row in the ingest handler's table
+of refusals (docs/architecture.md, "Adding a vote rule").
+"""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from services.common.messages import Keys, VoteEntry
-
-_FIELDS = tuple(VoteEntry("", "", 0, "", "", 0, 0).to_fields())
-"""Stream entry field names, in the order vote_batch.lua receives their values."""
+from services.common.messages import TALLY_GROUP, CloseEntry, Keys, VoteEntry
 
 
 def _source(name: str) -> str:
@@ -37,6 +47,14 @@ class Scripts:
         )
 
 
+class ScriptReplyError(Exception):
+    """A script answered something its decoder does not know: the script and this
+    module are out of step, which is a bug, never the caller's input."""
+
+
+# ------------------------------------------------------------------- vote_batch.lua
+
+
 @dataclass(frozen=True, slots=True)
 class VoteRules:
     max_votes: int = 0
@@ -47,29 +65,259 @@ class VoteRules:
     """How long the vote id is remembered for retries (and the device's vote count)."""
 
 
-def vote_batch_call(
-    keys: Keys, p: int, votes: Sequence[tuple[VoteEntry, VoteRules]]
+class VoteKeys(NamedTuple):
+    """One vote's KEYS, after the partition's votes stream."""
+
+    state: str
+    dedupe: str
+    device_votes: str
+    rate: str
+
+
+class VoteArgs(NamedTuple):
+    """One vote's arguments; its stream entry's fields follow them."""
+
+    fingerprint: str
+    """What a retry with the same vote id must match to be a replay."""
+    taps: int
+    """The vote's count (a NamedTuple field cannot be called ``count``)."""
+    max_votes: int
+    rate_per_s: int
+    ttl_s: int
+    """Of the dedupe key and the device's vote count."""
+
+
+ENTRY_FIELDS: tuple[str, ...] = tuple(VoteEntry("", "", 0, "", "", 0, 0).to_fields())
+"""Stream entry field names; the script appends them with the values each vote carries."""
+
+_VOTE_LAYOUT: tuple[str | int, ...] = (
+    len(VoteKeys._fields),
+    len(VoteArgs._fields),
+    len(ENTRY_FIELDS),
+    *VoteKeys._fields,
+    *VoteArgs._fields,
+    *ENTRY_FIELDS,
+)
+"""Sent with every call: the script looks each key and argument up by these names."""
+
+
+class VoteCall(NamedTuple):
+    """One vote's share of a ``vote_batch.lua`` call, built once when the vote arrives."""
+
+    keys: VoteKeys
+    args: tuple[str | int, ...]
+
+
+def vote_call(keys: Keys, p: int, entry: VoteEntry, rules: VoteRules) -> VoteCall:
+    fields = entry.to_fields()
+    return VoteCall(
+        VoteKeys(
+            state=keys.state(p, entry.poll),
+            dedupe=keys.dedupe(p, entry.poll, entry.device, entry.vote_id),
+            device_votes=keys.device_votes(p, entry.poll, entry.device),
+            rate=keys.rate(p, entry.device),
+        ),
+        VoteArgs(
+            fingerprint=f"{entry.option}:{entry.count}",
+            taps=entry.count,
+            max_votes=rules.max_votes,
+            rate_per_s=rules.rate_per_s,
+            ttl_s=rules.dedupe_ttl_s,
+        )
+        + tuple(fields.values()),
+    )
+
+
+def vote_batch_args(
+    keys: Keys, p: int, calls: Sequence[VoteCall]
 ) -> tuple[list[str], list[str | int]]:
-    """KEYS and ARGV of one vote_batch.lua call for votes of partition ``p``."""
+    """KEYS and ARGV of one ``vote_batch.lua`` call for votes of partition ``p``."""
     ks: list[str] = [keys.votes(p)]
-    args: list[str | int] = [len(votes), len(_FIELDS), *_FIELDS]
-    for e, rules in votes:
-        ks += (
-            keys.state(p, e.poll),
-            keys.dedupe(p, e.poll, e.device, e.vote_id),
-            keys.device_votes(p, e.poll, e.device),
-            keys.rate(p, e.device),
-        )
-        args += (
-            f"{e.option}:{e.count}", rules.max_votes, rules.rate_per_s, rules.dedupe_ttl_s,
-            e.count, rules.dedupe_ttl_s, *e.to_fields().values(),
-        )
+    args: list[str | int] = [len(calls), *_VOTE_LAYOUT]
+    for call in calls:
+        ks += call.keys
+        args += call.args
     return ks, args
 
 
-async def accept_votes(
-    redis: Redis, scripts: Scripts, keys: Keys, p: int, votes: Sequence[tuple[VoteEntry, VoteRules]]
-) -> list[Any]:
-    """Run one batch directly (no coalescing): replies ``[code, a, b]`` per vote."""
-    ks, args = vote_batch_call(keys, p, votes)
-    return list(await scripts.vote_batch(keys=ks, args=args, client=redis))
+class VoteOutcome(enum.Enum):
+    """What ``vote_batch.lua`` answers for one vote; the values are its reply codes."""
+
+    ACCEPTED = "accepted"
+    """Appended by this call; carries ``accepted`` (the count)."""
+    REPLAYED = "replayed"
+    """The vote id was accepted before with the same vote; carries ``accepted``."""
+    NOT_OPEN = "not_open"
+    """The poll is not open on this partition; carries ``state`` (draft or closed)."""
+    RATE_LIMITED = "rate_limited"
+    """The device is over its votes per second; carries ``retry_after_ms``."""
+    VOTE_LIMIT = "vote_limit"
+    """The vote would take the device over the poll's limit; carries ``max_votes``."""
+    ID_REUSED = "id_reused"
+    """The vote id was accepted before for a different vote; carries nothing."""
+
+
+class VoteResult(NamedTuple):
+    outcome: VoteOutcome
+    accepted: int = 0
+    state: str = ""
+    retry_after_ms: int = 0
+    max_votes: int = 0
+
+
+_OUTCOMES: dict[str | bytes, VoteOutcome] = {
+    **{o.value: o for o in VoteOutcome},
+    **{o.value.encode(): o for o in VoteOutcome},
+}
+
+
+def decode_vote(reply: Sequence[Any]) -> VoteResult:
+    """One vote's reply ``[outcome, value]`` as a :class:`VoteResult`."""
+    try:
+        code, value = reply
+        outcome = _OUTCOMES[code]
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ScriptReplyError(f"vote_batch.lua answered {reply!r}") from exc
+    if outcome is VoteOutcome.ACCEPTED or outcome is VoteOutcome.REPLAYED:
+        return VoteResult(outcome, accepted=int(value))
+    if outcome is VoteOutcome.NOT_OPEN:
+        return VoteResult(outcome, state=value.decode() if isinstance(value, bytes) else str(value))
+    if outcome is VoteOutcome.RATE_LIMITED:
+        return VoteResult(outcome, retry_after_ms=max(0, int(value)))
+    if outcome is VoteOutcome.VOTE_LIMIT:
+        return VoteResult(outcome, max_votes=int(value))
+    return VoteResult(outcome)
+
+
+def decode_vote_batch(reply: Sequence[Any]) -> list[VoteResult]:
+    return [decode_vote(r) for r in reply]
+
+
+# ------------------------------------------------------------------------ apply.lua
+
+
+class PollKeys(NamedTuple):
+    """The keys of one poll in an ``apply.lua`` call; its entries point at the first."""
+
+    counts: str
+    version: str
+    closed: str
+
+
+class ApplyArgs(NamedTuple):
+    """One stream entry's arguments."""
+
+    id: str
+    kind: str
+    """``v`` a vote, ``c`` a close marker."""
+    poll: str
+    option: str
+    taps: int
+    """The vote's count (a NamedTuple field cannot be called ``count``)."""
+    sec: int
+    """The second the vote was received in, for the per-second counts."""
+    poll_keys: int
+    """KEYS index of the poll's :class:`PollKeys`."""
+    second_key: int
+    """KEYS index of the poll's counts of second ``sec``; 0 for a close marker."""
+
+
+_APPLY_LAYOUT: tuple[str | int, ...] = (
+    len(PollKeys._fields),
+    len(ApplyArgs._fields),
+    *PollKeys._fields,
+    *ApplyArgs._fields,
+)
+"""Sent with every call: the script looks each poll key and argument up by these names."""
+
+
+def apply_args(
+    keys: Keys, p: int, entries: Sequence[tuple[bytes, VoteEntry | CloseEntry]], sec_ttl: int
+) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of one ``apply.lua`` call for entries of partition ``p``: each poll's
+    keys and each (poll, second) key once, however many entries share them."""
+    ks: list[str] = [keys.votes(p), keys.applied(p)]
+    poll_at: dict[str, int] = {}
+    second_at: dict[tuple[str, int], int] = {}
+    args: list[str | int] = [TALLY_GROUP, len(entries), sec_ttl, *_APPLY_LAYOUT]
+    for entry_id, e in entries:
+        at = poll_at.get(e.poll)
+        if at is None:
+            at = poll_at[e.poll] = len(ks) + 1  # Lua's KEYS count from 1
+            ks += PollKeys(
+                counts=keys.counts(p, e.poll),
+                version=keys.version(p, e.poll),
+                closed=keys.closed(p, e.poll),
+            )
+        if isinstance(e, VoteEntry):
+            sec = e.recv_ts // 1000
+            sat = second_at.get((e.poll, sec))
+            if sat is None:
+                ks.append(keys.second(p, e.poll, sec))
+                sat = second_at[(e.poll, sec)] = len(ks)
+            args += ApplyArgs(
+                id=entry_id.decode(),
+                kind="v",
+                poll=e.poll,
+                option=e.option,
+                taps=e.count,
+                sec=sec,
+                poll_keys=at,
+                second_key=sat,
+            )
+        else:
+            args += ApplyArgs(
+                id=entry_id.decode(),
+                kind="c",
+                poll=e.poll,
+                option="",
+                taps=0,
+                sec=0,
+                poll_keys=at,
+                second_key=0,
+            )
+    return ks, args
+
+
+class ApplyResult(NamedTuple):
+    applied: int
+    """Vote entries this call acknowledged and counted."""
+    closes: int
+    """Close markers this call acknowledged."""
+    deferred: list[bytes]
+    """Close markers left pending: earlier entries of their stream still are."""
+
+
+def decode_apply(reply: Any) -> ApplyResult:
+    """The reply ``{applied, closes, deferred}`` of ``apply.lua``."""
+    try:
+        applied, closes, deferred = reply
+        return ApplyResult(int(applied), int(closes), [bytes(d) for d in deferred])
+    except (TypeError, ValueError) as exc:
+        raise ScriptReplyError(f"apply.lua answered {reply!r}") from exc
+
+
+# ------------------------------------------------------------------------ close.lua
+
+
+class CloseKeys(NamedTuple):
+    state: str
+    votes: str
+
+
+def close_args(keys: Keys, p: int, poll: str) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of ``close.lua`` (ARGV: the poll id, for the close marker)."""
+    return list(CloseKeys(state=keys.state(p, poll), votes=keys.votes(p))), [poll]
+
+
+def decode_close(reply: Any) -> bool:
+    """Whether this call closed the partition (False: it was closed already)."""
+    if reply not in (0, 1):
+        raise ScriptReplyError(f"close.lua answered {reply!r}")
+    return bool(reply)
+
+
+async def close_partition(redis: Redis, scripts: Scripts, keys: Keys, p: int, poll: str) -> bool:
+    """Close ``poll`` on partition ``p`` with its close marker; True if this call did."""
+    ks, args = close_args(keys, p, poll)
+    return decode_close(await scripts.close(keys=ks, args=args, client=redis))

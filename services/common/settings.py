@@ -9,6 +9,7 @@ import socket
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+import tiers
 from services.common.messages import Keys
 
 
@@ -41,7 +42,7 @@ class CommonSettings(BaseSettings):
 class IngestSettings(CommonSettings):
     """The public vote API process (gateway edge + ingest append path)."""
 
-    port: int = 8081
+    port: int = tiers.INGEST.port
     token_secret: SecretStr = Field(default_factory=lambda: _ephemeral("BUZZER_TOKEN_SECRET"))
     token_secrets_previous: list[SecretStr] = Field(default_factory=list)
     """Older signing secrets still accepted for verification (rotation overlap)."""
@@ -56,6 +57,10 @@ class IngestSettings(CommonSettings):
     max_pipelines: int = 4
     """Pipelines to Redis in flight at once; votes arriving meanwhile wait for the next."""
     dedupe_ttl_s: int = 6 * 3600
+    ack_replicas: int = Field(0, ge=0, le=5)
+    """Replicas that must hold a vote (Redis WAIT, one per pipeline per node) before its 202."""
+    ack_timeout_ms: int = Field(500, ge=1)
+    """How long WAIT may take; past it the pipeline's votes get 503 and the client retries."""
     max_body_bytes: int = 4096
     poll_cache_ttl_s: float = 1.0
     access_log: bool = False
@@ -64,7 +69,9 @@ class IngestSettings(CommonSettings):
 class TallySettings(CommonSettings):
     """The tally process: stream consumer, PostgreSQL writer, publisher, trimmer."""
 
-    port: int = Field(8090, validation_alias=AliasChoices("BUZZER_TALLY_PORT", "BUZZER_PORT"))
+    port: int = Field(
+        tiers.TALLY.port, validation_alias=AliasChoices("BUZZER_TALLY_PORT", "BUZZER_PORT")
+    )
     consumer: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     """Name in both consumer groups; a fixed name lets a restart resume its own pending entries."""
     batch_size: int = Field(1000, ge=1, le=10_000)
@@ -100,7 +107,7 @@ def _ephemeral(name: str) -> SecretStr:
 class PushSettings(CommonSettings):
     """The websocket fan-out process (``buzzer serve push``): live counts to viewers."""
 
-    port: int = 8085
+    port: int = tiers.PUSH.port
     instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     """This process's field in the viewers hash."""
     admin_token: SecretStr = Field(default_factory=lambda: _ephemeral("BUZZER_ADMIN_TOKEN"))

@@ -1,6 +1,6 @@
-"""The public vote API process: the gateway's edge (auth, validation, contract, show
-control) and ingest's coalesced append, in one process, so a vote crosses exactly one
-Python process between the load balancer and Redis."""
+"""The public vote API process: its gateway (auth, validation, contract, show control,
+in ``services.ingest.gateway``) and the coalesced append, in one process, so a vote
+crosses exactly one Python process between the load balancer and Redis."""
 
 from __future__ import annotations
 
@@ -9,19 +9,19 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import Gauge, Histogram
 
-from gateway.auth import ADMIN_TOKEN, TOKEN_SERVICE
-from gateway.edge import edge_middleware
-from gateway.tokens import TokenService
-from services.common.db import create_pool
+from services.common import redisconn
+from services.common.db import LazyPool
 from services.common.observability import OBS, setup_observability
 from services.common.scripts import Scripts
 from services.common.settings import IngestSettings
+from services.common.tokens import TokenService
 from services.ingest.appender import Appender
+from services.ingest.gateway.edge import edge_middleware
 from services.ingest.keys import (
+    ADMIN_TOKEN,
     APPENDER,
     BACKLOG,
     KEYS,
@@ -30,9 +30,11 @@ from services.ingest.keys import (
     REDIS,
     SCRIPTS,
     SETTINGS,
+    TOKEN_SERVICE,
 )
 from services.ingest.monitor import BacklogMonitor, PollCache
 from services.ingest.routes import setup_routes
+from services.ingest.transport import transport_for
 
 log = logging.getLogger("buzzer.ingest")
 
@@ -41,15 +43,17 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     # Short timeouts: a vote waiting on a Redis that is away must turn into a 503
     # with Retry-After quickly, not a client timeout.
-    client = aioredis.from_url(
+    client = redisconn.connect(
         settings.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0,
         health_check_interval=0, max_connections=64,
     )
     app[REDIS] = client
     app[SCRIPTS] = Scripts.register(client)
     app[POLLS] = PollCache(client, app[KEYS], settings.poll_cache_ttl_s)
+    transport = transport_for(client, settings.ack_replicas, settings.ack_timeout_ms)
     app[APPENDER] = appender = Appender(
-        client, app[SCRIPTS], app[KEYS], settings.max_inflight, settings.max_pipelines
+        client, app[SCRIPTS], app[KEYS], settings.max_inflight, settings.max_pipelines,
+        transport=transport,
     )
     monitor = BacklogMonitor(client, app[KEYS])
     app[BACKLOG] = monitor
@@ -90,11 +94,11 @@ async def pg_ctx(app: web.Application) -> AsyncIterator[None]:
     # min_size=0 the pool connects on first use, so ingest starts while PostgreSQL is away.
     settings = app[SETTINGS]
     dsn = settings.database_url.get_secret_value()
-    pool = await create_pool(dsn, size=4, min_size=0)
-    app[PG] = pool
+    pg = LazyPool(dsn, size=4, min_size=0)
+    app[PG] = await pg.pool()
     yield
     with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(pool.close(), timeout=5)
+        await pg.close(timeout=5)
 
 
 def create_app(settings: IngestSettings) -> web.Application:

@@ -9,15 +9,23 @@ from collections.abc import Callable
 from typing import Any
 
 from hiredis import pack_command
-from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError
 
-from services.common.messages import Keys, VoteEntry
-from services.common.scripts import Scripts, VoteRules, vote_batch_call
+from services.common.messages import Keys
+from services.common.redisconn import AnyRedis
+from services.common.scripts import (
+    ScriptReplyError,
+    Scripts,
+    VoteCall,
+    VoteResult,
+    decode_vote,
+    vote_batch_args,
+)
+from services.ingest.transport import Transport, transport_for
 
 log = logging.getLogger("buzzer.ingest.appender")
 
-Pending = tuple[VoteEntry, VoteRules, "asyncio.Future[Any]"]
+Pending = tuple[VoteCall, "asyncio.Future[VoteResult]"]
 
 
 class Overloaded(Exception):
@@ -31,16 +39,27 @@ class Unavailable(Exception):
 class Appender:
     """Queues votes and, once per event-loop turn, sends everything queued as one
     pipeline: one ``vote_batch.lua`` call per partition. Each caller's future resolves
-    with its own vote's reply ``[code, a, b]``.
+    with its own vote's :class:`VoteResult`.
+
+    What is sent and how its replies are read (``_command``, ``_resolve``) is kept apart
+    from how it travels to Redis (the transport).
 
     Resending a batch is harmless (the script is idempotent by vote id), which is what
     makes the resend after NOSCRIPT safe, and a client's retry after a 503.
     """
 
     def __init__(
-        self, redis: Redis, scripts: Scripts, keys: Keys, max_inflight: int, max_pipelines: int = 16
+        self,
+        redis: AnyRedis,
+        scripts: Scripts,
+        keys: Keys,
+        max_inflight: int,
+        max_pipelines: int = 16,
+        transport: Transport | None = None,
     ) -> None:
         self._redis = redis
+        # HOW the calls travel (one server, or one pipeline per cluster node, with WAIT).
+        self._transport = transport or transport_for(redis)
         self._script = scripts.vote_batch
         self._keys = keys
         self._max_inflight = max_inflight
@@ -56,12 +75,12 @@ class Appender:
         self.observe: Callable[[int, float], None] = lambda votes, seconds: None
         """Hook for metrics: votes in a pipeline and its round trip."""
 
-    def submit(self, p: int, entry: VoteEntry, rules: VoteRules) -> asyncio.Future[Any]:
+    def submit(self, p: int, call: VoteCall) -> asyncio.Future[VoteResult]:
         if self.inflight >= self._max_inflight:
             raise Overloaded
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.setdefault(p, []).append((entry, rules, fut))
+        fut: asyncio.Future[VoteResult] = loop.create_future()
+        self._queue.setdefault(p, []).append((call, fut))
         self.inflight += 1
         if not self._scheduled:
             self._scheduled = True
@@ -102,9 +121,7 @@ class Appender:
                 if isinstance(reply, Exception):
                     self._fail({p: pending}, Unavailable(str(reply)))
                     continue
-                for (_, _, fut), result in zip(pending, reply, strict=True):
-                    if not fut.done():
-                        fut.set_result(result)
+                self._resolve(pending, reply)
         finally:
             self.inflight -= n
             if self._queue and not self._scheduled:
@@ -114,36 +131,41 @@ class Appender:
     @staticmethod
     def _fail(batch: dict[int, list[Pending]], exc: Exception) -> None:
         for pending in batch.values():
-            for _, _, fut in pending:
+            for _, fut in pending:
                 if not fut.done():
                     fut.set_exception(exc)
 
+    def _command(self, p: int, pending: list[Pending]) -> bytes:
+        """The one ``vote_batch.lua`` call of partition ``p``, packed, from the votes' own
+        calls (built once, when each vote arrived)."""
+        ks, args = vote_batch_args(self._keys, p, [call for call, _ in pending])
+        return pack_command(("EVALSHA", self._script.sha, len(ks), *ks, *args))  # type: ignore[arg-type]
+
+    @staticmethod
+    def _resolve(pending: list[Pending], reply: Any) -> None:
+        """Answer each vote of a partition with its own part of the script's reply."""
+        if not isinstance(reply, list) or len(reply) != len(pending):
+            exc = ScriptReplyError(f"vote_batch.lua answered {len(pending)} votes with {reply!r}")
+            for _, fut in pending:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for (_, fut), one in zip(pending, reply, strict=True):
+            if fut.done():
+                continue
+            try:
+                fut.set_result(decode_vote(one))
+            except ScriptReplyError as exc:
+                fut.set_exception(exc)
+
     async def _execute(self, batch: dict[int, list[Pending]]) -> dict[int, Any]:
-        # A pipeline by hand on one pooled connection: hiredis packs the commands in C,
-        # ten times cheaper than redis-py's Python packer. Error replies are kept per
+        # hiredis packs each call in C, ten times cheaper than redis-py's Python packer;
+        # the transport sends them as one pipeline per node. Error replies are kept per
         # partition, like pipeline(raise_on_error=False).
-        order = list(batch)
-        chunks = []
-        for p in order:
-            ks, args = vote_batch_call(self._keys, p, [(e, r) for e, r, _ in batch[p]])
-            chunks.append(pack_command(("EVALSHA", self._script.sha, len(ks), *ks, *args)))  # type: ignore[arg-type]
-        pool = self._redis.connection_pool
-        conn = await pool.get_connection()
-        try:
-            await conn.send_packed_command(b"".join(chunks), check_health=False)
-            replies: dict[int, Any] = {}
-            for p in order:
-                try:
-                    replies[p] = await conn.read_response()
-                except ResponseError as exc:
-                    replies[p] = exc
-        except BaseException:
-            # The connection's read position is unknown now: never reuse it.
-            await conn.disconnect()
-            raise
-        finally:
-            await pool.release(conn)
-        return replies
+        calls = {}
+        for p, pending in batch.items():
+            calls[p] = (self._keys.votes(p), self._command(p, pending))
+        return await self._transport.execute(calls)
 
     async def drain(self, timeout: float) -> None:
         """Wait for every queued vote to be answered (graceful shutdown)."""

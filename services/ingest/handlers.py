@@ -3,22 +3,65 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
-from gateway.auth import device_of
-from gateway.errors import ApiError
-from gateway.schemas import VoteAccepted, VoteRequest, json_response, read_body
+from services.common.api import VoteAccepted, VoteRequest
 from services.common.messages import VoteEntry
-from services.common.scripts import VoteRules
+from services.common.scripts import VoteOutcome, VoteResult, VoteRules, vote_call
 from services.ingest.appender import Overloaded, Unavailable
+from services.ingest.gateway.auth import device_of
+from services.ingest.gateway.errors import ApiError
+from services.ingest.gateway.schemas import json_response, read_body
 from services.ingest.keys import APPENDER, BACKLOG, KEYS, POLLS, SETTINGS
 
 _RETRY = {"Retry-After": "1"}
+_REPLAYED = {"Idempotent-Replayed": "true"}
 
 
 def _unavailable(message: str) -> ApiError:
     return ApiError(503, "unavailable", message, headers=_RETRY)
+
+
+def _retry_after(ms: int) -> dict[str, str]:
+    # Whole seconds, rounded up: a client that waits this long is inside a fresh window.
+    return {"Retry-After": str(max(1, -(-ms // 1000)))}
+
+
+REFUSALS: dict[VoteOutcome, Callable[[VoteResult], ApiError]] = {
+    VoteOutcome.NOT_OPEN: lambda r: ApiError(
+        409, "poll_not_open", f"poll is {r.state}", field="poll"
+    ),
+    VoteOutcome.RATE_LIMITED: lambda r: ApiError(
+        429,
+        "rate_limited",
+        "device over its vote rate",
+        field="Authorization",
+        headers=_retry_after(r.retry_after_ms),
+    ),
+    VoteOutcome.VOTE_LIMIT: lambda r: ApiError(
+        422,
+        "vote_limit",
+        f"device already cast its {r.max_votes} vote(s) in this poll",
+        field="vote_id",
+    ),
+    VoteOutcome.ID_REUSED: lambda r: ApiError(
+        422, "vote_id_reused", "vote_id was already used for a different vote", field="vote_id"
+    ),
+}
+"""Every outcome of the vote script that refuses the vote, as the API error it becomes."""
+
+
+def vote_response(vote_id: str, result: VoteResult) -> web.Response:
+    """The answer to a vote, from the vote script's outcome."""
+    if result.outcome is VoteOutcome.ACCEPTED:
+        return json_response(VoteAccepted(vote_id=vote_id, accepted=result.accepted), 202)
+    if result.outcome is VoteOutcome.REPLAYED:
+        return json_response(
+            VoteAccepted(vote_id=vote_id, accepted=result.accepted), 202, _REPLAYED
+        )
+    raise REFUSALS[result.outcome](result)
 
 
 async def post_vote(request: web.Request) -> web.Response:
@@ -31,10 +74,14 @@ async def post_vote(request: web.Request) -> web.Response:
     if pdef is None:
         raise ApiError(404, "poll_not_found", f"no poll {poll_id!r}", field="poll")
     if vote.option not in pdef.option_keys():
-        raise ApiError(404, "option_not_found", f"poll has no option {vote.option!r}", field="option")
+        raise ApiError(
+            404, "option_not_found", f"poll has no option {vote.option!r}", field="option"
+        )
     if vote.count > pdef.max_count:
         raise ApiError(
-            422, "count_over_cap", f"count {vote.count} is over this poll's cap of {pdef.max_count}",
+            422,
+            "count_over_cap",
+            f"count {vote.count} is over this poll's cap of {pdef.max_count}",
             field="count",
         )
     backlog = app[BACKLOG]
@@ -58,29 +105,11 @@ async def post_vote(request: web.Request) -> web.Response:
         dedupe_ttl_s=settings.dedupe_ttl_s,
     )
     try:
-        code, a, b = await app[APPENDER].submit(p, entry, rules)
+        result = await app[APPENDER].submit(p, vote_call(app[KEYS], p, entry, rules))
     except Overloaded as exc:
-        raise _unavailable("ingest is over its in-flight bound, retry with the same vote_id") from exc
+        raise _unavailable(
+            "ingest is over its in-flight bound, retry with the same vote_id"
+        ) from exc
     except Unavailable as exc:
         raise _unavailable("vote store unavailable, retry with the same vote_id") from exc
-
-    if code == 202:
-        headers = {"Idempotent-Replayed": "true"} if b else None
-        return json_response(VoteAccepted(vote_id=vote_id, accepted=int(a)), 202, headers)
-    if code == 409:
-        state = a.decode() if isinstance(a, bytes) else str(a)
-        raise ApiError(409, "poll_not_open", f"poll is {state}", field="poll")
-    if code == 429:
-        retry_s = max(1, -(-int(b) // 1000))
-        raise ApiError(
-            429, "rate_limited", "device over its vote rate", field="Authorization",
-            headers={"Retry-After": str(retry_s)},
-        )
-    reason = a.decode() if isinstance(a, bytes) else str(a)
-    if reason == "vote_limit":
-        raise ApiError(
-            422, "vote_limit", f"device already cast its {int(b)} vote(s) in this poll", field="vote_id"
-        )
-    raise ApiError(
-        422, "vote_id_reused", "vote_id was already used for a different vote", field="vote_id"
-    )
+    return vote_response(vote_id, result)

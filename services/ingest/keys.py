@@ -1,14 +1,17 @@
-"""Typed application state of the ingest process."""
+"""Typed application state of the ingest process: its one set of app keys, used by the
+append path and the gateway alike, all set by ``create_app`` and its cleanup contexts."""
 
 from __future__ import annotations
 
 import asyncpg
 from aiohttp import web
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from services.common.messages import Keys
 from services.common.scripts import Scripts
 from services.common.settings import IngestSettings
+from services.common.tokens import TokenService
 from services.ingest.appender import Appender
 from services.ingest.monitor import BacklogMonitor, PollCache
 
@@ -20,3 +23,5 @@ APPENDER = web.AppKey("appender", Appender)
 POLLS = web.AppKey("poll_cache", PollCache)
 BACKLOG = web.AppKey("backlog", BacklogMonitor)
 PG = web.AppKey("pg", asyncpg.Pool)
+TOKEN_SERVICE = web.AppKey("token_service", TokenService)
+ADMIN_TOKEN = web.AppKey("admin_token", SecretStr)

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway import admin, polls
-from gateway.auth import post_device
-from gateway.openapi import build
-from gateway.schemas import json_response
+from services.ingest.gateway import admin, polls
+from services.ingest.gateway.auth import post_device
+from services.ingest.gateway.openapi import build
+from services.ingest.gateway.schemas import json_response
 from services.ingest.handlers import post_vote
 
 

@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
@@ -15,26 +14,23 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
+from services.common import redisconn
 from services.common.observability import OBS, setup_observability
 from services.common.settings import PushSettings
+from services.common.tokens import TokenService
 from services.push.handlers import page_headers
 from services.push.hub import Hub
 from services.push.keys import HUB, KEYS, OPS, REDIS, SETTINGS, VERIFY_TOKEN, VIEWERS
 from services.push.ops import OpsReader, ViewerCount, remove_viewers, report_viewers
+from services.push.reader import UpdatesReader
 from services.push.routes import setup_routes
 
 log = logging.getLogger("buzzer.push")
 
 
 def token_verifier(settings: PushSettings) -> Callable[[str], str]:
-    """The gateway's device-token check, behind one function so the wiring lives here."""
-    import gateway.tokens as tokens
-
-    verifier_cls = getattr(tokens, "TokenVerifier", None)
-    if verifier_cls is not None:
-        verify: Callable[[str], str] = verifier_cls(settings).verify
-        return verify
-    service = tokens.TokenService(
+    """The device-token check ingest uses too, so a token ingest issued opens a socket here."""
+    service = TokenService(
         settings.token_secret, settings.token_secrets_previous, audience=settings.token_audience
     )
     return service.verify
@@ -81,7 +77,7 @@ class HubCollector(Collector):
         refused = CounterMetricFamily(
             "buzzer_push_refused", "Sockets refused at connect, by close code", labels=["code"]
         )
-        for code, n in s.rejected.items():
+        for code, n in self.hub.admission.rejected.items():
             refused.add_metric([code], n)
         yield refused
 
@@ -89,7 +85,7 @@ class HubCollector(Collector):
 async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     keys = app[KEYS]
-    client = aioredis.from_url(
+    client = redisconn.connect(
         settings.redis_url, socket_connect_timeout=2.0, health_check_interval=0
     )
     app[REDIS] = client
@@ -152,7 +148,12 @@ async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
     ).set_function(hub.max_pending)
 
     tasks = [
-        asyncio.create_task(hub.read_updates(block_ms=settings.xread_block_ms), name="push-reader"),
+        asyncio.create_task(
+            UpdatesReader(client, keys.updates, hub.on_update).run(
+                block_ms=settings.xread_block_ms
+            ),
+            name="push-reader",
+        ),
         asyncio.create_task(hub.housekeeping(), name="push-housekeeping"),
         asyncio.create_task(_report_viewers(app), name="push-viewers"),
     ]

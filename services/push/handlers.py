@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import socket
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import msgspec
 from aiohttp import WSMsgType, web
@@ -14,7 +12,9 @@ from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
 
 from services.common.settings import PushSettings
+from services.common.tokens import admin_token_matches, bearer_token
 from services.push import protocol
+from services.push.admission import client_ip, precheck
 from services.push.hub import Client, Hub
 from services.push.keys import HUB, KEYS, OPS, REDIS, SETTINGS, VERIFY_TOKEN
 from services.push.ops import read_viewers
@@ -23,49 +23,6 @@ from services.push.protocol import POLL_ID, Close
 log = logging.getLogger("buzzer.push")
 
 STATIC = Path(__file__).parent / "static"
-
-
-def client_ip(request: web.Request, trusted_proxies: list[str]) -> str:
-    peer = request.remote or ""
-    if peer in trusted_proxies:
-        # Only the hop our own proxy appended is trustworthy; earlier ones are the client's word.
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        last = forwarded.rsplit(",", 1)[-1].strip()
-        if last:
-            return last
-    return peer
-
-
-def origin_allowed(request: web.Request, allowed: list[str]) -> bool:
-    # Reject cross-site websocket hijacking: a browser always sends Origin, and only
-    # pages from our own host (or configured origins) may read live state with the
-    # viewer's cookies/credentials. Native apps send no Origin.
-    origin = request.headers.get("Origin")
-    if origin is None or "*" in allowed or origin in allowed:
-        return True
-    return urlsplit(origin).netloc == request.headers.get("Host", "")
-
-
-def _token(request: web.Request) -> str | None:
-    # Browsers cannot set headers on a websocket, hence the query parameter.
-    auth = request.headers.get("Authorization", "")
-    if auth.startswith("Bearer "):
-        return auth[7:].strip()
-    return request.query.get("token")
-
-
-def _precheck(request: web.Request, settings: PushSettings) -> tuple[Close, str] | None:
-    if not origin_allowed(request, settings.allowed_origins):
-        return Close.FORBIDDEN_ORIGIN, "origin not allowed"
-    if settings.require_token:
-        token = _token(request)
-        if not token:
-            return Close.UNAUTHORIZED, "device token required"
-        try:
-            request.app[VERIFY_TOKEN](token)
-        except Exception as exc:  # the verifier's own error type; any failure is a refusal
-            return Close.UNAUTHORIZED, f"invalid token: {exc}"[:120]
-    return None
 
 
 async def poll_live(request: web.Request) -> web.WebSocketResponse:
@@ -86,7 +43,7 @@ async def _serve(request: web.Request, poll: str | None) -> web.WebSocketRespons
         timeout=settings.close_timeout_s,
     )
     ip = client_ip(request, settings.trusted_proxies)
-    reject = _precheck(request, settings)
+    reject = precheck(request, settings, request.app.get(VERIFY_TOKEN))
     since: int | None = None
     if reject is None and poll is not None:
         try:
@@ -96,13 +53,13 @@ async def _serve(request: web.Request, poll: str | None) -> web.WebSocketRespons
             reject = Close.POLICY_VIOLATION, "since_version must be an integer"
     admitted = False
     if reject is None:
-        reject = hub.admit(ip)
+        reject = hub.admission.admit(ip)
         admitted = reject is None
     try:
         await ws.prepare(request)
     except BaseException:
         if admitted:
-            hub.release(ip)
+            hub.admission.release(ip)
         raise
     if reject is not None:
         # Upgrade first, then close: a browser sees a close code, never an HTTP status.
@@ -132,7 +89,7 @@ async def _serve(request: web.Request, poll: str | None) -> web.WebSocketRespons
         await _close(hub, client, ws, Close.INTERNAL_ERROR, "internal error")
     finally:
         hub.unregister(client)
-        hub.release(ip)
+        hub.admission.release(ip)
     return ws
 
 
@@ -221,9 +178,8 @@ async def _receive(
 
 async def ops(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
-    auth = request.headers.get("Authorization", "")
-    expected = f"Bearer {settings.admin_token.get_secret_value()}"
-    if not hmac.compare_digest(auth.encode(), expected.encode()):
+    token = bearer_token(request.headers.get("Authorization", ""))
+    if token is None or not admin_token_matches(token, settings.admin_token):
         return web.json_response(
             {"error": "unauthorized", "field": None, "message": "admin token required"}, status=401
         )

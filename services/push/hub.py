@@ -1,5 +1,6 @@
-"""The fan-out hub: one Redis stream reader per process, latest state per poll, and a
-shared writer that puts each update's websocket frame on every subscriber's transport.
+"""The fan-out hub: latest state per poll, and a shared writer that puts each update's
+websocket frame on every subscriber's transport. Updates come from the process's one
+stream reader (``reader.py``); connection slots are ``admission.py``'s.
 
 Why no task and no queue per client: an update is encoded into one frame once and the
 same bytes object is written to every socket, so a client costs a few small objects.
@@ -19,16 +20,15 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgspec
 from aiohttp import web
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from services.common.live import load_polldef, read_live
 from services.common.messages import Keys, PollDef, TallyUpdate, decode_update
 from services.push import protocol
+from services.push.admission import Admission
 from services.push.protocol import Close
 
 log = logging.getLogger("buzzer.push")
@@ -147,7 +147,6 @@ class HubStats:
     """Updates a slow client never got because a newer one replaced them."""
     snapshots_read: int = 0
     disconnects: dict[str, int] = field(default_factory=dict)
-    rejected: dict[str, int] = field(default_factory=dict)
     last_fanout_s: float = 0.0
 
 
@@ -175,49 +174,17 @@ class Hub:
         self.idle_timeout = idle_timeout_s
         self.close_timeout = close_timeout_s
         self.snapshot_cache = snapshot_cache_s
-        self.max_connections = max_connections
-        self.max_per_ip = max_connections_per_ip
+        self.admission = Admission(max_connections, max_connections_per_ip)
         self.on_fanout = on_fanout
         """Called with (seconds to write to all, seconds since the update's publication)."""
         self.clients: set[Client] = set()
-        self.reserved = 0
-        """Accepted connections, counted from admission (before the upgrade finishes)."""
-        self.per_ip: dict[str, int] = {}
         self.polls: dict[str, PollState] = {}
         self.deferred: set[Client] = set()
         self.stats = HubStats()
-        self.accepting = True
         self._closers: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
 
     # -- connections -------------------------------------------------------------------
-
-    def admit(self, ip: str) -> tuple[Close, str] | None:
-        """Reserve a connection slot, or say why not (the caller closes with it)."""
-        if not self.accepting:
-            return self._reject(Close.GOING_AWAY, "server shutting down")
-        if self.reserved >= self.max_connections:
-            return self._reject(Close.TRY_AGAIN_LATER, "server full, try again later")
-        n = self.per_ip.get(ip, 0)
-        if n >= self.max_per_ip:
-            return self._reject(
-                Close.TOO_MANY_FROM_ADDRESS, "too many connections from this address"
-            )
-        self.per_ip[ip] = n + 1
-        self.reserved += 1
-        return None
-
-    def _reject(self, code: Close, reason: str) -> tuple[Close, str]:
-        self.stats.rejected[code.name] = self.stats.rejected.get(code.name, 0) + 1
-        return code, reason
-
-    def release(self, ip: str) -> None:
-        self.reserved -= 1
-        n = self.per_ip.get(ip, 1) - 1
-        if n > 0:
-            self.per_ip[ip] = n
-        else:
-            self.per_ip.pop(ip, None)
 
     def register(self, ws: web.WebSocketResponse, transport: asyncio.Transport, ip: str) -> Client:
         # Writes never wait: aiohttp's writer only waits for a drain while the protocol is
@@ -268,7 +235,7 @@ class Hub:
 
     async def shutdown(self, grace_s: float) -> int:
         """Close every client with 1001 and wait (bounded) for the close handshakes."""
-        self.accepting = False
+        self.admission.accepting = False
         clients = [c for c in self.clients if not c.closing]
         for c in clients:
             self.kick(c, Close.GOING_AWAY, "server shutdown")
@@ -399,7 +366,11 @@ class Hub:
     def _broadcast(self, ps: PollState) -> None:
         started = time.perf_counter()
         now = self._loop.time()
-        ps.timer = None
+        if ps.timer is not None:
+            # Sent now by an update that found the slot free before the timer ran: the
+            # timer would only send the same state again, early for the next slot.
+            ps.timer.cancel()
+            ps.timer = None
         ps.last_bcast = now
         # No per-client spacing check here: broadcasts of a poll are already spaced by
         # min_interval, and a client's own clock (sent_at) would drift later each time it
@@ -493,40 +464,7 @@ class Hub:
     def subscriptions(self) -> int:
         return sum(len(ps.subscribers) for ps in self.polls.values())
 
-    # -- the shared reader and the housekeeping loop -------------------------------------
-
-    async def read_updates(self, block_ms: int = 1000, count: int = 1000) -> None:
-        """The one ``XREAD BLOCK`` loop of this process, from the stream's end at start."""
-        stream = self.keys.updates
-        last = await self._stream_end(stream)
-        backoff = 0.1
-        while True:
-            try:
-                reply: Any = await self.redis.xread({stream: last}, count=count, block=block_ms)
-                backoff = 0.1
-            except (RedisError, OSError) as exc:
-                log.warning(
-                    "updates stream unavailable", extra={"error": str(exc), "retry_s": backoff}
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            for _, entries in reply or ():
-                for entry_id, fields in entries:
-                    last = entry_id
-                    data = fields.get(b"d")
-                    if data is not None:
-                        self.on_update(data)
-
-    async def _stream_end(self, stream: str) -> bytes | str:
-        # Not "$" on every call: entries added between two XREADs would be lost.
-        while True:
-            try:
-                tail: Any = await self.redis.xrevrange(stream, count=1)
-                return tail[0][0] if tail else "0-0"
-            except (RedisError, OSError) as exc:
-                log.warning("redis unavailable at start", extra={"error": str(exc)})
-                await asyncio.sleep(1.0)
+    # -- the housekeeping loop ----------------------------------------------------------
 
     async def housekeeping(self, tick_s: float = 0.02, sweep_s: float = 1.0) -> None:
         last_sweep = self._loop.time()

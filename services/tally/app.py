@@ -6,14 +6,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
+from services.common import redisconn
+from services.common.db import LazyPool
 from services.common.observability import setup_observability
 from services.common.settings import TallySettings
 from services.tally.keys import PG, REDIS, SETTINGS, TALLY
 from services.tally.metrics import TallyMetrics
-from services.tally.pgwriter import Pg
 from services.tally.service import Tally
 
 log = logging.getLogger("buzzer.tally")
@@ -45,13 +45,13 @@ def create_app(settings: TallySettings) -> web.Application:
     metrics = TallyMetrics(obs.registry)
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-        client = aioredis.from_url(settings.redis_url)
+        client = redisconn.connect(settings.redis_url)
         app[REDIS] = client
         yield
         await client.aclose()
 
     async def pg_ctx(app: web.Application) -> AsyncIterator[None]:
-        pg = Pg(settings.database_url.get_secret_value(), settings.pg_pool_size)
+        pg = LazyPool(settings.database_url.get_secret_value(), settings.pg_pool_size)
         app[PG] = pg
         try:
             async with asyncio.timeout(settings.pg_timeout_s):

@@ -2,83 +2,30 @@
 
 Counting happens in ``apply.lua``: an entry counts only in the call whose XACK
 removes it from the pending list, so re-reading, claiming or concurrently holding
-an entry is always safe. This module only decides what to feed the script and when.
+an entry is always safe. This module only decides what to feed the script; when is
+decided by ``streams.GroupLoop``, the loop shared with the PostgreSQL writer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 
 from redis.asyncio import Redis
 
 from services.common.messages import TALLY_GROUP, CloseEntry, Keys, VoteEntry, decode_entry
-from services.common.scripts import Scripts
+from services.common.scripts import ApplyResult, Scripts, apply_args, decode_apply
 from services.common.settings import TallySettings
 from services.tally.metrics import Stats, TallyMetrics
-from services.tally.streams import Entry, GroupReader, is_nogroup, sleep_or_stop
+from services.tally.streams import Entry, GroupLoop, GroupReader
 
 log = logging.getLogger("buzzer.tally.consumer")
 
 STREAM = "votes"
-DEFERRED_RETRY_S = 0.1
-ERROR_BACKOFF_S = 0.5
 
 
-@dataclass(frozen=True, slots=True)
-class ApplyCall:
-    keys: list[str]
-    args: list[str | int]
-
-
-@dataclass(frozen=True, slots=True)
-class ApplyResult:
-    applied: int
-    closes: int
-    deferred: list[bytes]
-
-
-def build_apply_call(
-    keys: Keys, p: int, entries: list[tuple[bytes, VoteEntry | CloseEntry]], sec_ttl: int
-) -> ApplyCall:
-    """KEYS and ARGV for ``apply.lua``, in the layout its header documents."""
-    klist: list[str] = [keys.votes(p), keys.applied(p)]
-    poll_idx: dict[str, int] = {}
-    sec_idx: dict[tuple[str, int], int] = {}
-
-    def poll_index(poll: str) -> int:
-        if poll not in poll_idx:
-            poll_idx[poll] = len(klist) + 1
-            klist.extend((keys.counts(p, poll), keys.version(p, poll), keys.closed(p, poll)))
-        return poll_idx[poll]
-
-    args: list[str | int] = [TALLY_GROUP, len(entries), sec_ttl]
-    for entry_id, e in entries:
-        ci = poll_index(e.poll)
-        if isinstance(e, VoteEntry):
-            sec = e.recv_ts // 1000
-            if (e.poll, sec) not in sec_idx:
-                klist.append(keys.second(p, e.poll, sec))
-                sec_idx[(e.poll, sec)] = len(klist)
-            args += [
-                entry_id.decode(),
-                "v",
-                e.poll,
-                e.option,
-                e.count,
-                sec,
-                ci,
-                sec_idx[(e.poll, sec)],
-            ]
-        else:
-            args += [entry_id.decode(), "c", e.poll, "", 0, 0, ci, 0]
-    return ApplyCall(klist, args)
-
-
-class VotesConsumer:
+class VotesConsumer(GroupLoop):
     """Applies every partition's votes stream; one task per partition.
 
     :param redis: client for the partitions' slots
@@ -87,8 +34,11 @@ class VotesConsumer:
     :param settings: batch size, block time, claim idle time, recovery interval
     :param metrics: Prometheus metrics
     :param stats: counts for the shutdown summary
-    :param on_touched: called with the polls of every batch that changed a counter
+    :param on_touched: called with the polls of every batch that changed a counter,
+        each with its oldest vote's receipt time (ms; None for close markers only)
     """
+
+    stream_label = STREAM
 
     def __init__(
         self,
@@ -98,24 +48,24 @@ class VotesConsumer:
         settings: TallySettings,
         metrics: TallyMetrics,
         stats: Stats,
-        on_touched: Callable[[Iterable[str]], None],
+        on_touched: Callable[[Mapping[str, int | None]], None],
     ) -> None:
+        super().__init__(
+            [
+                GroupReader(redis, keys.votes(p), TALLY_GROUP, settings.consumer)
+                for p in range(keys.partitions)
+            ],
+            settings,
+            metrics,
+            stats,
+        )
         self.redis = redis
         self.keys = keys
         self.scripts = scripts
-        self.settings = settings
-        self.metrics = metrics
-        self.stats = stats
         self.on_touched = on_touched
-        self.readers = [
-            GroupReader(redis, keys.votes(p), TALLY_GROUP, settings.consumer)
-            for p in range(keys.partitions)
-        ]
-        self._deferred = [False] * keys.partitions
 
-    async def ensure_groups(self) -> None:
-        for r in self.readers:
-            await r.ensure()
+    async def handle(self, p: int, entries: list[Entry]) -> int:
+        return (await self.apply(p, entries)).applied
 
     async def apply(self, p: int, entries: list[Entry]) -> ApplyResult:
         """Apply one batch through the script; safe for any entries, any number of times."""
@@ -146,19 +96,17 @@ class VotesConsumer:
             self.stats.dropped += len(drop)
         if not decoded:
             return ApplyResult(0, 0, [])
-        call = build_apply_call(self.keys, p, decoded, self.settings.sec_ttl_s)
-        applied, closes, deferred = await self.scripts.apply(
-            keys=call.keys, args=call.args, client=self.redis
+        ks, args = apply_args(self.keys, p, decoded, self.settings.sec_ttl_s)
+        applied, closes, deferred = decode_apply(
+            await self.scripts.apply(keys=ks, args=args, client=self.redis)
         )
-        applied, closes = int(applied), int(closes)
-        deferred = list(deferred)
         self.metrics.batch_size.labels(STREAM).observe(len(entries))
         self.metrics.applied.inc(applied)
         self.stats.batches += 1
         self.stats.applied += applied
         self.stats.closes += closes
         if deferred:
-            self._deferred[p] = True
+            self.retry_soon(p)
             self.metrics.deferred.labels(STREAM).inc(len(deferred))
             self.stats.deferred += len(deferred)
             log.info(
@@ -166,61 +114,24 @@ class VotesConsumer:
                 extra={"partition": p, "entry_ids": [d.decode() for d in deferred]},
             )
         if applied or closes:
-            self.on_touched({e.poll for _, e in decoded})
+            # Each poll with its oldest vote's receipt: the publisher measures vote-to-screen.
+            touched: dict[str, int | None] = dict.fromkeys(e.poll for _, e in decoded)
+            for _, e in decoded:
+                if isinstance(e, VoteEntry):
+                    old = touched[e.poll]
+                    touched[e.poll] = e.recv_ts if old is None else min(old, e.recv_ts)
+            self.on_touched(touched)
         return ApplyResult(applied, closes, deferred)
 
-    async def recover(self, p: int) -> int:
-        """Re-apply this consumer's own pending entries, then claim those of dead consumers."""
-        self._deferred[p] = False
-        applied = 0
-        async for page, claimed, dropped in self.readers[p].recover(
-            self.settings.batch_size, self.settings.claim_idle_ms
-        ):
-            if claimed or dropped:
-                self.metrics.recovered(self.stats, STREAM, p, len(page) if claimed else 0, dropped)
-            if page:
-                applied += (await self.apply(p, page)).applied
-        return applied
+    def on_error(self, p: int, exc: Exception) -> None:
+        log.exception("vote consumer error, retrying", extra={"partition": p})
 
     async def run_partition(self, p: int, stop: asyncio.Event) -> None:
-        """Read, apply, repeat until ``stop``; the batch in hand is always finished."""
-        reader = self.readers[p]
-        last_recover = 0.0
-        while not stop.is_set():
-            try:
-                now = time.monotonic()
-                if now - last_recover >= self.settings.recover_interval_s or (
-                    self._deferred[p] and now - last_recover >= DEFERRED_RETRY_S
-                ):
-                    last_recover = now
-                    await self.recover(p)
-                entries = await reader.read_new(self.settings.batch_size, self.settings.block_ms)
-                if entries:
-                    await self.apply(p, entries)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if is_nogroup(exc):
-                    log.warning("consumer group missing, recreating", extra={"partition": p})
-                    await _quietly(reader.ensure())
-                    continue
-                log.exception("vote consumer error, retrying", extra={"partition": p})
-                await sleep_or_stop(stop, ERROR_BACKOFF_S)
+        await super().run_partition(p, stop)
         # Entries read in the last turn are applied already; this picks up anything a
         # failed turn left behind, so a graceful stop leaves nothing pending of ours
         # except close markers still waiting for other consumers.
         try:
-            await self.recover_own(p)
+            await self.drain_own(p)
         except Exception:
             log.exception("final recovery failed", extra={"partition": p})
-
-    async def recover_own(self, p: int) -> None:
-        async for page in self.readers[p].own_pending(self.settings.batch_size):
-            await self.apply(p, page)
-
-
-async def _quietly(aw: Awaitable[None]) -> None:
-    try:
-        await aw
-    except Exception:
-        log.exception("recreating consumer group failed")

@@ -5,11 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 from redis.asyncio import Redis
 
+from services.common.db import LazyPool
 from services.common.settings import TallySettings
-from services.tally.pgwriter import Pg
 from services.tally.service import Tally
 
 SETTINGS = web.AppKey("settings", TallySettings)
 REDIS = web.AppKey("redis", Redis)
-PG = web.AppKey("pg", Pg)
+PG = web.AppKey("pg", LazyPool)
 TALLY = web.AppKey("tally", Tally)

@@ -92,6 +92,12 @@ class TallyMetrics:
             "Tally updates appended to the updates stream",
             registry=registry,
         )
+        self.vote_to_publish = Histogram(
+            "buzzer_tally_vote_to_publish_seconds",
+            "From the oldest vote's receipt at ingest to its poll's update being published",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        )
         self.finalized = Counter(
             "buzzer_tally_finalized_polls_total",
             "Polls whose result this process froze in PostgreSQL",
@@ -116,4 +122,3 @@ class TallyMetrics:
                 "claimed pending entries of an idle consumer",
                 extra={"partition": p, "entries": claimed, "stream": stream},
             )
-

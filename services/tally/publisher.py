@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Mapping
 
 from redis.asyncio import Redis
 
@@ -39,9 +39,16 @@ class Publisher:
         self.metrics = metrics
         self.stats = stats
         self.dirty: set[str] = set()
+        # Oldest ingest receipt (ms) among the votes counted since each poll's last
+        # update: the start of the vote-to-screen delay the runbook alarms on.
+        self.received: dict[str, int] = {}
 
-    def mark(self, polls: Iterable[str]) -> None:
+    def mark(self, polls: Mapping[str, int | None]) -> None:
+        """Polls changed by a batch, each with its oldest vote's receipt time (ms)."""
         self.dirty.update(polls)
+        for poll, recv_ms in polls.items():
+            if recv_ms is not None and recv_ms < self.received.get(poll, recv_ms + 1):
+                self.received[poll] = recv_ms
 
     async def _gate(self, poll: str) -> bool:
         return bool(
@@ -55,6 +62,9 @@ class Publisher:
         )
         self.metrics.published.inc()
         self.stats.published += 1
+        recv_ms = self.received.pop(pdef.id, None)
+        if recv_ms is not None:
+            self.metrics.vote_to_publish.observe(max(0.0, update.ts - recv_ms) / 1000)
 
     async def publish_due(self) -> None:
         """One tick: publish every dirty poll whose gate is free."""

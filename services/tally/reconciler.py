@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from services.common.db import LazyPool
 from services.common.messages import Keys, OptionDef, PollDef, decode_polldef, encode_polldef
-from services.common.scripts import Scripts
-from services.tally.pgwriter import Pg
+from services.common.scripts import Scripts, close_partition
 from services.tally.streams import sleep_or_stop
 
 log = logging.getLogger("buzzer.tally.reconciler")
@@ -41,7 +41,7 @@ class Reconciler:
         self,
         redis: Redis,
         keys: Keys,
-        pg: Pg,
+        pg: LazyPool,
         scripts: Scripts,
         interval_s: float,
         on_final: Callable[[str], Awaitable[None]],
@@ -119,12 +119,8 @@ class Reconciler:
                 if st != b"closed":
                     # The admin close stopped before this partition: close it now, with
                     # its marker, so the poll can still be finalized.
-                    result.closes_run += int(
-                        await self.scripts.close(
-                            keys=[keys.state(p, pdef.id), keys.votes(p)],
-                            args=[pdef.id],
-                            client=self.redis,
-                        )
+                    result.closes_run += await close_partition(
+                        self.redis, self.scripts, keys, p, pdef.id
                     )
             elif st is None and await self.redis.set(keys.state(p, pdef.id), pdef.state, nx=True):
                 result.states_written += 1

@@ -8,12 +8,13 @@ import time
 
 from redis.asyncio import Redis
 
+from services.common.db import LazyPool
 from services.common.messages import TALLY_GROUP
 from services.common.scripts import Scripts
 from services.common.settings import TallySettings
 from services.tally.consumer import VotesConsumer
 from services.tally.metrics import Stats, TallyMetrics
-from services.tally.pgwriter import Pg, PgWriter
+from services.tally.pgwriter import PgWriter
 from services.tally.publisher import Publisher
 from services.tally.reconciler import Reconciler
 from services.tally.trimmer import Trimmer
@@ -31,7 +32,7 @@ class Tally:
     """
 
     def __init__(
-        self, redis: Redis, pg: Pg, settings: TallySettings, metrics: TallyMetrics
+        self, redis: Redis, pg: LazyPool, settings: TallySettings, metrics: TallyMetrics
     ) -> None:
         self.redis = redis
         self.settings = settings

@@ -1,15 +1,24 @@
-"""Consumer-group plumbing shared by the vote consumer and the PostgreSQL writer."""
+"""Consumer-group plumbing and the one stream loop shared by the vote consumer and the
+PostgreSQL writer."""
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+
+from services.common.settings import TallySettings
+from services.tally.metrics import Stats, TallyMetrics
+
+log = logging.getLogger("buzzer.tally.streams")
 
 Fields = dict[bytes, bytes]
 Entry = tuple[bytes, Fields]
@@ -146,3 +155,111 @@ class GroupReader:
         if not ids:
             return 0
         return int(await self.redis.xack(self.stream, self.group, *ids))
+
+
+class GroupLoop(abc.ABC):
+    """The one loop of a consumer group over every partition's stream, shared by the vote
+    consumer and the PostgreSQL writer: per partition, recover (own pending, then claims
+    via XAUTOCLAIM), read new entries, hand them to :meth:`handle`, repeat.
+
+    Acknowledging is :meth:`handle`'s job, and only after the effect is durable
+    (``apply.lua`` acks as it counts; the writer acks after the commit), so whatever a
+    failed or interrupted turn held stays pending and comes back through recovery.
+
+    :param readers: one reader per partition (tests may swap one for a faulty reader)
+    :param settings: batch size, block time, claim idle time, recovery interval
+    :param metrics: Prometheus metrics
+    :param stats: counts for the shutdown summary
+    """
+
+    stream_label: ClassVar[str]
+    """The metrics label of the stream."""
+    retry_s: ClassVar[float] = 0.1
+    """Earliest recovery after a turn asked for a retry."""
+    error_backoff_s: ClassVar[float] = 0.5
+
+    def __init__(
+        self,
+        readers: list[GroupReader],
+        settings: TallySettings,
+        metrics: TallyMetrics,
+        stats: Stats,
+    ) -> None:
+        self.readers = readers
+        self.settings = settings
+        self.metrics = metrics
+        self.stats = stats
+        self._retry = [False] * len(readers)
+
+    async def ensure_groups(self) -> None:
+        for r in self.readers:
+            await r.ensure()
+
+    def retry_soon(self, p: int) -> None:
+        """Recover partition ``p`` after :attr:`retry_s` rather than the full interval:
+        something is pending that a later turn can finish (a deferred close, a failed write)."""
+        self._retry[p] = True
+
+    @abc.abstractmethod
+    async def handle(self, p: int, entries: list[Entry]) -> int:
+        """Process and acknowledge what can be; safe for any entries, any number of times.
+        Returns how many entries took effect."""
+
+    def on_error(self, p: int, exc: Exception) -> None:
+        """A turn failed (not a missing group); what was read stays pending."""
+        log.exception("stream loop error, retrying", extra={"partition": p})
+
+    async def recover(self, p: int) -> int:
+        """Re-process this consumer's own pending entries, then claim those of dead ones."""
+        self._retry[p] = False
+        done = 0
+        async for page, claimed, dropped in self.readers[p].recover(
+            self.settings.batch_size, self.settings.claim_idle_ms
+        ):
+            if claimed or dropped:
+                self.metrics.recovered(
+                    self.stats, self.stream_label, p, len(page) if claimed else 0, dropped
+                )
+            if page:
+                done += await self.handle(p, page)
+        return done
+
+    async def run_partition(self, p: int, stop: asyncio.Event) -> None:
+        """Read, handle, repeat until ``stop``; the batch in hand is always finished."""
+        last_recover = 0.0
+        while not stop.is_set():
+            reader = self.readers[p]
+            try:
+                now = time.monotonic()
+                if now - last_recover >= self.settings.recover_interval_s or (
+                    self._retry[p] and now - last_recover >= self.retry_s
+                ):
+                    last_recover = now
+                    await self.recover(p)
+                entries = await reader.read_new(self.settings.batch_size, self.settings.block_ms)
+                if entries:
+                    await self.handle(p, entries)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if is_nogroup(exc):
+                    log.warning(
+                        "consumer group missing, recreating",
+                        extra={"partition": p, "stream": reader.stream, "group": reader.group},
+                    )
+                    try:
+                        await reader.ensure()
+                    except Exception:
+                        log.exception("recreating consumer group failed")
+                    continue
+                self.on_error(p, exc)
+                await sleep_or_stop(stop, self.error_backoff_s)
+                if self._retry[p]:
+                    # Keep our pending list bounded while the failure lasts: retry it
+                    # before taking anything new.
+                    last_recover = 0.0
+
+    async def drain_own(self, p: int) -> None:
+        """Process this consumer's own pending entries (no claims, no new entries)."""
+        async for page in self.readers[p].own_pending(self.settings.batch_size):
+            await self.handle(p, page)

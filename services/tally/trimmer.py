@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from services.common.db import LazyPool
 from services.common.messages import PG_GROUP, TALLY_GROUP, Keys
 from services.common.settings import TallySettings
 from services.tally.metrics import Stats, TallyMetrics
-from services.tally.pgwriter import OUTBOX_LOCK, Pg
+from services.tally.store import forget_below
 from services.tally.streams import StreamId, format_id, next_id, parse_id, sleep_or_stop
 
 log = logging.getLogger("buzzer.tally.trimmer")
@@ -84,33 +85,12 @@ async def trim_stream(redis: Redis, stream: str, group: str) -> tuple[int, Strea
     return int(removed), safe
 
 
-async def forget_outbox_rows(pg: Pg, p: int, below: StreamId) -> str:
-    """Delete dedupe rows of outbox entries below ``below`` and raise the watermark.
-
-    Under the exclusive advisory lock no write transaction of the partition is
-    running, and the ones after it see the new watermark and skip those ids.
-    """
+async def forget_outbox_rows(pg: LazyPool, p: int, below: StreamId) -> str:
+    """Forget the dedupe rows of outbox entries below ``below``: they were trimmed and
+    can no longer be delivered (``store.forget_below``)."""
     pool = await pg.pool()
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", OUTBOX_LOCK, p)
-        await conn.execute(
-            "INSERT INTO outbox_watermark(partition, ms, seq) VALUES ($1, $2, $3)"
-            " ON CONFLICT (partition) DO UPDATE SET ms = EXCLUDED.ms, seq = EXCLUDED.seq"
-            " WHERE (outbox_watermark.ms, outbox_watermark.seq) < (EXCLUDED.ms, EXCLUDED.seq)",
-            p,
-            below[0],
-            below[1],
-        )
-        # Ids compared as (ms, seq) numbers: as text "9-0" sorts after "10-0".
-        status: str = await conn.execute(
-            "DELETE FROM applied_outbox WHERE partition = $1 AND"
-            " (split_part(entry_id, '-', 1)::bigint, split_part(entry_id, '-', 2)::bigint)"
-            " < ($2::bigint, $3::bigint)",
-            p,
-            below[0],
-            below[1],
-        )
-        return status
+        return await forget_below(conn, p, below)
 
 
 class Trimmer:
@@ -118,7 +98,7 @@ class Trimmer:
         self,
         redis: Redis,
         keys: Keys,
-        pg: Pg,
+        pg: LazyPool,
         settings: TallySettings,
         metrics: TallyMetrics,
         stats: Stats,

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from tests.browser.results_page import ARTIFACTS, ResultsPage, chromium
-from tests.stack_support import RunningStack, api, local_stack
+from tests.support.stack import RunningStack, api, local_stack
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -35,7 +35,8 @@ async def scenario(rs: RunningStack) -> None:
         show_row = console.locator("#shows tr", has_text=show_name)
         await show_row.get_by_role("button", name="Polls").click()
         await console.fill("#poll-title", "Clap or boo")
-        await console.fill("#poll-options", "clap: Clap\nboo: Boo")
+        await console.locator(".opt-label").nth(0).fill("Clap")  # keys made: clap, boo
+        await console.locator(".opt-label").nth(1).fill("Boo")
         await console.fill("#poll-max-count", "10")
         await console.locator("#poll-form button[type=submit]").click()
         row = console.locator("#polls tr", has_text="Clap or boo")
@@ -49,22 +50,26 @@ async def scenario(rs: RunningStack) -> None:
 
         sent: Counter[str] = Counter()
         async with aiohttp.ClientSession() as s:
-            tokens = [(await api(s, "POST", f"{base}/v1/devices", expect=201))["token"]
-                      for _ in range(20)]
+            tokens = [
+                (await api(s, "POST", f"{base}/v1/devices", expect=201))["token"] for _ in range(20)
+            ]
             for i in range(200):
                 option = "clap" if i % 3 else "boo"
                 count = 1 + i % 5
                 body = {"option": option, "count": count, "vote_id": str(uuid.uuid4())}
-                async with s.post(f"{base}/v1/polls/{poll}/votes", json=body,
-                                  headers={"Authorization": f"Bearer {tokens[i % 20]}"}) as r:
+                async with s.post(
+                    f"{base}/v1/polls/{poll}/votes",
+                    json=body,
+                    headers={"Authorization": f"Bearer {tokens[i % 20]}"},
+                ) as r:
                     assert r.status == 202, await r.text()
                     sent[option] += (await r.json())["accepted"]
         await results.wait_counts(dict(sent), timeout_ms=20_000)
 
         # Live ops figures on the console: the viewer count includes the results page.
         await console.wait_for_function(
-            "() => Number(document.getElementById('ops-viewers').textContent) >= 1",
-            timeout=15_000)
+            "() => Number(document.getElementById('ops-viewers').textContent) >= 1", timeout=15_000
+        )
 
         await row.get_by_role("button", name="Close").click()
         await results.wait_final(timeout_ms=20_000)
@@ -75,6 +80,7 @@ async def scenario(rs: RunningStack) -> None:
 
 
 def test_console_and_results_page_against_the_whole_stack(tmp_path: Path) -> None:
-    with local_stack(tmp_path, database="buzzer_test_browser", ingest=2, haproxy=True,
-                     push=True) as rs:
+    with local_stack(
+        tmp_path, database="buzzer_test_browser", ingest=2, haproxy=True, push=True
+    ) as rs:
         asyncio.run(scenario(rs))

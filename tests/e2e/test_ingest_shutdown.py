@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from buzzer.ports import free_port
 from services.common.messages import Keys, VoteEntry
 from tests.conftest import PG_ADMIN_DSN, REDIS_URL
-from tests.stack_support import api
+from tests.support.stack import api
 from tests.support import delete_prefix, eventually
 
 pytestmark = pytest.mark.e2e

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.stack_support import RunningStack, local_stack
+from tests.support.stack import RunningStack, local_stack
 
 pytestmark = pytest.mark.e2e
 

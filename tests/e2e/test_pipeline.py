@@ -14,11 +14,11 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
 
 from services.common.messages import Keys
+from services.common.redisconn import connect
 from tests.conftest import REDIS_URL
-from tests.stack_support import RunningStack, api, create_open_poll, local_stack
+from tests.support.stack import RunningStack, api, create_open_poll, local_stack
 from tests.support import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -28,9 +28,11 @@ DEVICES = 1_000
 CONCURRENCY = 96
 
 
-async def redis_counts(prefix: str, poll: str, partitions: int = 4) -> Counter[str]:
+async def redis_counts(
+    prefix: str, poll: str, partitions: int = 4, url: str = REDIS_URL
+) -> Counter[str]:
     keys = Keys(prefix=prefix, partitions=partitions)
-    client = aioredis.from_url(REDIS_URL)
+    client = connect(url)
     try:
         total: Counter[str] = Counter()
         for p in range(partitions):
@@ -134,7 +136,7 @@ async def run_pipeline(rs: RunningStack) -> None:
             await eventually(live_total_reached, timeout=60)
             tally = await api(session, "GET", tally_url)
             assert Counter({k: v for k, v in tally["counts"].items() if v}) == accepted
-            assert await redis_counts(rs.prefix, poll["id"]) == accepted
+            assert await redis_counts(rs.prefix, poll["id"], url=rs.env["REDIS_URL"]) == accepted
 
             await api(session, "POST", f"{rs.ingest_urls[0]}/v1/admin/polls/{poll['id']}/close",
                       headers=rs.admin_headers)

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from tests.e2e.test_pipeline import pg_totals, redis_counts
-from tests.stack_support import RunningStack, api, create_open_poll, local_stack
+from tests.support.stack import RunningStack, api, create_open_poll, local_stack
 from tests.support import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]

@@ -25,7 +25,7 @@ import pytest
 from services.common.messages import PG_GROUP, TALLY_GROUP
 from services.common.polls import close_poll_redis
 from tests.support import eventually
-from tests.tally_support import (
+from tests.support.tally import (
     TallyEnv,
     cast_vote,
     close_poll_pg,

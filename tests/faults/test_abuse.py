@@ -25,7 +25,8 @@ import jwt
 import pytest
 
 from tests.conftest import PG_ADMIN_DSN, REDIS_URL
-from tests.faults.support import (
+from tests.support import eventually
+from tests.support.faults import (
     VoteLog,
     counted,
     dedupe_ids,
@@ -34,21 +35,28 @@ from tests.faults.support import (
     new_devices,
     post_vote,
 )
-from tests.stack_support import RunningStack, api, create_open_poll, local_stack
-from tests.support import eventually
+from tests.support.stack import RunningStack, api, create_open_poll, local_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 RATE = 5
-SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
-                    "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    with local_stack(tmp_path_factory.mktemp("abuse"), database="buzzer_test_faults",
-                     ingest=2, push=True,
-                     extra_env={"BUZZER_DEVICE_RATE_PER_S": str(RATE)}) as rs:
+    with local_stack(
+        tmp_path_factory.mktemp("abuse"),
+        database="buzzer_test_faults",
+        ingest=2,
+        push=True,
+        extra_env={"BUZZER_DEVICE_RATE_PER_S": str(RATE)},
+    ) as rs:
         yield rs
 
 
@@ -61,7 +69,10 @@ def ingest_process(log: Path, env: dict[str, str]) -> Iterator[str]:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "buzzer", "serve", "ingest", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT)
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -75,6 +86,7 @@ def ingest_process(log: Path, env: dict[str, str]) -> Iterator[str]:
 
 async def wait_ready(s: aiohttp.ClientSession, *bases: str) -> None:
     for base in bases:
+
         async def ready(base: str = base) -> bool:
             try:
                 async with s.get(f"{base}/readyz") as r:
@@ -85,37 +97,63 @@ async def wait_ready(s: aiohttp.ClientSession, *bases: str) -> None:
         await eventually(ready, timeout=20)
 
 
-async def vote_status(s: aiohttp.ClientSession, base: str, poll: str, token: str) -> tuple[int, Any]:
-    async with s.post(f"{base}/v1/polls/{poll}/votes",
-                      json={"option": "o0", "vote_id": str(uuid.uuid4())},
-                      headers={"Authorization": f"Bearer {token}"}) as r:
+async def vote_status(
+    s: aiohttp.ClientSession, base: str, poll: str, token: str
+) -> tuple[int, Any]:
+    async with s.post(
+        f"{base}/v1/polls/{poll}/votes",
+        json={"option": "o0", "vote_id": str(uuid.uuid4())},
+        headers={"Authorization": f"Bearer {token}"},
+    ) as r:
         return r.status, await r.json()
 
 
 def test_token_rotation_overlap_then_previous_secret_refused(tmp_path: Path) -> None:
     old, new, admin = "old-" + uuid.uuid4().hex, "new-" + uuid.uuid4().hex, uuid.uuid4().hex
     prefix = f"e{uuid.uuid4().hex[:10]}"
-    base_env = {**os.environ, "REDIS_URL": REDIS_URL, "BUZZER_KEY_PREFIX": prefix,
-                "DATABASE_URL": PG_ADMIN_DSN.rsplit("/", 1)[0] + "/buzzer_test_faults",
-                "BUZZER_ADMIN_TOKEN": admin, "BUZZER_DEVICE_RATE_PER_S": "1000"}
+    base_env = {
+        **os.environ,
+        "REDIS_URL": REDIS_URL,
+        "BUZZER_KEY_PREFIX": prefix,
+        "DATABASE_URL": PG_ADMIN_DSN.rsplit("/", 1)[0] + "/buzzer_test_faults",
+        "BUZZER_ADMIN_TOKEN": admin,
+        "BUZZER_DEVICE_RATE_PER_S": "1000",
+    }
     before = {**base_env, "BUZZER_TOKEN_SECRET": old}
-    overlap = {**base_env, "BUZZER_TOKEN_SECRET": new,
-               "BUZZER_TOKEN_SECRETS_PREVIOUS": json.dumps([old])}
+    overlap = {
+        **base_env,
+        "BUZZER_TOKEN_SECRET": new,
+        "BUZZER_TOKEN_SECRETS_PREVIOUS": json.dumps([old]),
+    }
     after = {**base_env, "BUZZER_TOKEN_SECRET": new, "BUZZER_TOKEN_SECRETS_PREVIOUS": "[]"}
 
     async def scenario(a: str, b: str, c: str) -> None:
         async with aiohttp.ClientSession() as s:
             await wait_ready(s, a, b, c)
             hdr = {"Authorization": f"Bearer {admin}"}
-            show = await api(s, "POST", f"{a}/v1/admin/shows", headers=hdr, json={"name": "r"},
-                             expect=201)
-            poll = await api(s, "POST", f"{a}/v1/admin/polls", headers=hdr, expect=201, json={
-                "show_id": show["id"], "title": "t", "max_votes_per_device": None,
-                "options": [{"key": "o0", "label": "A"}, {"key": "o1", "label": "B"}]})
+            show = await api(
+                s, "POST", f"{a}/v1/admin/shows", headers=hdr, json={"name": "r"}, expect=201
+            )
+            poll = await api(
+                s,
+                "POST",
+                f"{a}/v1/admin/polls",
+                headers=hdr,
+                expect=201,
+                json={
+                    "show_id": show["id"],
+                    "title": "t",
+                    "max_votes_per_device": None,
+                    "options": [{"key": "o0", "label": "A"}, {"key": "o1", "label": "B"}],
+                },
+            )
             await api(s, "POST", f"{a}/v1/admin/polls/{poll['id']}/open", headers=hdr)
             token_old = (await api(s, "POST", f"{a}/v1/devices", expect=201))["token"]
             token_new = (await api(s, "POST", f"{b}/v1/devices", expect=201))["token"]
-            assert jwt.get_unverified_header(token_old)["kid"] != jwt.get_unverified_header(token_new)["kid"]
+            assert (
+                jwt.get_unverified_header(token_old)["kid"]
+                != jwt.get_unverified_header(token_new)["kid"]
+            )
             # Overlap: the new secret signs, the previous one still verifies.
             assert (await vote_status(s, b, poll["id"], token_old))[0] == 202
             assert (await vote_status(s, b, poll["id"], token_new))[0] == 202
@@ -138,8 +176,11 @@ def test_token_rotation_overlap_then_previous_secret_refused(tmp_path: Path) -> 
 
     logs = [tmp_path / f"{n}.log" for n in ("before", "overlap", "after")]
     try:
-        with ingest_process(logs[0], before) as a, ingest_process(logs[1], overlap) as b, \
-                ingest_process(logs[2], after) as c:
+        with (
+            ingest_process(logs[0], before) as a,
+            ingest_process(logs[1], overlap) as b,
+            ingest_process(logs[2], after) as c,
+        ):
             asyncio.run(scenario(a, b, c))
     finally:
         asyncio.run(_cleanup(prefix))
@@ -167,33 +208,44 @@ async def _cleanup(prefix: str) -> None:
 async def replay_from_another_device(rs: RunningStack) -> None:
     a_url, b_url = rs.ingest_urls
     async with aiohttp.ClientSession() as s:
-        one_vote = (await create_open_poll(s, rs, options=2, max_votes_per_device=1,
-                                           max_count=1))["id"]
+        one_vote = (await create_open_poll(s, rs, options=2, max_votes_per_device=1, max_count=1))[
+            "id"
+        ]
         clap = (await create_open_poll(s, rs, options=2))["id"]
         token = (await new_devices(s, a_url, 1))[0]
     # Device A, and "device B" presenting A's token: another connection, another ingest
     # process, another user agent and address. The token is the identity: B *is* A.
     auth = {"Authorization": f"Bearer {token}"}
     body = {"option": "o0", "vote_id": str(uuid.uuid4())}
-    async with aiohttp.ClientSession(headers={"User-Agent": "phone-A"}) as a, \
-            aiohttp.ClientSession(headers={"User-Agent": "phone-B",
-                                           "X-Forwarded-For": "203.0.113.9"}) as b:
+    async with (
+        aiohttp.ClientSession(headers={"User-Agent": "phone-A"}) as a,
+        aiohttp.ClientSession(
+            headers={"User-Agent": "phone-B", "X-Forwarded-For": "203.0.113.9"}
+        ) as b,
+    ):
         async with a.post(f"{a_url}/v1/polls/{one_vote}/votes", json=body, headers=auth) as r:
             assert r.status == 202
         # B replays A's request byte for byte: the same answer, counted once.
         async with b.post(f"{b_url}/v1/polls/{one_vote}/votes", json=body, headers=auth) as r:
             assert r.status == 202 and r.headers["Idempotent-Replayed"] == "true"
         # B casts its "own" vote with the token: A's one vote is spent.
-        async with b.post(f"{b_url}/v1/polls/{one_vote}/votes", headers=auth,
-                          json={"option": "o1", "vote_id": str(uuid.uuid4())}) as r:
+        async with b.post(
+            f"{b_url}/v1/polls/{one_vote}/votes",
+            headers=auth,
+            json={"option": "o1", "vote_id": str(uuid.uuid4())},
+        ) as r:
             data = await r.json()
             assert r.status == 422 and data["error"] == "vote_limit", data
         # The rate limit is the device's, whoever presents the token, wherever it lands.
         log = VoteLog()
 
         async def burst(session: aiohttp.ClientSession, base: str) -> None:
-            await asyncio.gather(*(post_vote(session, base, clap, token, str(uuid.uuid4()), log)
-                                   for _ in range(3 * RATE)))
+            await asyncio.gather(
+                *(
+                    post_vote(session, base, clap, token, str(uuid.uuid4()), log)
+                    for _ in range(3 * RATE)
+                )
+            )
 
         await asyncio.gather(burst(a, a_url), burst(b, b_url))
     assert set(log.statuses) <= {202, 429}, log.statuses
@@ -203,8 +255,10 @@ async def replay_from_another_device(rs: RunningStack) -> None:
     assert 1 <= log.statuses[202] <= 2 * RATE and log.statuses[429] >= RATE, log.statuses
 
     async def applied() -> bool:
-        return (await counted(REDIS_URL, rs.prefix, one_vote) == 1
-                and await counted(REDIS_URL, rs.prefix, clap) == log.statuses[202])
+        return (
+            await counted(REDIS_URL, rs.prefix, one_vote) == 1
+            and await counted(REDIS_URL, rs.prefix, clap) == log.statuses[202]
+        )
 
     await eventually(applied, timeout=20)
 
@@ -216,15 +270,17 @@ def test_token_replayed_from_another_device_acts_as_that_device(stack: RunningSt
 async def one_vote_across_processes(rs: RunningStack) -> None:
     devices, tries = 20, 8
     async with aiohttp.ClientSession() as s:
-        poll = (await create_open_poll(s, rs, options=4, max_votes_per_device=1,
-                                       max_count=1))["id"]
+        poll = (await create_open_poll(s, rs, options=4, max_votes_per_device=1, max_count=1))["id"]
         tokens = await new_devices(s, rs.ingest_urls[0], devices)
     results: dict[int, Counter[int]] = {}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+
         async def one(d: int, i: int) -> int:
-            async with s.post(f"{rs.ingest_urls[i % 2]}/v1/polls/{poll}/votes",
-                              json={"option": f"o{i % 4}", "vote_id": str(uuid.uuid4())},
-                              headers={"Authorization": f"Bearer {tokens[d]}"}) as r:
+            async with s.post(
+                f"{rs.ingest_urls[i % 2]}/v1/polls/{poll}/votes",
+                json={"option": f"o{i % 4}", "vote_id": str(uuid.uuid4())},
+                headers={"Authorization": f"Bearer {tokens[d]}"},
+            ) as r:
                 await r.read()
                 return r.status
 
@@ -253,13 +309,17 @@ def test_one_vote_per_device_holds_across_ingest_processes(stack: RunningStack) 
 def test_secrets_are_compared_in_constant_time() -> None:
     import jwt.algorithms
 
-    from gateway import auth
+    from services.common import tokens
+    from services.ingest.gateway import auth
     from services.push import handlers as push_handlers
 
-    # The admin token, in ingest and in push: hmac.compare_digest, and no == or != on it.
-    for module in (auth, push_handlers):
+    # The admin token has one check, hmac.compare_digest, which ingest and push both call;
+    # and no == or != on it anywhere.
+    assert "hmac.compare_digest(" in inspect.getsource(tokens.admin_token_matches)
+    for module in (tokens, auth, push_handlers):
         source = inspect.getsource(module)
-        assert "hmac.compare_digest(" in source, module.__name__
+        if module is not tokens:
+            assert "admin_token_matches(" in source, module.__name__
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.Compare):
                 text = ast.unparse(node)
@@ -279,34 +339,65 @@ async def exercise_errors(rs: RunningStack) -> list[str]:
         token = (await new_devices(s, base, 1))[0]
         claims = jwt.decode(token, options={"verify_signature": False})
         kid = jwt.get_unverified_header(token)["kid"]
-        expired = jwt.encode({**claims, "exp": int(time.time()) - 10}, secret,
-                             algorithm="HS256", headers={"kid": kid})
-        wrong_aud = jwt.encode({**claims, "aud": "other"}, secret, algorithm="HS256",
-                               headers={"kid": kid})
+        expired = jwt.encode(
+            {**claims, "exp": int(time.time()) - 10},
+            secret,
+            algorithm="HS256",
+            headers={"kid": kid},
+        )
+        wrong_aud = jwt.encode(
+            {**claims, "aud": "other"}, secret, algorithm="HS256", headers={"kid": kid}
+        )
         attempts: list[tuple[str, str, dict[str, str], Any]] = [
             ("GET", "/v1/admin/shows", {"Authorization": f"Bearer {admin[:-1]}"}, None),
             ("GET", "/v1/admin/shows", {"Authorization": f"Bearer {admin}x"}, None),
             ("GET", "/v1/admin/shows", {"Authorization": f"Basic {admin}"}, None),
             ("POST", "/v1/admin/shows", {"Authorization": f"Bearer {admin}"}, {"name": 1}),
-            ("POST", f"/v1/polls/{poll}/votes", {"Authorization": f"Bearer {expired}"},
-             {"option": "o0", "vote_id": str(uuid.uuid4())}),
-            ("POST", f"/v1/polls/{poll}/votes", {"Authorization": f"Bearer {wrong_aud}"},
-             {"option": "o0", "vote_id": str(uuid.uuid4())}),
-            ("POST", f"/v1/polls/{poll}/votes", {"Authorization": f"Bearer {token}x"},
-             {"option": "o0", "vote_id": str(uuid.uuid4())}),
-            ("POST", f"/v1/polls/{poll}/votes", {"Authorization": f"Bearer {secret}"},
-             {"option": "o0", "vote_id": str(uuid.uuid4())}),
-            ("POST", f"/v1/polls/{poll}/votes", {"Authorization": f"Bearer {token}"},
-             {"option": admin, "vote_id": "x"}),
-            ("GET", f"/v1/admin/polls/{admin}/result.json", {"Authorization": f"Bearer {admin}"},
-             None),
+            (
+                "POST",
+                f"/v1/polls/{poll}/votes",
+                {"Authorization": f"Bearer {expired}"},
+                {"option": "o0", "vote_id": str(uuid.uuid4())},
+            ),
+            (
+                "POST",
+                f"/v1/polls/{poll}/votes",
+                {"Authorization": f"Bearer {wrong_aud}"},
+                {"option": "o0", "vote_id": str(uuid.uuid4())},
+            ),
+            (
+                "POST",
+                f"/v1/polls/{poll}/votes",
+                {"Authorization": f"Bearer {token}x"},
+                {"option": "o0", "vote_id": str(uuid.uuid4())},
+            ),
+            (
+                "POST",
+                f"/v1/polls/{poll}/votes",
+                {"Authorization": f"Bearer {secret}"},
+                {"option": "o0", "vote_id": str(uuid.uuid4())},
+            ),
+            (
+                "POST",
+                f"/v1/polls/{poll}/votes",
+                {"Authorization": f"Bearer {token}"},
+                {"option": admin, "vote_id": "x"},
+            ),
+            (
+                "GET",
+                f"/v1/admin/polls/{admin}/result.json",
+                {"Authorization": f"Bearer {admin}"},
+                None,
+            ),
         ]
         for method, path, headers, body in attempts:
             async with s.request(method, base + path, headers=headers, json=body) as r:
                 assert 400 <= r.status < 500, (method, path, r.status)
                 bodies.append(await r.text())
-        async with s.get(f"http://127.0.0.1:{rs.stack.push_port}/v1/ops",
-                         headers={"Authorization": f"Bearer {admin}x"}) as r:
+        async with s.get(
+            f"http://127.0.0.1:{rs.stack.push_port}/v1/ops",
+            headers={"Authorization": f"Bearer {admin}x"},
+        ) as r:
             assert r.status in (401, 403)
             bodies.append(await r.text())
     return bodies
@@ -318,8 +409,12 @@ def test_admin_token_and_secrets_never_in_logs_or_error_bodies(stack: RunningSta
     # What the client sent may be echoed (an option key, a poll id): the admin token in
     # those two places is the caller's own input. The secrets the server holds are not.
     echoed = [b for b in bodies if stack.admin in b]
-    assert all('"error":"option_not_found"' in b or '"error":"invalid_field"' in b
-               or '"error":"poll_not_found"' in b for b in echoed), echoed
+    assert all(
+        '"error":"option_not_found"' in b
+        or '"error":"invalid_field"' in b
+        or '"error":"poll_not_found"' in b
+        for b in echoed
+    ), echoed
     for body in bodies:
         assert stack.env["BUZZER_TOKEN_SECRET"] not in body
     files = log_files(stack)
@@ -340,12 +435,16 @@ async def browser_headers(rs: RunningStack) -> None:
         poll = (await create_open_poll(s, rs, options=2))["id"]
         token = (await new_devices(s, base, 1))[0]
         requests: list[tuple[str, str, dict[str, str], Any]] = [
-            ("POST", f"/v1/polls/{poll}/votes", {"Authorization": f"Bearer {token}"},
-             {"option": "o0", "vote_id": str(uuid.uuid4())}),                  # 202
-            ("POST", f"/v1/polls/{poll}/votes", {}, {}),                          # 401
-            ("GET", f"/v1/polls/{poll}/tally", {}, None),                         # 200
-            ("GET", "/v1/nope", {}, None),                                        # 404
-            ("PUT", f"/v1/polls/{poll}/tally", {}, None),                         # 405
+            (
+                "POST",
+                f"/v1/polls/{poll}/votes",
+                {"Authorization": f"Bearer {token}"},
+                {"option": "o0", "vote_id": str(uuid.uuid4())},
+            ),  # 202
+            ("POST", f"/v1/polls/{poll}/votes", {}, {}),  # 401
+            ("GET", f"/v1/polls/{poll}/tally", {}, None),  # 200
+            ("GET", "/v1/nope", {}, None),  # 404
+            ("PUT", f"/v1/polls/{poll}/tally", {}, None),  # 405
             ("GET", "/v1/openapi.json", {}, None),
         ]
         for method, path, headers, body in requests:
@@ -361,8 +460,9 @@ async def browser_headers(rs: RunningStack) -> None:
                 assert r.headers["Referrer-Policy"] == "no-referrer"
         # Websocket Origin: a foreign page's socket is refused (4003); the full matrix is
         # tests/integration/test_push_protocol.py::test_origin_check.
-        async with s.ws_connect(f"{push}/v1/polls/{poll}/live",
-                                origin="https://evil.example") as ws:
+        async with s.ws_connect(
+            f"{push}/v1/polls/{poll}/live", origin="https://evil.example"
+        ) as ws:
             msg = await ws.receive(timeout=10)
             if msg.type == aiohttp.WSMsgType.CLOSE:
                 assert msg.data == 4003, msg

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from tests.faults.support import VoteLog, new_devices, open_poll, p99, post_vote
-from tests.stack_support import RunningStack, local_stack
+from tests.support.faults import VoteLog, new_devices, open_poll, p99, post_vote
+from tests.support.stack import RunningStack, local_stack
 from tests.support import eventually
 
 pytestmark = [

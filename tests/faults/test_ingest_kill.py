@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import REDIS_URL
-from tests.faults.support import (
+from tests.support.faults import (
     VoteLog,
     child,
     counted,
@@ -21,7 +21,7 @@ from tests.faults.support import (
     open_poll,
     post_vote,
 )
-from tests.stack_support import RunningStack, local_stack
+from tests.support.stack import RunningStack, local_stack
 from tests.support import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]

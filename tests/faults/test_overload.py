@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import REDIS_URL
-from tests.faults.support import (
+from tests.support.faults import (
     VoteLog,
     backlog,
     child,
@@ -27,7 +27,7 @@ from tests.faults.support import (
     post_vote,
     rss_kb,
 )
-from tests.stack_support import RunningStack, local_stack
+from tests.support.stack import RunningStack, local_stack
 from tests.support import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]

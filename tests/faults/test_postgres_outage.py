@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import PG_ADMIN_DSN, REDIS_URL
-from tests.faults.support import (
+from tests.support.faults import (
     TcpProxy,
     VoteLog,
     counted,
@@ -25,7 +25,7 @@ from tests.faults.support import (
     open_poll,
     post_vote,
 )
-from tests.stack_support import RunningStack, local_stack
+from tests.support.stack import RunningStack, local_stack
 from tests.support import eventually
 
 OUTAGE_S = env_flag("BUZZER_FAULT_PG_OUTAGE_S", 30.0)

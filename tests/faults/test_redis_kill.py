@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.faults.support import (
+from tests.support.faults import (
     PrivateRedis,
     VoteLog,
     counted,
@@ -23,7 +23,7 @@ from tests.faults.support import (
     post_vote,
     private_redis,
 )
-from tests.stack_support import RunningStack, local_stack
+from tests.support.stack import RunningStack, local_stack
 from tests.support import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]

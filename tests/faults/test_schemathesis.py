@@ -28,7 +28,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from tests.stack_support import RunningStack, api, create_open_poll, local_stack
+from tests.support.stack import RunningStack, api, create_open_poll, local_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 

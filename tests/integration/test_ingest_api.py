@@ -11,9 +11,20 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
+from redis.exceptions import ResponseError
 
 from services.common.messages import TALLY_GROUP, Keys, VoteEntry
+from services.common.scripts import (
+    Scripts,
+    VoteOutcome,
+    VoteResult,
+    VoteRules,
+    decode_vote_batch,
+    vote_batch_args,
+    vote_call,
+)
 from services.ingest.app import create_app
+from services.ingest.keys import SCRIPTS
 from tests.conftest import ADMIN_TOKEN, TOKEN_SECRET
 
 pytestmark = pytest.mark.integration
@@ -96,7 +107,11 @@ async def test_vote_is_appended_and_retry_answers_the_same(
     assert len(entries) == 1
     e = entries[0]
     assert (e.poll, e.option, e.count, e.vote_id, e.client_ts) == (
-        poll["id"], "o1", 7, body["vote_id"], 1_700_000_000_000
+        poll["id"],
+        "o1",
+        7,
+        body["vote_id"],
+        1_700_000_000_000,
     )
     assert abs(e.recv_ts - time.time() * 1000) < 60_000
 
@@ -108,10 +123,46 @@ async def test_vote_id_reused_for_another_vote(
     poll = await new_poll(client, max_votes_per_device=None, max_count=10)
     dev = await device(client)
     body = vote("o1")
-    assert (await client.post(f"/v1/polls/{poll['id']}/votes", json=body, headers=dev)).status == 202
+    assert (
+        await client.post(f"/v1/polls/{poll['id']}/votes", json=body, headers=dev)
+    ).status == 202
     body["option"] = "o2"
     r = await client.post(f"/v1/polls/{poll['id']}/votes", json=body, headers=dev)
     await expect_error(r, 422, "vote_id_reused", "vote_id")
+
+
+async def test_a_redis_that_lost_its_scripts_still_takes_the_vote(
+    aiohttp_client: Any, ingest_settings: Any, pg: Any, redis: Any, keys: Keys
+) -> None:
+    client = await make_client(aiohttp_client, ingest_settings)
+    poll = await new_poll(client, max_votes_per_device=None, max_count=10)
+    dev = await device(client)
+    # As after a Redis restart, without touching the shared server: a hash it never saw.
+    client.server.app[SCRIPTS].vote_batch.sha = "0" * 40
+    body = vote("o1", count=2)
+    r = await client.post(f"/v1/polls/{poll['id']}/votes", json=body, headers=dev)
+    assert r.status == 202, await r.text()
+    assert await r.json() == {"vote_id": body["vote_id"], "accepted": 2}
+    assert [e.vote_id for e in await stream_entries(redis, keys)] == [body["vote_id"]]
+
+
+async def test_a_vote_call_out_of_step_with_the_script_is_refused_whole(
+    redis: Any, keys: Keys
+) -> None:
+    scripts = Scripts.register(redis)
+    await redis.set(keys.state(0, "p1"), "open")
+    e = VoteEntry("p1", "o1", 1, "d1", str(uuid.uuid4()), 0, 0)
+    ks, args = vote_batch_args(keys, 0, [vote_call(keys, 0, e, VoteRules())])
+    assert decode_vote_batch(await scripts.vote_batch(keys=ks, args=args, client=redis)) == [
+        VoteResult(VoteOutcome.ACCEPTED, accepted=1)
+    ]
+    # The same call with one argument renamed: the script finds nothing by that name.
+    renamed = ["max_votes_x" if a == "max_votes" else a for a in args]
+    e2 = VoteEntry("p1", "o1", 1, "d1", str(uuid.uuid4()), 0, 0)
+    ks, _ = vote_batch_args(keys, 0, [vote_call(keys, 0, e2, VoteRules())])
+    with pytest.raises(ResponseError, match="no argument max_votes"):
+        await scripts.vote_batch(keys=ks, args=renamed, client=redis)
+    assert await redis.xlen(keys.votes(0)) == 1
 
 
 @pytest.mark.parametrize(
@@ -131,7 +182,9 @@ async def test_wrong_types_are_400_naming_the_field(
 ) -> None:
     client = await make_client(aiohttp_client, ingest_settings)
     poll = await new_poll(client)
-    r = await client.post(f"/v1/polls/{poll['id']}/votes", json=payload, headers=await device(client))
+    r = await client.post(
+        f"/v1/polls/{poll['id']}/votes", json=payload, headers=await device(client)
+    )
     await expect_error(r, 400, "invalid_field", field)
 
 
@@ -142,7 +195,9 @@ async def test_malformed_json_and_media_type_and_size(
     poll = await new_poll(client)
     dev = await device(client)
     url = f"/v1/polls/{poll['id']}/votes"
-    r = await client.post(url, data=b'{"option": "o0",', headers={**dev, "Content-Type": "application/json"})
+    r = await client.post(
+        url, data=b'{"option": "o0",', headers={**dev, "Content-Type": "application/json"}
+    )
     await expect_error(r, 400, "malformed_json", "body")
     r = await client.post(url, data=b"option=o0", headers={**dev, "Content-Type": "text/plain"})
     await expect_error(r, 415, "unsupported_media_type", "Content-Type")
@@ -166,15 +221,31 @@ async def test_tokens_missing_forged_expired_wrong_audience(
     header = jwt.get_unverified_header(good)
     now = int(time.time())
     cases = {
-        "signature": jwt.encode({"sub": "d1", "aud": "buzzer-vote", "exp": now + 60}, "forged-key-" * 4,
-                                algorithm="HS256", headers=header),
-        "expired": jwt.encode({"sub": "d1", "aud": "buzzer-vote", "exp": now - 1}, TOKEN_SECRET,
-                              algorithm="HS256", headers=header),
-        "audience": jwt.encode({"sub": "d1", "aud": "admin", "exp": now + 60}, TOKEN_SECRET,
-                               algorithm="HS256", headers=header),
+        "signature": jwt.encode(
+            {"sub": "d1", "aud": "buzzer-vote", "exp": now + 60},
+            "forged-key-" * 4,
+            algorithm="HS256",
+            headers=header,
+        ),
+        "expired": jwt.encode(
+            {"sub": "d1", "aud": "buzzer-vote", "exp": now - 1},
+            TOKEN_SECRET,
+            algorithm="HS256",
+            headers=header,
+        ),
+        "audience": jwt.encode(
+            {"sub": "d1", "aud": "admin", "exp": now + 60},
+            TOKEN_SECRET,
+            algorithm="HS256",
+            headers=header,
+        ),
         "malformed": "abc.def",
-        "unknown key": jwt.encode({"sub": "d1", "aud": "buzzer-vote", "exp": now + 60}, "x" * 40,
-                                  algorithm="HS256", headers={"kid": "deadbeef"}),
+        "unknown key": jwt.encode(
+            {"sub": "d1", "aud": "buzzer-vote", "exp": now + 60},
+            "x" * 40,
+            algorithm="HS256",
+            headers={"kid": "deadbeef"},
+        ),
     }
     for word, token in cases.items():
         r = await client.post(url, json=vote(), headers={"Authorization": f"Bearer {token}"})
@@ -240,11 +311,15 @@ async def test_rules_count_cap_and_one_vote_are_422(
     classic = await new_poll(client)  # one vote per device, no batching
     r = await client.post(f"/v1/polls/{classic['id']}/votes", json=vote(count=2), headers=dev)
     await expect_error(r, 422, "count_over_cap", "count")
-    assert (await client.post(f"/v1/polls/{classic['id']}/votes", json=vote("o1"), headers=dev)).status == 202
+    assert (
+        await client.post(f"/v1/polls/{classic['id']}/votes", json=vote("o1"), headers=dev)
+    ).status == 202
     r = await client.post(f"/v1/polls/{classic['id']}/votes", json=vote("o2"), headers=dev)
     await expect_error(r, 422, "vote_limit", "vote_id")
     other = await device(client)
-    assert (await client.post(f"/v1/polls/{classic['id']}/votes", json=vote("o2"), headers=other)).status == 202
+    assert (
+        await client.post(f"/v1/polls/{classic['id']}/votes", json=vote("o2"), headers=other)
+    ).status == 202
 
 
 async def test_one_vote_poll_holds_under_a_concurrent_burst(
@@ -254,7 +329,9 @@ async def test_one_vote_poll_holds_under_a_concurrent_burst(
     classic = await new_poll(client)
     dev = await device(client)
     url = f"/v1/polls/{classic['id']}/votes"
-    rs = await asyncio.gather(*(client.post(url, json=vote(f"o{i % 3}"), headers=dev) for i in range(30)))
+    rs = await asyncio.gather(
+        *(client.post(url, json=vote(f"o{i % 3}"), headers=dev) for i in range(30))
+    )
     statuses = sorted(r.status for r in rs)
     assert statuses.count(202) == 1, statuses
     assert len(await stream_entries(redis, keys)) == 1
@@ -333,24 +410,30 @@ async def test_admin_needs_the_admin_token(
     await expect_error(r, 401, "unauthorized", "Authorization")
 
 
-async def test_admin_validation(aiohttp_client: Any, ingest_settings: Any, pg: Any, redis: Any) -> None:
+async def test_admin_validation(
+    aiohttp_client: Any, ingest_settings: Any, pg: Any, redis: Any
+) -> None:
     client = await make_client(aiohttp_client, ingest_settings)
     show = await (await client.post("/v1/admin/shows", json={"name": "s"}, headers=ADMIN)).json()
     one = [{"key": "a", "label": "A"}]
-    r = await client.post("/v1/admin/polls", json={"show_id": show["id"], "title": "t", "options": one},
-                          headers=ADMIN)
+    r = await client.post(
+        "/v1/admin/polls", json={"show_id": show["id"], "title": "t", "options": one}, headers=ADMIN
+    )
     await expect_error(r, 400, "invalid_field", "options")
     dup = [{"key": "a", "label": "A"}, {"key": "a", "label": "B"}]
-    r = await client.post("/v1/admin/polls", json={"show_id": show["id"], "title": "t", "options": dup},
-                          headers=ADMIN)
+    r = await client.post(
+        "/v1/admin/polls", json={"show_id": show["id"], "title": "t", "options": dup}, headers=ADMIN
+    )
     await expect_error(r, 422, "duplicate_option", "options")
     bad = [{"key": "A B", "label": "A"}, {"key": "b", "label": "B"}]
-    r = await client.post("/v1/admin/polls", json={"show_id": show["id"], "title": "t", "options": bad},
-                          headers=ADMIN)
+    r = await client.post(
+        "/v1/admin/polls", json={"show_id": show["id"], "title": "t", "options": bad}, headers=ADMIN
+    )
     await expect_error(r, 400, "invalid_field", "options[0].key")
     two = [{"key": "a", "label": "A"}, {"key": "b", "label": "B"}]
-    r = await client.post("/v1/admin/polls", json={"show_id": "nope", "title": "t", "options": two},
-                          headers=ADMIN)
+    r = await client.post(
+        "/v1/admin/polls", json={"show_id": "nope", "title": "t", "options": two}, headers=ADMIN
+    )
     await expect_error(r, 404, "show_not_found", "show_id")
     r = await client.post("/v1/admin/polls/nope/open", headers=ADMIN)
     await expect_error(r, 404, "poll_not_found", "poll")
@@ -373,10 +456,14 @@ async def test_poll_and_tally_reads(
     assert t["final"] is False
 
 
-async def test_result_exports(aiohttp_client: Any, ingest_settings: Any, pg: Any, redis: Any) -> None:
+async def test_result_exports(
+    aiohttp_client: Any, ingest_settings: Any, pg: Any, redis: Any
+) -> None:
     client = await make_client(aiohttp_client, ingest_settings)
     poll = await new_poll(client, options=2)
-    await pg.execute("UPDATE totals SET count = 3 WHERE poll_id = $1 AND option_key = 'o1'", poll["id"])
+    await pg.execute(
+        "UPDATE totals SET count = 3 WHERE poll_id = $1 AND option_key = 'o1'", poll["id"]
+    )
     r = await client.get(f"/v1/admin/polls/{poll['id']}/result.json", headers=ADMIN)
     res = await r.json()
     assert res["counts"] == {"o0": 0, "o1": 3}
@@ -435,5 +522,7 @@ async def test_postgres_away_degrades_but_votes_flow(
     body = await r.json()
     assert body["status"] == "degraded"
     assert body["checks"]["postgres"].startswith("unavailable")
-    r = await client.post(f"/v1/polls/{poll['id']}/votes", json=vote(), headers=await device(client))
+    r = await client.post(
+        f"/v1/polls/{poll['id']}/votes", json=vote(), headers=await device(client)
+    )
     assert r.status == 202

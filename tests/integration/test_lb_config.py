@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from buzzer.certs import make_cert
 from lb.apply import ApplyError, apply, ensure_state_file, validate
 from lb.render import render
-from lb.testing import make_cert
-from lb.variants import PARAMS, VARIANTS
+from tests.support.variants import PARAMS, VARIANTS
 
 pytestmark = [
     pytest.mark.integration,

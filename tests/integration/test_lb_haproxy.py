@@ -1,4 +1,4 @@
-"""A real HAProxy, rendered by lb.render, in front of stand-in web nodes (lb.echo)."""
+"""A real HAProxy, rendered by lb.render, in front of stand-in web nodes (bench.tools.echo)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ from typing import Any
 import aiohttp
 import pytest
 
+from buzzer.certs import make_cert
+from buzzer.ports import free_port
 from lb.inventory import LocalInventory, Server
 from lb.process import HaproxyProcess
 from lb.render import RateLimit, RenderParams, RenderSettings, render
 from lb.runtime import OP_RUNNING
 from lb.sync import sync
-from lb.testing import EchoNode, Load, free_port, make_cert
+from tests.support.lb import EchoNode, Load
 
 pytestmark = [
     pytest.mark.integration,

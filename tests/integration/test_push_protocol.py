@@ -1,4 +1,4 @@
-"""The live websocket protocol against a real Redis, with the tally simulated on its stream."""
+"""The live websocket protocol against a real Redis, fed by the real tally (bench.tools.tally)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.tokens import TokenService
+from bench.tools import wsclient
+from bench.tools.tally import LiveTally
 from services.common.settings import PushSettings
-from services.push import wsclient
+from services.common.tokens import TokenService
 from services.push.ops import viewers_key
-from services.push.simtally import SimTally
-from services.push.testing import ADMIN_TOKEN, PushServer, push_settings, running_push
+from tests.support.push import ADMIN_TOKEN, PushServer, push_settings, running_push
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +41,8 @@ def prefix() -> str:
 
 
 @pytest.fixture
-async def sim(redis: aioredis.Redis, prefix: str) -> AsyncIterator[SimTally]:
-    tally = SimTally(redis, push_settings(prefix).keys())
+async def sim(redis: aioredis.Redis, prefix: str) -> AsyncIterator[LiveTally]:
+    tally = LiveTally(redis, push_settings(prefix).keys())
     yield tally
     await tally.cleanup()
 
@@ -81,14 +81,14 @@ async def closed(c: wsclient.WSClient, timeout: float = 5.0) -> tuple[int, str]:
     return await asyncio.wait_for(asyncio.shield(c.closed), timeout)
 
 
-async def vote_and_publish(sim: SimTally, poll: str, votes: dict[str, int]) -> dict[str, Any]:
+async def vote_and_publish(sim: LiveTally, poll: str, votes: dict[str, int]) -> dict[str, Any]:
     await sim.add_votes(poll, votes)
     u = await sim.publish(poll)
     return {"version": u.version, "counts": u.counts, "total": u.total}
 
 
 async def test_snapshot_then_updates_with_growing_versions(
-    sim: SimTally, start_push: StartPush
+    sim: LiveTally, start_push: StartPush
 ) -> None:
     await sim.define("p1", ["red", "blue"])
     await sim.add_votes("p1", {"red": 2})
@@ -113,7 +113,7 @@ async def test_snapshot_then_updates_with_growing_versions(
 
 
 async def test_resume_with_old_version_gets_current_state(
-    sim: SimTally, start_push: StartPush
+    sim: LiveTally, start_push: StartPush
 ) -> None:
     await sim.define("p1", ["a", "b"])
     first = await vote_and_publish(sim, "p1", {"a": 1})
@@ -127,7 +127,7 @@ async def test_resume_with_old_version_gets_current_state(
 
 
 async def test_resume_with_current_version_gets_nothing_older(
-    sim: SimTally, start_push: StartPush
+    sim: LiveTally, start_push: StartPush
 ) -> None:
     await sim.define("p1", ["a", "b"])
     await vote_and_publish(sim, "p1", {"a": 1})
@@ -159,7 +159,7 @@ async def test_resume_with_current_version_gets_nothing_older(
     d.abort()
 
 
-async def test_final_result_reaches_every_subscriber(sim: SimTally, start_push: StartPush) -> None:
+async def test_final_result_reaches_every_subscriber(sim: LiveTally, start_push: StartPush) -> None:
     await sim.define("p1", ["yes", "no"])
     await sim.define("p2", ["x"])
     push = await start_push()
@@ -186,7 +186,7 @@ async def test_final_result_reaches_every_subscriber(sim: SimTally, start_push: 
 
 
 async def test_multi_poll_socket_unsubscribe_and_unknown_poll(
-    sim: SimTally, start_push: StartPush
+    sim: LiveTally, start_push: StartPush
 ) -> None:
     await sim.define("p1", ["a"])
     await sim.define("p2", ["a"])
@@ -212,7 +212,7 @@ async def test_multi_poll_socket_unsubscribe_and_unknown_poll(
 
 
 async def test_at_most_ten_updates_per_second_per_poll(
-    sim: SimTally, start_push: StartPush
+    sim: LiveTally, start_push: StartPush
 ) -> None:
     await sim.define("p1", ["a"])
     push = await start_push()
@@ -253,7 +253,7 @@ WIDE = [f"option-{i:03d}" for i in range(120)]
 
 
 async def test_slow_client_gets_latest_state_with_bounded_queue(
-    sim: SimTally, start_push: StartPush
+    sim: LiveTally, start_push: StartPush
 ) -> None:
     limit = 16 * 1024
     await sim.define("wide", WIDE)
@@ -304,7 +304,7 @@ async def test_slow_client_gets_latest_state_with_bounded_queue(
 
 
 async def test_slow_client_is_disconnected_past_its_bound(
-    sim: SimTally, start_push: StartPush
+    sim: LiveTally, start_push: StartPush
 ) -> None:
     await sim.define("wide", WIDE)
     push = await start_push(
@@ -337,7 +337,7 @@ async def test_slow_client_is_disconnected_past_its_bound(
 
 
 async def test_connection_limits_per_address_and_total(
-    sim: SimTally, start_push: StartPush
+    sim: LiveTally, start_push: StartPush
 ) -> None:
     await sim.define("p1", ["a"])
     push = await start_push(max_connections_per_ip=2, max_connections=3)
@@ -393,7 +393,7 @@ async def test_connection_limits_per_address_and_total(
     ],
 )
 async def test_malformed_messages_close_with_their_code_and_others_keep_going(
-    sim: SimTally,
+    sim: LiveTally,
     start_push: StartPush,
     send: Callable[[wsclient.WSClient], None],
     code: int,
@@ -412,7 +412,7 @@ async def test_malformed_messages_close_with_their_code_and_others_keep_going(
     bystander.abort()
 
 
-async def test_too_many_subscriptions_and_messages(sim: SimTally, start_push: StartPush) -> None:
+async def test_too_many_subscriptions_and_messages(sim: LiveTally, start_push: StartPush) -> None:
     for poll in ("p1", "p2", "p3"):
         await sim.define(poll, ["a"])
     push = await start_push(max_subscriptions=2, client_messages_per_s=5)
@@ -426,7 +426,7 @@ async def test_too_many_subscriptions_and_messages(sim: SimTally, start_push: St
     assert await closed(d) == (1008, "too many messages")
 
 
-async def test_origin_check(sim: SimTally, start_push: StartPush) -> None:
+async def test_origin_check(sim: LiveTally, start_push: StartPush) -> None:
     await sim.define("p1", ["a"])
     push = await start_push(allowed_origins=["https://studio.example"])
     url = f"{push.ws}/v1/polls/p1/live"
@@ -440,7 +440,7 @@ async def test_origin_check(sim: SimTally, start_push: StartPush) -> None:
         c.abort()
 
 
-async def test_device_token_when_required(sim: SimTally, start_push: StartPush) -> None:
+async def test_device_token_when_required(sim: LiveTally, start_push: StartPush) -> None:
     await sim.define("p1", ["a"])
     push = await start_push(require_token=True)
     settings: PushSettings = push_settings(
@@ -468,7 +468,7 @@ async def test_idle_socket_is_closed(start_push: StartPush) -> None:
 
 
 async def test_shutdown_closes_every_client_with_going_away(
-    sim: SimTally, start_push: StartPush
+    sim: LiveTally, start_push: StartPush
 ) -> None:
     await sim.define("p1", ["a"])
     push = await start_push()
@@ -487,7 +487,7 @@ async def test_shutdown_closes_every_client_with_going_away(
 
 
 async def test_viewer_count_and_ops_figures(
-    sim: SimTally, start_push: StartPush, redis: aioredis.Redis, prefix: str
+    sim: LiveTally, start_push: StartPush, redis: aioredis.Redis, prefix: str
 ) -> None:
     await sim.define("p1", ["a"])
     one = await start_push(instance_id="push-a")

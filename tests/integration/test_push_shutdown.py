@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from services.push import wsclient
-from services.push.simtally import SimTally
-from services.push.testing import push_settings
+from bench.tools import wsclient
+from bench.tools.tally import LiveTally
+from tests.support.push import push_settings
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ async def test_sigterm_closes_clients_with_going_away_then_exits() -> None:
     prefix = f"tpush{uuid.uuid4().hex[:10]}"
     settings = push_settings(prefix)
     redis = aioredis.from_url(settings.redis_url)
-    sim = SimTally(redis, settings.keys())
+    sim = LiveTally(redis, settings.keys())
     await sim.define("p1", ["a", "b"])
     port = _free_port()
     env = {

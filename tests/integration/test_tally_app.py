@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from services.common.messages import decode_update
 from services.tally.app import create_app
 from tests.support import eventually
-from tests.tally_support import (
+from tests.support.tally import (
     TallyEnv,
     cast_vote,
     create_poll,

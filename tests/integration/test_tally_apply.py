@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 
 from services.common.messages import TALLY_GROUP, CloseEntry, Keys, VoteEntry, decode_applied
-from services.tally.consumer import build_apply_call
+from services.common.scripts import ApplyArgs, PollKeys, apply_args
 from services.tally.streams import Entry
-from tests.tally_support import (
+from tests.support.tally import (
     TallyEnv,
     cast_vote,
     create_poll,
@@ -49,8 +49,8 @@ def test_apply_call_layout() -> None:
         (b"1-2", VoteEntry("a", "o3", 3, "d", "v", 0, 6_100)),
         (b"1-3", CloseEntry("a")),
     ]
-    call = build_apply_call(keys, 1, entries, 120)
-    assert call.keys == [
+    ks, args = apply_args(keys, 1, entries, 120)
+    assert ks == [
         keys.votes(1),
         keys.applied(1),
         keys.counts(1, "a"),
@@ -63,8 +63,8 @@ def test_apply_call_layout() -> None:
         keys.second(1, "b", 5),
         keys.second(1, "a", 6),
     ]
-    assert call.args == [
-        TALLY_GROUP, 4, 120,
+    assert args == [
+        TALLY_GROUP, 4, 120, 3, 8, *PollKeys._fields, *ApplyArgs._fields,
         "1-0", "v", "a", "o1", 2, 5, 3, 6,
         "1-1", "v", "b", "o2", 1, 5, 7, 10,
         "1-2", "v", "a", "o3", 3, 6, 3, 11,

@@ -11,7 +11,7 @@ from services.common.live import load_polldef
 from services.common.messages import PG_GROUP, TALLY_GROUP, decode_update
 from services.common.polls import close_poll_redis
 from services.tally.service import Tally
-from tests.tally_support import (
+from tests.support.tally import (
     TallyEnv,
     cast_vote,
     close_poll_pg,

@@ -11,11 +11,11 @@ import msgspec
 import pytest
 
 from services.common.messages import PG_GROUP, AppliedBatch, Delta, decode_applied
-from services.tally.pgwriter import Outboxed
+from services.tally.store import Outboxed
 from services.tally.service import Tally
 from services.tally.streams import GroupReader, parse_id
 from services.tally.trimmer import trim_stream
-from tests.tally_support import (
+from tests.support.tally import (
     TallyEnv,
     cast_vote,
     create_poll,

@@ -6,7 +6,7 @@ import pytest
 
 from services.common.messages import PG_GROUP, TALLY_GROUP
 from services.tally.trimmer import forget_outbox_rows, snapshot, trim_stream
-from tests.tally_support import (
+from tests.support.tally import (
     TallyEnv,
     cast_vote,
     create_poll,

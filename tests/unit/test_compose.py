@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +79,73 @@ def test_redis_keeps_acknowledged_votes() -> None:
     assert command[command.index("--appendfsync") + 1] == "always"
 
 
-def test_the_image_contains_every_package() -> None:
+# What the image ships, and what only a developer's or load generator's machine gets
+# (with the `bench` and `loadtest` extras).
+PRODUCT = {"buzzer", "services", "lb", "infra", "tiers"}
+NOT_SHIPPED = {"bench", "loadtest", "tests"}
+EXTRAS_ONLY = {"locust", "websocket-client", "matplotlib"}
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _pins(lock: str) -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for line in (ROOT / "requirements" / lock).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"{lock}: {line!r} is not pinned"
+            pins[_name(name)] = version
+    return pins
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\[<>=~!; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_the_image_holds_the_product_only() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for package in ("buzzer", "services", "gateway", "lb", "infra", "loadtest"):
-        assert f"COPY {package} ./{package}" in dockerfile
+    copied = re.findall(r"^COPY\s+(\S+)\s+\./(\S+?)/?$", dockerfile, re.M)
+    assert {src for src, dst in copied if src == dst} == PRODUCT
+    # Every source of every COPY/ADD (the last argument is the destination).
+    sources = [
+        src
+        for args in re.findall(r"^(?:COPY|ADD)\s+(.+)$", dockerfile, re.M)
+        for src in args.split()[:-1]
+    ]
+    assert not {".", "./"} & set(sources), "the whole build context is copied"
+    for name in NOT_SHIPPED:
+        assert not [s for s in sources if s.strip("./").split("/")[0] == name], name
     assert 'ENTRYPOINT ["buzzer"]' in dockerfile
+
+
+def test_every_package_is_shipped_or_an_extra() -> None:
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    assert packages <= PRODUCT | NOT_SHIPPED, packages - PRODUCT - NOT_SHIPPED
+    include = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert {i.rstrip("*") for i in include} == PRODUCT | NOT_SHIPPED - {"tests"}
+
+
+def test_the_image_installs_the_runtime_lock_then_the_project_alone() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    runs = re.findall(r"^RUN\s+(.+)$", dockerfile, re.M)
+    assert runs[0] == "pip install -r requirements/runtime.lock"
+    assert any(
+        r.startswith("pip install --no-deps . ") or r == "pip install --no-deps ." for r in runs
+    )
+    assert not any("pip install" in r and "--no-deps" not in r and "-r " not in r for r in runs)
+
+
+def test_the_locks_pin_what_pyproject_asks_for() -> None:
+    # A dependency added to pyproject.toml without running scripts/lock fails here.
+    runtime, dev = _pins("runtime.lock"), _pins("dev.lock")
+    project = PYPROJECT["project"]
+    assert {_name(r) for r in project["dependencies"]} <= set(runtime)
+    extras = project["optional-dependencies"]
+    wanted = {_name(r) for name in extras for r in extras[name]} - {"buzzer"}
+    assert wanted <= set(dev), wanted - set(dev)
+    assert not EXTRAS_ONLY & set(runtime), "the production install holds load-test packages"
+    for name, version in runtime.items():
+        assert dev.get(name) == version, f"{name}: {version} at runtime, {dev.get(name)} in dev"
 
 
 def test_haproxy_config_is_current() -> None:
@@ -102,5 +165,7 @@ def test_haproxy_config_is_current() -> None:
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="scripts/setup installs haproxy")
 def test_haproxy_accepts_the_compose_config() -> None:
     mount = SERVICES["haproxy"]["volumes"][0].split(":")[0]
-    result = subprocess.run(["haproxy", "-c", "-f", str(ROOT / mount)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["haproxy", "-c", "-f", str(ROOT / mount)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lb.planner import HISTORICAL, MEASURED_DEFAULTS, PlanInputs, load_measured, plan
+from lb.planner import HISTORICAL, MEASURED_DEFAULTS, PlanInputs, _ceil, load_measured, plan
 
 pytestmark = pytest.mark.unit
 
@@ -125,3 +125,71 @@ def test_measured_profile_comes_from_bench_output(tmp_path: Path) -> None:
     assert prof.haproxy_tls_resumed_per_s == 3000
     assert prof.haproxy_tls_full_per_s == MEASURED_DEFAULTS.haproxy_tls_full_per_s
     assert prof.source == str(path)
+
+
+def test_ceil_ignores_float_noise_but_not_a_real_fraction() -> None:
+    assert _ceil(0.1 * 3 / 0.3) == 1  # 1.0000000000000002
+    assert _ceil(2.0000000001) == 2
+    assert _ceil(2.001) == 3
+    assert _ceil(-0.5) == 0
+
+
+@pytest.mark.parametrize(
+    ("tally", "partitions"), [(1, 4), (4, 4), (5, 8), (8, 8), (9, 16), (17, 32)]
+)
+def test_partitions_are_the_next_power_of_two_of_the_consumers_and_at_least_4(
+    tally: int, partitions: int
+) -> None:
+    # headroom 1: tally consumers = votes / 20K per consumer exactly
+    p = plan(PlanInputs(peak_votes_per_s=tally * 20_000, headroom=1.0), FLAT)
+    assert p.tally_consumers == tally
+    assert p.partitions == partitions
+
+
+def test_keepalive_requests_can_bind_the_haproxy_rate() -> None:
+    # No new connections: 500K keep-alive / 50K = 10 cores / 0.5 -> 20 nodes
+    p = plan(PlanInputs(peak_votes_per_s=500_000, new_conn_share=0.0, headroom=0.5), FLAT)
+    assert p.haproxy_nodes == 20
+    assert p.binding["haproxy"] == "connection rate (keepalive)"
+    assert p.load["haproxy_cores"] == pytest.approx(10.0)
+
+
+def test_viewer_ramp_adds_connects_to_the_rate() -> None:
+    quiet = plan(PlanInputs(peak_votes_per_s=0, viewers=600_000, viewer_ramp_s=60), FLAT)
+    # 600K viewers over 60 s = 10K new/s
+    assert quiet.load["haproxy_new_conns_per_s"] == pytest.approx(10_000)
+    faster = plan(PlanInputs(peak_votes_per_s=0, viewers=600_000, viewer_ramp_s=6), FLAT)
+    assert faster.load["haproxy_new_conns_per_s"] == pytest.approx(100_000)
+
+
+def test_unknown_ecdsa_figure_falls_back_to_rsa() -> None:
+    inputs = PlanInputs(
+        peak_votes_per_s=10_000, new_conn_share=1.0, tls=True, ecdsa=True,
+        headroom=1.0, min_haproxy_nodes=1,
+    )  # fmt: skip
+    unknown = plan(inputs, replace(FLAT, haproxy_tls_full_ecdsa_per_s=0.0))
+    # 10K full handshakes / 500 (RSA) = 20 cores
+    assert unknown.haproxy_nodes == 20
+    assert any("full RSA-2048 handshakes/s" in s for s in unknown.steps)
+
+
+def test_maxconn_is_the_node_share_at_headroom_floored_and_capped() -> None:
+    # 60K viewers over 3 nodes at 0.5: 40K each
+    p = plan(
+        PlanInputs(peak_votes_per_s=0, viewers=60_000, headroom=0.5, min_haproxy_nodes=3), FLAT
+    )
+    assert (p.haproxy_nodes, p.maxconn_per_node) == (3, 40_000)
+    tiny = plan(PlanInputs(peak_votes_per_s=10), FLAT)
+    assert tiny.maxconn_per_node == 1000
+    capped = plan(
+        PlanInputs(peak_votes_per_s=0, viewers=60_000, headroom=0.5, min_haproxy_nodes=3),
+        replace(FLAT, haproxy_max_conns=30_000),
+    )
+    # The cap binds the per-node share, and raises the node count by concurrent conns.
+    assert capped.maxconn_per_node <= 30_000
+    assert capped.haproxy_nodes == 4  # ceil(60K / (30K x 0.5))
+
+
+def test_no_votes_still_plans_one_process_of_each_service() -> None:
+    p = plan(PlanInputs(peak_votes_per_s=0), FLAT)
+    assert (p.ingest_processes, p.push_processes, p.tally_consumers) == (1, 1, 1)

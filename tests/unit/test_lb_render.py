@@ -11,7 +11,7 @@ import pytest
 from lb.inventory import Server
 from lb.planner import MEASURED_DEFAULTS, PlanInputs, plan
 from lb.render import RenderParams, render
-from lb.variants import BASE, PARAMS, TLS, VARIANTS
+from tests.support.variants import BASE, PARAMS, TLS, VARIANTS
 
 pytestmark = pytest.mark.unit
 
@@ -46,7 +46,7 @@ def test_inventory_fills_the_first_slots_and_templates_the_rest() -> None:
     text = render(RenderParams(100), {"ingest": servers}, replace(BASE, slots=4))
     assert "    server ingest1 10.0.0.1:8081\n    server ingest2 10.0.0.2:8081\n" in text
     assert "    server-template ingest 3-4 127.0.0.1:8081 disabled\n" in text
-    assert "    server-template push 4 127.0.0.1:8082 disabled\n" in text
+    assert "    server-template push 4 127.0.0.1:8085 disabled\n" in text
 
 
 def test_tls_routes_ecdsa_first_and_redirects() -> None:

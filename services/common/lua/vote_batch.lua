@@ -1,54 +1,82 @@
--- Accept a batch of votes of one partition atomically, each as vote.lua would:
--- idempotency, poll state, device rate, device vote limit, then the append. One call
--- per partition per event-loop turn instead of one per vote.
--- KEYS: 1 votes stream, then per vote: state, dedupe, device votes, device rate
--- ARGV: 1 number of votes n, 2 number of entry fields f, 3..2+f the field names,
---       then per vote: fingerprint, max votes (0 = unlimited), rate limit per s (0 = off),
---       dedupe ttl s, count, device-votes ttl s, and the f field values
--- Returns per vote {code, a, b} as vote.lua does.
-local n, f = tonumber(ARGV[1]), tonumber(ARGV[2])
-local names = {}
-for j = 1, f do names[j] = ARGV[2 + j] end
+-- Accept a batch of votes of one partition atomically, in order. For each vote: a
+-- retried vote id gets its first answer again; then the poll's state, the device's
+-- rate and the device's vote limit are checked; then the vote is appended and its id
+-- remembered. One call per partition per event-loop turn, not one per vote.
+--
+-- The layout comes with every call, built by services/common/scripts.py from its named
+-- lists (VoteKeys, VoteArgs, ENTRY_FIELDS), and each key and argument is found here by
+-- name, so the two cannot drift apart by position:
+-- KEYS: 1 votes stream, then per vote its nk keys
+-- ARGV: 1 votes n, 2 nk, 3 na (arguments per vote), 4 ne (entry fields per vote),
+--       then the nk key names, the na argument names, the ne entry field names,
+--       then per vote its na argument values and ne entry field values
+-- Returns per vote {outcome, value}. The outcomes are VoteOutcome in scripts.py, and
+-- the value is what that outcome carries:
+local ACCEPTED = 'accepted'          -- the count
+local REPLAYED = 'replayed'          -- the count
+local NOT_OPEN = 'not_open'          -- the poll's state on this partition
+local RATE_LIMITED = 'rate_limited'  -- ms until the device's rate window ends
+local VOTE_LIMIT = 'vote_limit'      -- the poll's votes per device
+local ID_REUSED = 'id_reused'        -- 0
+
+local n, nk, na, ne = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local key, arg, fields = {}, {}, {}
+for j = 1, nk do key[ARGV[4 + j]] = j - 1 end
+for j = 1, na do arg[ARGV[4 + nk + j]] = j - 1 end
+for j = 1, ne do fields[j] = ARGV[4 + nk + na + j] end
+-- A name missing from the layout is a caller out of step: refuse the whole call.
+for _, name in ipairs({'state', 'dedupe', 'device_votes', 'rate'}) do
+  if key[name] == nil then return redis.error_reply('vote_batch.lua: no key ' .. name) end
+end
+for _, name in ipairs({'fingerprint', 'taps', 'max_votes', 'rate_per_s', 'ttl_s'}) do
+  if arg[name] == nil then return redis.error_reply('vote_batch.lua: no argument ' .. name) end
+end
+local K_STATE, K_DEDUPE, K_DV, K_RATE = key.state, key.dedupe, key.device_votes, key.rate
+local A_FP, A_TAPS, A_MAX = arg.fingerprint, arg.taps, arg.max_votes
+local A_RATE, A_TTL = arg.rate_per_s, arg.ttl_s
+
 local out = {}
-local base = 3 + f
-local stride = 6 + f
+local first = 5 + nk + na + ne
+local stride = na + ne
 for i = 0, n - 1 do
-  local a = base + i * stride
-  local k = 2 + i * 4
-  local state, dedupe, dv, rate = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local a = first + i * stride
+  local k = 2 + i * nk
+  local dedupe = KEYS[k + K_DEDUPE]
+  local cnt = tonumber(ARGV[a + A_TAPS])
   local res
   local prev = redis.call('GET', dedupe)
   if prev then
-    if prev == ARGV[a] then res = {202, tonumber(ARGV[a + 4]), 1}
-    else res = {422, 'vote_id_reused', 0} end
+    if prev == ARGV[a + A_FP] then res = {REPLAYED, cnt}
+    else res = {ID_REUSED, 0} end
   else
-    local st = redis.call('GET', state)
+    local st = redis.call('GET', KEYS[k + K_STATE])
     if st ~= 'open' then
-      res = {409, st or 'draft', 0}
+      res = {NOT_OPEN, st or 'draft'}
     else
-      local limit = tonumber(ARGV[a + 2])
+      local limit = tonumber(ARGV[a + A_RATE])
       if limit > 0 then
+        local rate = KEYS[k + K_RATE]
         local r = redis.call('INCR', rate)
         if r == 1 then redis.call('PEXPIRE', rate, 1000) end
-        if r > limit then res = {429, 'rate', redis.call('PTTL', rate)} end
+        if r > limit then res = {RATE_LIMITED, redis.call('PTTL', rate)} end
       end
       if res == nil then
-        local cnt = tonumber(ARGV[a + 4])
-        local maxv = tonumber(ARGV[a + 1])
+        local maxv = tonumber(ARGV[a + A_MAX])
         if maxv > 0 then
+          local dv = KEYS[k + K_DV]
           local used = tonumber(redis.call('GET', dv) or '0')
-          if used + cnt > maxv then res = {422, 'vote_limit', maxv}
-          else redis.call('SET', dv, used + cnt, 'EX', ARGV[a + 5]) end
+          if used + cnt > maxv then res = {VOTE_LIMIT, maxv}
+          else redis.call('SET', dv, used + cnt, 'EX', ARGV[a + A_TTL]) end
         end
         if res == nil then
           local entry = {}
-          for j = 1, f do
-            entry[2 * j - 1] = names[j]
-            entry[2 * j] = ARGV[a + 5 + j]
+          for j = 1, ne do
+            entry[2 * j - 1] = fields[j]
+            entry[2 * j] = ARGV[a + na + j - 1]
           end
           redis.call('XADD', KEYS[1], '*', unpack(entry))
-          redis.call('SET', dedupe, ARGV[a], 'EX', ARGV[a + 3])
-          res = {202, cnt, 0}
+          redis.call('SET', dedupe, ARGV[a + A_FP], 'EX', ARGV[a + A_TTL])
+          res = {ACCEPTED, cnt}
         end
       end
     end

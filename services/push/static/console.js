@@ -1,4 +1,6 @@
-// The operator console: shows and polls through the admin API, live ops figures from push.
+// The operator console: shows and polls through the admin API, live counts from push.
+// Errors stay on screen until dismissed or until the action that failed succeeds; the
+// periodic refreshes never touch them.
 "use strict";
 
 (async function () {
@@ -11,57 +13,352 @@
   }
   apiBase = apiBase.replace(/\/$/, "");
   let currentShow = null;
-  let opsTimer = null;
+  let refreshTimer = null;
+  let live = null; // LiveClient following the current show's polls
+  const meters = new Map(); // poll -> {meter, state}
+  const MAX_FOLLOWED = 16; // subscriptions one socket may hold (docs/live-protocol.md)
+  // The server's limits, read from its OpenAPI document; until then the server alone judges.
+  const limits = { keyPattern: null, keyMax: 32, optionsMin: 2, optionsMax: 64 };
+
+  const FIELD_NAMES = {
+    title: "Question", options: "Options", max_count: "Max taps per request",
+    max_votes_per_device: "Votes per device", name: "Show name", show_id: "Show",
+    Authorization: "Admin token", poll: "Poll", body: "Request",
+  };
 
   const token = () => sessionStorage.getItem(TOKEN_KEY);
 
+  class ApiError extends Error {
+    constructor(status, body) {
+      super((body && body.message) || `HTTP ${status}`);
+      this.status = status;
+      this.field = (body && body.field) || null;
+    }
+  }
+
   async function call(method, path, body, base = apiBase) {
+    const own = base === apiBase; // push's own /v1/ops refusing is not the admin API refusing
     const init = { method, headers: { Authorization: `Bearer ${token()}` } };
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
     const r = await fetch(base + path, init);
-    if (r.status === 401) { logout(); throw new Error("admin token rejected"); }
     const text = await r.text();
     let data = null;
     try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
-    if (!r.ok) {
-      const msg = data && data.message ? `${data.message}${data.field ? ` (${data.field})` : ""}` : `HTTP ${r.status}`;
-      throw new Error(msg);
+    if (r.status === 401 && own) {
+      const err = new ApiError(401, data);
+      refused(err);
+      throw err;
     }
+    if (!r.ok) throw new ApiError(r.status, data);
     return data;
   }
 
-  function cell(text) { const td = document.createElement("td"); td.textContent = text; return td; }
-  function button(label, onClick, secondary) {
+  function fieldName(field) {
+    const m = /^options\[(\d+)\]\.(key|label)$/.exec(field);
+    if (m) return `Option ${Number(m[1]) + 1} ${m[2]}`;
+    return FIELD_NAMES[field] || field;
+  }
+
+  function fieldInput(form, field) {
+    if (!form || !field) return null;
+    const m = /^options\[(\d+)\]\.(key|label)$/.exec(field);
+    if (m) {
+      const row = $("option-rows").children[Number(m[1])];
+      return row ? row.querySelector(`.opt-${m[2]}`) : $("poll-options");
+    }
+    if (field === "options") return $("poll-options");
+    return form.querySelector(`[name="${CSS.escape(field)}"]`);
+  }
+
+  // An error box: what failed, the field it is about, and a button to dismiss it.
+  function showError(id, err, form) {
+    const box = $(id);
+    box.replaceChildren();
+    if (!err) {
+      box.hidden = true;
+      delete box.dataset.field;
+      if (form) for (const el of form.querySelectorAll(".invalid")) el.classList.remove("invalid");
+      return;
+    }
+    const field = err.field || null;
+    const text = document.createElement("span");
+    text.className = "message";
+    if (field) {
+      const name = document.createElement("strong");
+      name.textContent = `${fieldName(field)}: `;
+      text.append(name);
+    }
+    text.append(String(err.message || err));
+    const close = document.createElement("button");
+    close.type = "button";
+    close.className = "dismiss";
+    close.textContent = "Dismiss";
+    close.addEventListener("click", () => showError(id, null, form));
+    box.append(text, close);
+    box.dataset.field = field || "";
+    box.hidden = false;
+    const input = fieldInput(form, field);
+    if (input) {
+      input.classList.add("invalid");
+      input.focus();
+    }
+  }
+
+  function cell(text, cls) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (cls) td.className = cls;
+    return td;
+  }
+  function button(label, onClick, cls) {
     const b = document.createElement("button");
-    b.type = "button"; b.textContent = label; if (secondary) b.className = "secondary";
+    b.type = "button"; b.textContent = label; if (cls) b.className = cls;
     b.addEventListener("click", onClick);
     return b;
   }
-  function showError(id, err) { $(id).textContent = err ? String(err.message || err) : ""; }
+
+  async function loadLimits() {
+    try {
+      const doc = await (await fetch(`${apiBase}/v1/openapi.json`)).json();
+      // Found through the operations, not by schema name: a renamed struct still works.
+      const deref = (s) => (s && s.$ref ? doc.components.schemas[s.$ref.split("/").pop()] : s);
+      const bodyOf = (path) => deref(doc.paths[path].post.requestBody.content["application/json"].schema);
+      const poll = bodyOf("/v1/admin/polls").properties, show = bodyOf("/v1/admin/shows").properties;
+      const title = poll.title, opts = poll.options;
+      const option = deref(opts.items).properties;
+      const key = option.key, label = option.label;
+      $("poll-title").maxLength = title.maxLength;
+      $("show-name").maxLength = show.name.maxLength;
+      $("poll-max-count").max = poll.max_count.maximum;
+      limits.titleMax = title.maxLength;
+      limits.labelMax = label.maxLength;
+      limits.keyPattern = new RegExp(key.pattern);
+      const bound = /\{\d+,(\d+)\}\$$/.exec(key.pattern);
+      if (bound) limits.keyMax = Number(bound[1]) + 1;
+      limits.optionsMin = opts.minItems;
+      limits.optionsMax = opts.maxItems;
+      for (const row of $("option-rows").children) applyRowLimits(row);
+      document.body.dataset.limits = "server";
+      titleCount();
+    } catch (e) {
+      document.body.dataset.limits = "unknown";
+    }
+  }
+
+  // ----- options editor: keys made from labels until the operator edits them -----
+
+  function slug(label) {
+    return label.normalize("NFKD").replace(/\p{M}+/gu, "").toLowerCase()
+      .replace(/[^a-z0-9]+/g, "-").replace(/^-+|-+$/g, "").slice(0, limits.keyMax).replace(/-+$/, "");
+  }
+
+  // Labels in scripts a slug cannot spell (日本語) become opt1, opt2...: a key only
+  // has to be unique and safe, and the operator can still type a better one.
+  function deriveKeys() {
+    const rows = [...$("option-rows").children];
+    const taken = new Set(rows.filter((r) => r.dataset.auto !== "true").map((r) => r.querySelector(".opt-key").value));
+    rows.forEach((row, i) => {
+      if (row.dataset.auto !== "true") return;
+      const labelValue = row.querySelector(".opt-label").value.trim();
+      let key = slug(labelValue);
+      if (!key || (limits.keyPattern && !limits.keyPattern.test(key))) key = labelValue ? `opt${i + 1}` : "";
+      let n = 2;
+      const base = key;
+      while (key && taken.has(key)) key = `${base.slice(0, limits.keyMax - String(n).length - 1)}-${n++}`;
+      if (key) taken.add(key);
+      row.querySelector(".opt-key").value = key;
+    });
+  }
+
+  function applyRowLimits(row) {
+    if (limits.labelMax) row.querySelector(".opt-label").maxLength = limits.labelMax;
+    row.querySelector(".opt-key").maxLength = limits.keyMax;
+  }
+
+  function optionRow() {
+    const row = document.createElement("div");
+    row.className = "opt-row";
+    row.dataset.auto = "true";
+    const label = document.createElement("input");
+    label.className = "opt-label"; label.placeholder = "Label shown to viewers"; label.required = true;
+    const key = document.createElement("input");
+    key.className = "opt-key"; key.placeholder = "key"; key.spellcheck = false;
+    key.autocapitalize = "off";
+    label.addEventListener("input", () => { label.classList.remove("invalid"); deriveKeys(); });
+    key.addEventListener("input", () => {
+      key.classList.remove("invalid");
+      row.dataset.auto = key.value ? "false" : "true";
+      if (!key.value) deriveKeys();
+    });
+    const remove = button("Remove", () => {
+      if ($("option-rows").children.length <= limits.optionsMin) return;
+      row.remove();
+      deriveKeys();
+      optionButtons();
+    }, "secondary remove");
+    remove.setAttribute("aria-label", "Remove option");
+    row.append(label, key, remove);
+    applyRowLimits(row);
+    return row;
+  }
+
+  function optionButtons() {
+    const n = $("option-rows").children.length;
+    $("add-option").disabled = n >= limits.optionsMax;
+    for (const b of $("option-rows").querySelectorAll(".remove")) b.disabled = n <= limits.optionsMin;
+  }
+
+  function resetOptions() {
+    $("option-rows").replaceChildren(optionRow(), optionRow());
+    optionButtons();
+  }
+
+  function readOptions() {
+    return [...$("option-rows").children].map((row) => ({
+      key: row.querySelector(".opt-key").value.trim(),
+      label: row.querySelector(".opt-label").value.trim(),
+    }));
+  }
+
+  function titleCount() {
+    const max = limits.titleMax;
+    $("poll-title-count").textContent = max ? `${$("poll-title").value.length} / ${max}` : "";
+  }
+
+  // ----- shows -----
 
   async function loadShows() {
-    try {
-      const { shows } = await call("GET", "/v1/admin/shows");
-      $("shows").replaceChildren(...shows.map((s) => {
-        const tr = document.createElement("tr");
-        tr.dataset.show = s.id;
-        const actions = document.createElement("td");
-        actions.append(button("Polls", () => selectShow(s), true));
-        tr.append(cell(s.name), cell(new Date(s.created_at).toLocaleString()), actions);
-        return tr;
-      }));
-      showError("show-error", null);
-    } catch (e) { showError("show-error", e); }
+    const { shows } = await call("GET", "/v1/admin/shows");
+    $("shows").replaceChildren(...shows.map((s) => {
+      const tr = document.createElement("tr");
+      tr.dataset.show = s.id;
+      const actions = document.createElement("td");
+      actions.append(button("Polls", () => selectShow(s), "secondary"));
+      tr.append(cell(s.name), cell(new Date(s.created_at).toLocaleString()), actions);
+      return tr;
+    }));
   }
 
   async function selectShow(show) {
     currentShow = show;
     $("show-title").textContent = show.name;
     $("polls-section").hidden = false;
-    await loadPolls();
+    $("polls").replaceChildren();
+    meters.clear();
+    if (live) live.stop();
+    live = new LiveClient(liveUrl("/v1/live", params.get("ws")), { onState: onLive });
+    live.start();
+    await refreshPolls();
+  }
+
+  // ----- polls: rows kept by id, so a refresh never rebuilds what the operator is using -----
+
+  function onLive(m) {
+    const entry = meters.get(m.poll);
+    if (!entry) return;
+    if (m.type === "snapshot") {
+      const rate = Object.values(m.rates || {}).reduce((a, b) => a + b, 0);
+      entry.meter.reset(m.total, rate, m.ts);
+    } else {
+      entry.meter.observe(m.total);
+    }
+    entry.total = m.total;
+    entry.open = m.state === "open" && !m.final;
+    paintLive(m.poll);
+  }
+
+  function paintLive(poll) {
+    const entry = meters.get(poll);
+    const tr = document.querySelector(`#polls tr[data-poll="${CSS.escape(poll)}"]`);
+    if (!entry || !tr || entry.total === null) return;
+    const votes = tr.querySelector(".votes");
+    votes.textContent = entry.total.toLocaleString();
+    votes.dataset.value = String(entry.total);
+    const r = entry.open ? entry.meter.rate() : 0;
+    const rate = tr.querySelector(".rate");
+    rate.textContent = entry.open ? formatRate(r) : "–";
+    rate.dataset.value = r.toFixed(1);
+  }
+
+  function follow(p) {
+    if (p.state === "draft" || meters.has(p.id) || meters.size >= MAX_FOLLOWED || !live) return;
+    meters.set(p.id, { meter: new RateMeter(10, 60), total: null, open: false });
+    live.follow(p.id);
+  }
+
+  function stateText(p) {
+    return p.final ? "closed (final)" : p.state === "closed" ? "closed (counting)" : p.state;
+  }
+
+  function actionsFor(p) {
+    const td = document.createElement("td");
+    const box = document.createElement("div");
+    box.className = "actions";
+    td.append(box);
+    if (p.state === "draft") box.append(button("Open", () => setState(p, "open")));
+    if (p.state === "open") box.append(button("Close", () => setState(p, "close"), "danger"));
+    const link = document.createElement("a");
+    link.href = `/results?poll=${encodeURIComponent(p.id)}`;
+    link.target = "_blank"; link.rel = "noopener"; link.className = "results-link";
+    link.textContent = "Results page";
+    box.append(link);
+    if (p.state === "closed") {
+      box.append(button("CSV", () => download(p, "csv"), "secondary"), button("JSON", () => download(p, "json"), "secondary"));
+    }
+    return td;
+  }
+
+  function pollRow(p) {
+    const tr = document.createElement("tr");
+    tr.dataset.poll = p.id;
+    const title = document.createElement("td");
+    const t = document.createElement("div");
+    t.className = "poll-title"; t.textContent = p.title;
+    const id = document.createElement("div");
+    id.className = "muted small"; id.textContent = `${p.id} · ${p.options.map((o) => o.label).join(" / ")}`;
+    title.append(t, id);
+    tr.append(title, cell("", "state"), cell("–", "votes n"), cell("–", "rate n"), document.createElement("td"));
+    return tr;
+  }
+
+  async function refreshPolls() {
+    if (!currentShow) return;
+    const show = currentShow;
+    const { polls } = await call("GET", `/v1/admin/polls?show_id=${encodeURIComponent(show.id)}`);
+    if (show !== currentShow) return;
+    const body = $("polls");
+    const rows = new Map([...body.children].map((tr) => [tr.dataset.poll, tr]));
+    const wanted = polls.map((p) => {
+      const tr = rows.get(p.id) || pollRow(p);
+      const st = stateText(p);
+      if (tr.dataset.state !== st) {
+        tr.dataset.state = st;
+        const state = tr.querySelector(".state");
+        state.textContent = st;
+        state.dataset.state = p.final ? "final" : p.state;
+        tr.lastElementChild.replaceWith(actionsFor(p));
+      }
+      follow(p);
+      return tr;
+    });
+    wanted.forEach((tr, i) => { if (body.children[i] !== tr) body.insertBefore(tr, body.children[i] || null); });
+    while (body.children.length > wanted.length) body.lastElementChild.remove();
+    body.dataset.refreshes = String(Number(body.dataset.refreshes || 0) + 1);
+  }
+
+  async function setState(poll, action) {
+    const question = action === "open"
+      ? `Open “${poll.title}”? Viewers can vote from now on.`
+      : `Close “${poll.title}”? Votes after this are refused.`;
+    if (!confirm(question)) return;
+    try {
+      await call("POST", `/v1/admin/polls/${encodeURIComponent(poll.id)}/${action}`);
+      showError("poll-error", null, $("poll-form"));
+    } catch (e) { showError("poll-error", e); }
+    try { await refreshPolls(); } catch (e) { /* the next refresh says it */ }
   }
 
   async function download(poll, ext) {
@@ -69,55 +366,13 @@
       const r = await fetch(`${apiBase}/v1/admin/polls/${encodeURIComponent(poll.id)}/result.${ext}`, {
         headers: { Authorization: `Bearer ${token()}` },
       });
-      if (!r.ok) throw new Error(`result not available (HTTP ${r.status})`);
+      if (!r.ok) throw new Error(`result not available yet (HTTP ${r.status}): wait for “closed (final)”`);
       const a = document.createElement("a");
       a.href = URL.createObjectURL(await r.blob());
       a.download = `${poll.id}.${ext}`;
       a.click();
       setTimeout(() => URL.revokeObjectURL(a.href), 1000);
     } catch (e) { showError("poll-error", e); }
-  }
-
-  async function loadPolls() {
-    if (!currentShow) return;
-    try {
-      const { polls } = await call("GET", `/v1/admin/polls?show_id=${encodeURIComponent(currentShow.id)}`);
-      $("polls").replaceChildren(...polls.map((p) => {
-        const tr = document.createElement("tr");
-        tr.dataset.poll = p.id;
-        const actions = document.createElement("td");
-        if (p.state === "draft") actions.append(button("Open", () => setState(p, "open")));
-        if (p.state === "open") actions.append(button("Close", () => setState(p, "close")));
-        const link = document.createElement("a");
-        link.href = `/results?poll=${encodeURIComponent(p.id)}`;
-        link.target = "_blank"; link.rel = "noopener"; link.textContent = " results page ";
-        actions.append(link);
-        if (p.state === "closed") {
-          actions.append(button("CSV", () => download(p, "csv"), true), button("JSON", () => download(p, "json"), true));
-        }
-        const state = cell(p.final ? "closed (final)" : p.state);
-        state.className = "state";
-        tr.append(cell(p.title), state, actions);
-        return tr;
-      }));
-      showError("poll-error", null);
-    } catch (e) { showError("poll-error", e); }
-  }
-
-  async function setState(poll, action) {
-    if (action === "close" && !confirm(`Close “${poll.title}”? Votes after this are refused.`)) return;
-    try { await call("POST", `/v1/admin/polls/${encodeURIComponent(poll.id)}/${action}`); }
-    catch (e) { showError("poll-error", e); }
-    await loadPolls();
-  }
-
-  function parseOptions(text) {
-    return text.split("\n").map((l) => l.trim()).filter(Boolean).map((line) => {
-      const i = line.indexOf(":");
-      const label = (i >= 0 ? line.slice(i + 1) : line).trim();
-      const key = (i >= 0 ? line.slice(0, i) : line).trim().toLowerCase().replace(/[^a-z0-9_-]+/g, "-").replace(/^-|-$/g, "");
-      return { key, label: label || key };
-    });
   }
 
   async function refreshOps() {
@@ -131,21 +386,52 @@
     } catch (e) { showError("ops-error", e); }
   }
 
-  function login() {
+  // ----- session -----
+
+  function enter() {
     $("login").hidden = true;
     $("app").hidden = false;
+    $("session").hidden = false;
     $("api-base").textContent = `Admin API: ${apiBase || location.origin}`;
-    loadShows();
     refreshOps();
-    // The poll list too: a closed poll turns final on its own once the streams drain.
-    opsTimer = setInterval(() => { refreshOps(); loadPolls(); }, 1000);
+    clearInterval(refreshTimer);
+    // Polls too: a closed poll turns final on its own once the streams drain.
+    refreshTimer = setInterval(() => {
+      refreshOps();
+      refreshPolls().catch(() => {});
+      for (const poll of meters.keys()) paintLive(poll);
+    }, 1000);
   }
 
-  function logout() {
+  function leave(message) {
     sessionStorage.removeItem(TOKEN_KEY);
-    clearInterval(opsTimer);
+    clearInterval(refreshTimer);
+    if (live) { live.stop(); live = null; }
+    currentShow = null;
     $("app").hidden = true;
+    $("session").hidden = true;
     $("login").hidden = false;
+    showError("login-error", message ? new Error(message) : null);
+    $("token").focus();
+  }
+
+  // A token the API refuses, at login or later (rotated): say so, never just go back.
+  function refused(err) {
+    leave(`Invalid token: the admin API refused it (${err.message}).`);
+  }
+
+  async function login() {
+    try {
+      await loadShows();
+    } catch (e) {
+      if (e.status !== 401) {
+        sessionStorage.removeItem(TOKEN_KEY);
+        showError("login-error", new Error(`Cannot reach the admin API at ${apiBase || location.origin}: ${e.message}`));
+      }
+      return;
+    }
+    showError("login-error", null);
+    enter();
   }
 
   $("login-form").addEventListener("submit", (ev) => {
@@ -154,15 +440,23 @@
     $("token").value = "";
     login();
   });
-  $("logout").addEventListener("click", logout);
+  $("logout").addEventListener("click", () => leave(null));
   $("show-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     try {
       await call("POST", "/v1/admin/shows", { name: $("show-name").value.trim() });
       $("show-name").value = "";
+      showError("show-error", null, $("show-form"));
       await loadShows();
-    } catch (e) { showError("show-error", e); }
+    } catch (e) { if (e.status !== 401) showError("show-error", e, $("show-form")); }
   });
+  $("add-option").addEventListener("click", () => {
+    $("option-rows").append(optionRow());
+    deriveKeys();
+    optionButtons();
+    $("option-rows").lastElementChild.querySelector(".opt-label").focus();
+  });
+  $("poll-title").addEventListener("input", () => { $("poll-title").classList.remove("invalid"); titleCount(); });
   $("poll-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const maxVotes = $("poll-max-votes").value;
@@ -170,14 +464,19 @@
       await call("POST", "/v1/admin/polls", {
         show_id: currentShow.id,
         title: $("poll-title").value.trim(),
-        options: parseOptions($("poll-options").value),
+        options: readOptions(),
         max_votes_per_device: maxVotes ? Number(maxVotes) : null,
         max_count: Number($("poll-max-count").value || 1),
       });
-      $("poll-title").value = ""; $("poll-options").value = "";
-      await loadPolls();
-    } catch (e) { showError("poll-error", e); }
+      showError("poll-error", null, $("poll-form"));
+      $("poll-title").value = "";
+      titleCount();
+      resetOptions();
+      await refreshPolls();
+    } catch (e) { if (e.status !== 401) showError("poll-error", e, $("poll-form")); }
   });
 
+  resetOptions();
+  loadLimits();
   if (token()) login();
 })();

@@ -85,3 +85,59 @@ function liveUrl(path, base) {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   return `${scheme}//${location.host}${path}`;
 }
+
+// Votes per second over the last `windowS` whole seconds, from per-second buckets the
+// page fills itself: each message's count increase goes to the second it arrived in.
+// Reading it against the wall clock is what lets the figure fall to 0 when votes stop:
+// no message arrives then, and a value kept from the last message would stay frozen.
+class RateMeter {
+  constructor(windowS = 10, historyS = 60) {
+    this.windowS = windowS;
+    this.historyS = historyS;
+    this.buckets = new Map(); // whole second (epoch) -> votes counted in it
+    this.total = null;
+  }
+
+  // A snapshot (first message, or a resync after a reconnect): its count jump is not
+  // traffic of one second, so the window restarts from the server's own 10 s rate,
+  // spread over the seconds it covers (`ts` may be a cached read, hence its age).
+  reset(total, serverRate, ts, nowMs = Date.now()) {
+    this.buckets.clear();
+    this.total = total;
+    const age = Math.min(Math.max(0, nowMs - (ts || nowMs)), this.windowS * 1000);
+    const end = Math.floor((nowMs - age) / 1000);
+    if (serverRate > 0) {
+      for (let s = end - this.windowS; s < end; s++) this.buckets.set(s, serverRate);
+    }
+  }
+
+  observe(total, nowMs = Date.now()) {
+    if (this.total === null) { this.total = total; return; }
+    const delta = total - this.total;
+    this.total = total;
+    if (delta <= 0) return;
+    const s = Math.floor(nowMs / 1000);
+    this.buckets.set(s, (this.buckets.get(s) || 0) + delta);
+    for (const k of this.buckets.keys()) if (k < s - this.historyS) this.buckets.delete(k);
+  }
+
+  rate(nowMs = Date.now()) {
+    const now = Math.floor(nowMs / 1000);
+    let sum = 0;
+    for (let s = now - this.windowS; s < now; s++) sum += this.buckets.get(s) || 0;
+    return sum / this.windowS;
+  }
+
+  // Votes in each of the last `historyS` whole seconds, oldest first (the sparkline).
+  series(nowMs = Date.now()) {
+    const now = Math.floor(nowMs / 1000);
+    const out = [];
+    for (let s = now - this.historyS; s < now; s++) out.push(this.buckets.get(s) || 0);
+    return out;
+  }
+}
+
+function formatRate(r) {
+  if (r <= 0) return "0";
+  return r >= 10 ? Math.round(r).toLocaleString() : r.toFixed(1);
+}

@@ -1,0 +1,90 @@
+"""vote endpoint vs bare aiohttp, one core each side.
+
+``buzzer bench ingest`` runs one ingest process on core 0 and wrk on core 1, against
+(a) a bare aiohttp handler that reads the same JSON and answers 202 (the ceiling) and
+(b) the real vote endpoint (token, validation, idempotency, atomic append to Redis),
+then checks that every 202 is in the stream. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+from bench.target import vote_target, wait_http
+from bench.tools.wrk import WrkResult, pinned
+from buzzer.ports import free_port
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seconds", type=float, default=8)
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--devices", type=int, default=5000)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not shutil.which("wrk"):
+        print("wrk is not installed (scripts/setup installs it)", file=sys.stderr)
+        return 2
+    results: dict[str, list[WrkResult]] = {"bare": [], "real": []}
+    bare_port = free_port()
+    bare = subprocess.Popen(pinned(0, [sys.executable, "-m", "bench.tools.bare", str(bare_port)]))
+    try:
+        with vote_target(args.devices) as target:
+            wait_http(f"http://127.0.0.1:{bare_port}/readyz")
+            urls = {"bare": f"http://127.0.0.1:{bare_port}", "real": target.url}
+            accepted = 0
+            for name, url in urls.items():  # warm up both: caches, pools, token cache
+                r = target.wrk(2, args.connections, url)
+                accepted += r.ok if name == "real" else 0
+            for _ in range(args.rounds):
+                for name, url in urls.items():
+                    r = target.wrk(args.seconds, args.connections, url)
+                    results[name].append(r)
+                    if name == "real":
+                        accepted += r.ok
+                    print(
+                        f"  {name:5} {r.rps:9.0f} req/s  p50 {r.p50_ms:6.2f} ms"
+                        f"  p99 {r.p99_ms:6.2f} ms  non-2xx {r.non2xx}"
+                        f"  socket errors {r.errors}",
+                        flush=True,
+                    )
+            time.sleep(0.5)
+            in_stream = target.entries()
+    finally:
+        bare.terminate()
+        bare.wait(15)
+
+    best = {k: max(v, key=lambda r: r.rps) for k, v in results.items()}
+    ratio = best["real"].rps / best["bare"].rps if best["bare"].rps else 0.0
+    # wrk stops with requests in flight: those may be appended without wrk counting
+    # their 202, so the stream may hold up to one extra entry per connection per run.
+    cut_off = args.connections * (args.rounds + 2)
+    durable = accepted <= in_stream <= accepted + cut_off
+    print(f"bare aiohttp (ceiling): {best['bare'].rps:.0f} req/s, p99 {best['bare'].p99_ms:.2f} ms")
+    print(f"vote endpoint:          {best['real'].rps:.0f} req/s, p99 {best['real'].p99_ms:.2f} ms")
+    print(f"ratio real/bare: {ratio:.3f} (target >= 0.8)")
+    print(
+        f"202s: {accepted}, entries in the stream: {in_stream} (+ up to {cut_off} cut off by wrk"
+        f" in flight) -> {'every 202 is in the stream' if durable else 'MISMATCH'}"
+    )
+    summary = {
+        "bench": "ingest",
+        "bare_rps": round(best["bare"].rps, 1),
+        "bare_p99_ms": best["bare"].p99_ms,
+        "vote_rps": round(best["real"].rps, 1),
+        "vote_p99_ms": best["real"].p99_ms,
+        "ratio": round(ratio, 3),
+        "connections": args.connections,
+        "accepted": accepted,
+        "in_stream": in_stream,
+        "durable": durable,
+        "non2xx": sum(r.non2xx for r in results["real"]),
+    }
+    print(json.dumps(summary))
+    return 0 if durable else 1

@@ -1,0 +1,404 @@
+"""``buzzer bench lb``: one HAProxy node with the generated config on one core, against a
+minimal HAProxy config on the same core in the same run.
+
+HAProxy (either config) runs on CPU 0 with one thread. The load tools (wrk, openssl
+s_time) and the backend run on CPU 1. The backend is a second HAProxy that answers every
+request itself (``http-request return``), which is about the cheapest HTTP responder
+there is, so that what is measured is the proxy. Each figure is measured for the minimal
+config and the generated one back to back, and the ratio printed; the worker's CPU use
+is printed beside each, because a figure is only HAProxy's own when its core is busy.
+The last line printed is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.target import vote_target
+from buzzer.certs import make_cert
+from buzzer.ports import free_port
+from lb.inventory import Server
+from lb.planner import HISTORICAL, MEASURED_PATH
+from lb.process import HaproxyProcess
+from lb.render import RateLimit, RenderParams, RenderSettings, render
+
+PATH = "/v1/polls/p1/votes"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seconds", type=float, default=5.0, help="per measurement (default 5)")
+    p.add_argument("--connections", type=int, default=64, help="wrk connections")
+    p.add_argument("--tls-clients", type=int, default=8, help="parallel openssl s_time")
+    p.add_argument("--haproxy-cpu", type=int, default=0)
+    p.add_argument("--client-cpu", type=int, default=1)
+    p.add_argument(
+        "--no-ingest",
+        action="store_true",
+        help="skip votes/s through HAProxy to a real ingest process",
+    )
+    p.add_argument(
+        "--profile-out",
+        type=Path,
+        default=MEASURED_PATH,
+        help=f"where to write the measured profile (default {MEASURED_PATH})",
+    )
+    p.add_argument("--no-profile", action="store_true", help="do not write the profile")
+    p.add_argument("--only", nargs="*", help="measure only these (new_conns keepalive ...)")
+
+
+@dataclass
+class Figure:
+    rate: float
+    cpu: float
+    """Share of one core the HAProxy worker used during the measurement."""
+    errors: int
+
+    @property
+    def per_core(self) -> float:
+        """The rate per second of HAProxy CPU: the client core, not HAProxy's, is often
+        the limit on two cores, and this is what one busy HAProxy core would do."""
+        return self.rate / self.cpu if self.cpu > 0.05 else 0.0
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+@contextmanager
+def _cpu_meter(pid: int, out: dict[str, float]) -> Iterator[None]:
+    t0, c0 = time.monotonic(), _cpu_ticks(pid)
+    yield
+    elapsed = time.monotonic() - t0
+    out["cpu"] = (_cpu_ticks(pid) - c0) / os.sysconf("SC_CLK_TCK") / elapsed
+
+
+def _taskset(cpu: int, cmd: list[str]) -> list[str]:
+    return ["taskset", "-c", str(cpu), *cmd]
+
+
+def _wrk(url: str, seconds: float, connections: int, cpu: int, close: bool) -> tuple[float, int]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    res = subprocess.run(
+        _taskset(cpu, [*cmd, url]), capture_output=True, text=True, timeout=seconds + 30
+    )
+    m = re.search(r"Requests/sec:\s+([\d.]+)", res.stdout)
+    if not m:
+        raise RuntimeError(f"wrk failed: {res.stdout}{res.stderr}")
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", res.stdout))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", res.stdout)
+    return float(m.group(1)), errors + (int(non2xx.group(1)) if non2xx else 0)
+
+
+def _s_time(
+    host: str, port: int, seconds: float, clients: int, cpu: int, reuse: bool
+) -> tuple[float, int]:
+    # s_time runs one connection at a time, so its rate is bound by round trips, not by
+    # the server; several in parallel fill the server's core. With -www each connection
+    # also sends one GET, as a real client would.
+    cmd = [
+        "openssl", "s_time", "-connect", f"{host}:{port}", "-www", PATH,
+        "-time", str(max(1, round(seconds))), "-reuse" if reuse else "-new",
+    ]  # fmt: skip
+    t0 = time.monotonic()
+    procs = [
+        subprocess.Popen(
+            _taskset(cpu, cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(clients)
+    ]
+    count, errors = 0, 0
+    for p in procs:
+        out, _ = p.communicate(timeout=seconds + 30)
+        # s_time's own "in N real seconds" is whole seconds; time the run here instead.
+        m = re.search(r"(\d+) connections in [\d.]+ real seconds", out)
+        if m is None:
+            errors += 1
+            continue
+        count += int(m.group(1))
+    return count / (time.monotonic() - t0), errors
+
+
+# The least HAProxy needs to proxy HTTP: the baseline both other configs are held to.
+_BARE = [
+    "global",
+    "    nbthread 1",
+    "    maxconn 8000",
+    "defaults",
+    "    mode http",
+    "    timeout connect 2s",
+    "    timeout client 30s",
+    "    timeout server 30s",
+]
+
+
+def _responder(port: int) -> str:
+    return "\n".join(
+        [
+            *_BARE,
+            "frontend answer",
+            f"    bind 127.0.0.1:{port}",
+            "    http-request return status 200 content-type application/json"
+            ' string \'{"backend":"responder"}\'',
+            "",
+        ]
+    )
+
+
+def _minimal(host: str, port: int, tls_port: int, certs: list[Path], backend: int) -> str:
+    crts = " ".join(f"crt {c}" for c in certs)
+    return "\n".join(
+        [
+            *_BARE,
+            "frontend fe",
+            f"    bind {host}:{port}",
+            f"    bind {host}:{tls_port} ssl {crts} alpn http/1.1",
+            "    default_backend be",
+            "backend be",
+            f"    server s1 127.0.0.1:{backend}",
+            "",
+        ]
+    )
+
+
+def _generated(
+    host: str,
+    port: int,
+    tls_port: int | None,
+    certs: list[Path],
+    backend: int,
+    workdir: Path,
+    stats_port: int,
+) -> str:
+    settings = RenderSettings(
+        runtime_socket=str(workdir / "admin.sock"),
+        bind_host=host,
+        http_port=port,
+        https_port=tls_port,
+        certs=tuple(str(c) for c in certs),
+        redirect_to_https=False,
+        stats_port=stats_port,
+        nbthread=1,
+        log_target="stdout",
+        # The limit stays on, as in production, above what the bench's one address sends.
+        rate_limit=RateLimit(requests=100_000_000),
+    )
+    inventory = {"ingest": [Server("127.0.0.1", backend)], "push": [Server("127.0.0.1", backend)]}
+    return render(RenderParams(maxconn=8000), inventory, settings)
+
+
+@dataclass
+class Measure:
+    name: str
+    run: Callable[[str, int, int], tuple[float, int]]
+    """(host, http_port, tls_port) -> (rate, errors)"""
+    tls: str | None = None  # which certificate the TLS listener needs
+
+
+def run(args: argparse.Namespace) -> int:
+    for tool in ("haproxy", "wrk", "openssl", "taskset"):
+        if shutil.which(tool) is None:
+            print(f"bench lb: {tool} not found", file=sys.stderr)
+            return 2
+    secs, hcpu, ccpu = args.seconds, args.haproxy_cpu, args.client_cpu
+    measures = [
+        Measure("new_conns", lambda h, p, t: _wrk(f"http://{h}:{p}{PATH}", secs,
+                                               args.connections, ccpu, close=True)),
+        Measure("keepalive", lambda h, p, t: _wrk(f"http://{h}:{p}{PATH}", secs,
+                                               args.connections, ccpu, close=False)),
+        # wrk resumes TLS sessions (HAProxy reports 99% reuse under it), so full
+        # handshakes come from `openssl s_time -new`, which never resumes.
+        Measure("tls_full_ecdsa", lambda h, p, t: _s_time(h, t, secs, args.tls_clients, ccpu,
+                                                          reuse=False), "ecdsa"),
+        Measure("tls_full_rsa", lambda h, p, t: _s_time(h, t, secs, args.tls_clients, ccpu,
+                                                        reuse=False), "rsa"),
+        Measure("tls_resumed", lambda h, p, t: _s_time(h, t, secs, args.tls_clients, ccpu,
+                                                       reuse=True), "ecdsa"),
+    ]  # fmt: skip
+    if args.only:
+        measures = [m for m in measures if m.name in args.only]
+
+    results: dict[str, dict[str, Figure]] = {}
+    runs = 0
+    with tempfile.TemporaryDirectory(prefix="lb-bench-") as tmp:
+        work = Path(tmp)
+        certs = {"ecdsa": make_cert(work, "ecdsa"), "rsa": make_cert(work, "rsa")}
+        backend_port = free_port()
+        responder = HaproxyProcess(work / "responder", cpu=ccpu, log_path=work / "resp.log")
+        responder.start(_responder(backend_port))
+        try:
+            for m in measures:
+                cert = [certs[m.tls or "ecdsa"]]
+                results[m.name] = {}
+                for kind in ("minimal", "generated"):
+                    port, tls_port = free_port(), free_port()
+                    # A fresh loopback address per run: the TIME_WAIT left by one run's
+                    # closed connections must not slow the next run's connects.
+                    runs += 1
+                    host = f"127.0.{1 + runs // 250}.{1 + runs % 250}"
+                    d = work / f"{m.name}-{kind}"
+                    text = (
+                        _minimal(host, port, tls_port, cert, backend_port)
+                        if kind == "minimal"
+                        else _generated(host, port, tls_port, cert, backend_port, d, free_port())
+                    )
+                    hap = HaproxyProcess(
+                        d,
+                        runtime_socket=d / "admin.sock" if kind == "generated" else None,
+                        cpu=hcpu,
+                        log_path=Path(os.devnull),
+                    )
+                    hap.start(text)
+                    try:
+                        if kind == "generated":
+                            _wait_up(hap)
+                        cpu: dict[str, float] = {}
+                        with _cpu_meter(hap.worker_pids()[0], cpu):
+                            rate, errors = m.run(host, port, tls_port)
+                        results[m.name][kind] = Figure(rate, cpu["cpu"], errors)
+                        if m.tls and kind == "generated":
+                            print(f"{m.name:<16} session reuse seen by HAProxy:"
+                                  f" {_ssl_reuse_pct(hap)}%")  # fmt: skip
+                    finally:
+                        hap.stop()
+                    f = results[m.name][kind]
+                    print(
+                        f"{m.name:<16} {kind:<9} {f.rate:>10,.0f}/s  haproxy cpu {f.cpu:4.0%}"
+                        f"  per core-second {f.per_core:>10,.0f}  errors {f.errors}",
+                        flush=True,
+                    )
+        finally:
+            responder.stop()
+
+    ingest: float | None = None
+    if not args.no_ingest and not args.only:
+        ingest = _votes_through_haproxy(args, hcpu)
+
+    summary = _summary(results, ingest, secs)
+    print()
+    print(f"{'figure':<16} {'minimal':>10} {'generated':>10} {'ratio':>6}"
+          f" {'min/core':>10} {'gen/core':>10} {'ratio':>6}")  # fmt: skip
+    for name, r in summary["figures"].items():
+        print(
+            f"{name:<16} {r['minimal']:>10,.0f} {r['generated']:>10,.0f} {r['ratio']:>6.2f}"
+            f" {r['minimal_per_core']:>10,.0f} {r['generated_per_core']:>10,.0f}"
+            f" {r['ratio_per_core']:>6.2f}"
+        )
+    print(f"historical node: {HISTORICAL.haproxy_new_conns_per_s:,.0f} new connections/s")
+    if not args.no_profile and not args.only:
+        args.profile_out.parent.mkdir(parents=True, exist_ok=True)
+        args.profile_out.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        print(f"profile written to {args.profile_out}")
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def _votes_through_haproxy(args: argparse.Namespace, hcpu: int) -> float:
+    """Real votes (tokens, validation, atomic append) through the generated config to
+    one real ingest process, next to the same votes sent to it directly."""
+    with (
+        tempfile.TemporaryDirectory(prefix="lb-bench-votes-") as tmp,
+        vote_target(cpu=None) as target,
+    ):
+        d = Path(tmp)
+        port = free_port()
+        backend = int(target.url.rsplit(":", 1)[1])
+        hap = HaproxyProcess(
+            d, runtime_socket=d / "admin.sock", cpu=hcpu, log_path=Path(os.devnull)
+        )
+        hap.start(_generated("127.0.0.1", port, None, [], backend, d, free_port()))
+        try:
+            _wait_up(hap)
+            target.wrk(2, args.connections)  # warm up
+            direct = target.wrk(args.seconds, args.connections)
+            through = target.wrk(args.seconds, args.connections, f"http://127.0.0.1:{port}")
+        finally:
+            hap.stop()
+    print(
+        f"votes/s direct to ingest:       {direct.rps:>9,.0f}  p99 {direct.p99_ms:.1f} ms"
+        f"  non-2xx {direct.non2xx}"
+    )
+    print(
+        f"votes/s through HAProxy:        {through.rps:>9,.0f}  p99 {through.p99_ms:.1f} ms"
+        f"  non-2xx {through.non2xx}  ({through.rps / direct.rps:.2f} of direct)"
+    )
+    return through.rps
+
+
+def _wait_up(hap: HaproxyProcess, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(s.up for s in hap.runtime.servers_state("ingest") if not s.in_maint):
+            return
+        time.sleep(0.05)
+    raise RuntimeError("bench backend not up behind the generated config")
+
+
+def _summary(
+    results: dict[str, dict[str, Figure]], ingest: float | None, secs: float
+) -> dict[str, Any]:
+    figures = {
+        name: {
+            "minimal": round(r["minimal"].rate, 1),
+            "generated": round(r["generated"].rate, 1),
+            "ratio": round(r["generated"].rate / r["minimal"].rate, 3) if r["minimal"].rate else 0,
+            "minimal_per_core": round(r["minimal"].per_core, 1),
+            "generated_per_core": round(r["generated"].per_core, 1),
+            "ratio_per_core": round(r["generated"].per_core / r["minimal"].per_core, 3)
+            if r["minimal"].per_core
+            else 0,
+            "haproxy_cpu_minimal": round(r["minimal"].cpu, 2),
+            "haproxy_cpu_generated": round(r["generated"].cpu, 2),
+            "errors": r["minimal"].errors + r["generated"].errors,
+        }
+        for name, r in results.items()
+    }
+
+    def gen(name: str) -> float | None:
+        return figures[name]["generated_per_core"] if name in figures else None
+
+    profile = {
+        "haproxy_new_conns_per_s": gen("new_conns"),
+        "haproxy_keepalive_req_per_s": gen("keepalive"),
+        "haproxy_tls_full_per_s": gen("tls_full_rsa"),
+        "haproxy_tls_full_ecdsa_per_s": gen("tls_full_ecdsa"),
+        "haproxy_tls_resumed_per_s": gen("tls_resumed"),
+        "ingest_votes_per_s": ingest,
+    }
+    return {
+        "bench": "lb",
+        "seconds": secs,
+        "haproxy": _haproxy_version(),
+        "historical_new_conns_per_s": HISTORICAL.haproxy_new_conns_per_s,
+        "figures": figures,
+        "profile_basis": "generated config, rate per HAProxy core-second (rate / worker CPU)",
+        "profile": {k: v for k, v in profile.items() if v is not None},
+    }
+
+
+def _ssl_reuse_pct(hap: HaproxyProcess) -> str:
+    for line in hap.runtime.command("show info").splitlines():
+        if line.startswith("SslFrontendSessionReuse_pct:"):
+            return line.split(":", 1)[1].strip()
+    return "?"
+
+
+def _haproxy_version() -> str:
+    out = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout
+    m = re.search(r"version (\S+)", out)
+    return m.group(1) if m else "unknown"

@@ -1,0 +1,66 @@
+"""Bodies of the public API, typed and validated by msgspec.
+
+No aiohttp here: the load tests and any other client build their bodies from these
+types, so a request they send is one the API accepts by construction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+import msgspec
+
+Slug = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+"""Option keys and ids: safe in Redis keys, URLs and the tally's JSON."""
+
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
+"""Names, titles and labels: any text PostgreSQL can store (no NUL character)."""
+
+
+class VoteRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    option: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    vote_id: uuid.UUID
+    """Made by the app, once per vote; a retry sends the same one."""
+    count: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
+    client_ts: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """The app's clock when the vote was cast, ms since the epoch."""
+
+
+class VoteAccepted(msgspec.Struct, frozen=True):
+    vote_id: str
+    accepted: int
+
+
+class DeviceIssued(msgspec.Struct, frozen=True):
+    device_id: str
+    token: str
+    expires_at: int
+
+
+class OptionIn(msgspec.Struct, frozen=True):
+    key: Slug
+    label: Text
+
+
+class ShowIn(msgspec.Struct, frozen=True):
+    name: Text
+    id: Slug | None = None
+
+
+class PollIn(msgspec.Struct, frozen=True):
+    show_id: Slug
+    title: Text
+    options: Annotated[list[OptionIn], msgspec.Meta(min_length=2, max_length=64)]
+    max_votes_per_device: Annotated[int, msgspec.Meta(ge=1)] | None = 1
+    """1 for a classic vote; null for buzz and clap (unlimited, rate-limited)."""
+    max_count: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1
+    """Largest tap count one request may carry (the app batches taps); 1: no batching."""
+    id: Slug | None = None
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    error: str
+    """Stable machine-readable code, e.g. ``invalid_field``, ``poll_not_open``."""
+    message: str
+    field: str | None = None

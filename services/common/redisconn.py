@@ -1,0 +1,102 @@
+"""The one place a process opens Redis: one server, or a Redis Cluster.
+
+``REDIS_URL=redis://host:6379/0`` is one server (the default). A ``redis+cluster://``
+(or ``rediss+cluster://``) URL lists seed nodes, ``redis+cluster://h1:7000,h2:7000``;
+the client discovers the rest of the cluster from any of them. Nothing here connects:
+the clients connect on first use, inside the caller's cleanup context.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.maint_notifications import MaintNotificationsConfig
+
+AnyRedis = Redis | RedisCluster
+"""What a process may hold; code that routes by node checks with :func:`is_cluster`."""
+
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+
+class ResilientConnection(Connection):
+    """A TCP connection whose writes to a peer that is gone fail as ``ConnectionError``.
+
+    Under uvloop, writing to a transport the peer already closed raises RuntimeError,
+    and a connection torn down during redis-py's connect handshake writes to a writer
+    that is already None (AttributeError); redis-py lets both through, so a killed
+    node would turn into a 500 instead of the 503 every Redis outage must be.
+    """
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except (RuntimeError, AttributeError) as exc:
+            await self.disconnect(nowait=True)
+            raise RedisConnectionError(f"connection closed by the server: {exc}") from exc
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0] in CLUSTER_SCHEMES
+
+
+def seed_nodes(url: str) -> list[tuple[str, int]]:
+    """The ``host:port`` seeds of a cluster URL (a missing port is 6379)."""
+    parts = urlsplit(url)
+    hosts = parts.netloc.rsplit("@", 1)[-1]
+    seeds = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host:
+            host, port = port, "6379"
+        seeds.append((host.strip("[]"), int(port or 6379)))
+    return seeds
+
+
+def connect(url: str, **kwargs: Any) -> Redis:
+    """A client for ``url``; keyword arguments are redis-py connection options.
+
+    Typed as ``Redis``: the cluster client offers the same commands, pipelines and
+    scripts for everything this project sends (each call's keys share one slot), so
+    the functions that take a client need no second signature. Code that must know
+    the difference (the appender's transport) asks :func:`is_cluster`.
+    """
+    if not is_cluster_url(url):
+        if url.startswith("redis://"):
+            kwargs.setdefault("connection_class", ResilientConnection)
+        return Redis.from_url(url, **kwargs)
+    parts = urlsplit(url)
+    opts: dict[str, Any] = dict(kwargs)
+    if parts.username:
+        opts.setdefault("username", parts.username)
+    if parts.password:
+        opts.setdefault("password", parts.password)
+    if parts.scheme.startswith("rediss"):
+        opts.setdefault("ssl", True)
+    # The pool size is per node in the cluster client; connections are made on demand.
+    opts.pop("health_check_interval", None)
+    cluster = RedisCluster(
+        startup_nodes=[ClusterNode(h, p) for h, p in seed_nodes(url)],
+        # Slots whose primary is down must fail alone (503 for their votes), while the
+        # other shards keep taking votes.
+        require_full_coverage=False,
+        # Its handshake is one more round trip per new connection, to a node that may
+        # be dying; these notifications are for managed clusters moving endpoints.
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
+        **opts,
+    )
+    if not opts.get("ssl"):
+        # RedisCluster takes no connection class: nodes it discovers later are built
+        # from these kwargs, the seed nodes were built already.
+        cluster.connection_kwargs["connection_class"] = ResilientConnection
+        for node in cluster.nodes_manager.startup_nodes.values():
+            node.connection_class = ResilientConnection
+    return cast(Redis, cluster)
+
+
+def is_cluster(client: object) -> bool:
+    return isinstance(client, RedisCluster)

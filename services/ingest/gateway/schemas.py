@@ -1,0 +1,59 @@
+"""Bodies in and out of aiohttp: decoding into the types of ``services.common.api``, with the
+4xx that names the field, and JSON responses."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from services.ingest.gateway.errors import ApiError
+
+T = TypeVar("T")
+
+_FIELD = re.compile(r"at `\$\.([^`]+)`")
+
+
+def field_of(exc: msgspec.ValidationError) -> str | None:
+    m = _FIELD.search(str(exc))
+    if m:
+        return m.group(1)
+    m = re.search(r"required field `([A-Za-z0-9_]+)`", str(exc))
+    return m.group(1) if m else None
+
+
+def decode_body(raw: bytes, content_type: str, kind: type[T]) -> T:
+    """Decode a JSON request body, or raise the 4xx that says what is wrong."""
+    if content_type != "application/json":
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type must be application/json, not {content_type or 'missing'}",
+            field="Content-Type",
+        )
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, "invalid_field", str(exc), field=field_of(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise ApiError(
+            400, "malformed_json", f"body is not valid JSON: {exc}", field="body"
+        ) from exc
+
+
+async def read_body(request: web.Request, kind: type[T]) -> T:
+    raw = await request.read()
+    return decode_body(raw, request.content_type, kind)
+
+
+def json_response(
+    obj: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(obj),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )

@@ -1,0 +1,267 @@
+"""How the appender's calls reach Redis: one hand-packed pipeline per node per flush.
+
+The appender decides WHAT to send (one packed ``vote_batch.lua`` call per partition);
+a transport decides HOW: on one server, all calls go as one pipeline on one pooled
+connection; on a Redis Cluster, the calls are grouped by the primary that owns their
+partition's slot, and each primary gets one pipeline, all sent concurrently. With
+``ack_replicas`` > 0 every pipeline ends with one ``WAIT``, so its replies count only
+once that many replicas hold its writes.
+
+Replies come back per partition, an exception standing for a partition whose reply
+is unknown or refused; the appender answers those votes 503, and the client's retry
+with the same vote id is safe because the script is idempotent by vote id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+from hiredis import pack_command
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+
+from services.common.redisconn import AnyRedis
+
+log = logging.getLogger("buzzer.ingest.transport")
+
+Call = tuple[str, bytes]
+"""A key of the partition (its slot routes the call) and the packed command."""
+
+REDIRECTS = 3
+"""MOVED/ASK hops followed for one call within one flush; past that it is a 503."""
+
+
+class NotReplicated(RedisError):
+    """WAIT timed out: the writes may live on the primary alone. The vote gets 503."""
+
+
+class SlotUnavailable(RedisError):
+    """No reachable primary serves the slot now (failover in progress)."""
+
+
+class Transport(Protocol):
+    async def execute(self, calls: dict[int, Call]) -> dict[int, Any]: ...
+
+
+def _wait_tail(ack_key: str, replicas: int, timeout_ms: int) -> tuple[bytes, int]:
+    # WAIT covers the writes made on this connection. A pipeline that only replays
+    # earlier votes (retries answered from the dedupe key) writes nothing, so WAIT
+    # would return at once although the original write may still sit on the primary
+    # alone; one tiny write per pipeline makes WAIT cover everything the primary had
+    # executed before, the original included. Two extra replies to read.
+    return (
+        pack_command(("SET", ack_key, b"1", "PX", 60_000))  # type: ignore[arg-type]
+        + pack_command(("WAIT", replicas, timeout_ms)),  # type: ignore[arg-type]
+        2,
+    )
+
+
+def _check_wait(replies: list[Any], replicas: int) -> NotReplicated | None:
+    reached = replies[-1]
+    if isinstance(reached, Exception) or int(reached) < replicas:
+        return NotReplicated(f"WAIT reached {reached!r} of {replicas} replicas")
+    return None
+
+
+def ack_key(slot_key: str) -> str:
+    # Same hash tag as the partition's keys, so the same slot and node.
+    return f"{slot_key}:ack"
+
+
+async def _pipeline(
+    conn: Connection, payload: bytes, n: int, *, disconnect_on_error: bool = True
+) -> list[Any]:
+    """Send ``payload`` (``n`` commands) and read ``n`` replies, error replies kept."""
+    try:
+        await conn.send_packed_command(payload, check_health=False)
+        out: list[Any] = []
+        for _ in range(n):
+            try:
+                out.append(await conn.read_response())
+            except ResponseError as exc:
+                out.append(exc)
+        return out
+    except BaseException:
+        if disconnect_on_error:
+            # The connection's read position is unknown now: never reuse it.
+            await conn.disconnect()
+        raise
+
+
+class SingleNode:
+    """One server: the whole flush is one pipeline on one pooled connection."""
+
+    def __init__(self, redis: Redis, ack_replicas: int = 0, ack_timeout_ms: int = 500) -> None:
+        self._redis = redis
+        self._replicas = ack_replicas
+        self._timeout_ms = ack_timeout_ms
+
+    async def execute(self, calls: dict[int, Call]) -> dict[int, Any]:
+        order = list(calls)
+        payload = b"".join(c for _, c in calls.values())
+        extra = 0
+        if self._replicas:
+            tail, extra = _wait_tail(ack_key(calls[order[0]][0]), self._replicas, self._timeout_ms)
+            payload += tail
+        pool = self._redis.connection_pool
+        conn = await pool.get_connection()
+        try:
+            replies = await _pipeline(conn, payload, len(order) + extra)
+        finally:
+            await pool.release(conn)
+        if extra:
+            failed = _check_wait(replies, self._replicas)
+            if failed is not None:
+                return dict.fromkeys(order, failed)
+        return dict(zip(order, replies, strict=False))
+
+
+class ClusterNodes:
+    """A Redis Cluster: one pipeline per primary, sent concurrently; redirections followed."""
+
+    def __init__(
+        self, cluster: RedisCluster, ack_replicas: int = 0, ack_timeout_ms: int = 500
+    ) -> None:
+        self._cluster = cluster
+        self._replicas = ack_replicas
+        self._timeout_ms = ack_timeout_ms
+        self._refreshing: asyncio.Task[None] | None = None
+        self.redirects = 0
+        self.refreshes = 0
+
+    async def execute(self, calls: dict[int, Call]) -> dict[int, Any]:
+        await self._cluster.initialize()
+        replies: dict[int, Any] = {}
+        todo = dict(calls)
+        asking: dict[int, ClusterNode] = {}
+        for _hop in range(REDIRECTS + 1):
+            if not todo:
+                break
+            groups: dict[ClusterNode, list[int]] = {}
+            for p, (key, _) in todo.items():
+                node = asking.get(p)
+                if node is None:
+                    try:
+                        node = self._cluster.get_node_from_key(key)
+                    except SlotNotCoveredError as exc:
+                        replies[p] = SlotUnavailable(str(exc))
+                        continue
+                    if node is None:
+                        replies[p] = SlotUnavailable(key)
+                        continue
+                groups.setdefault(node, []).append(p)
+            results = await asyncio.gather(
+                *(self._node(node, ps, todo, asking) for node, ps in groups.items()),
+                return_exceptions=True,
+            )
+            retry: dict[int, Call] = {}
+            next_asking: dict[int, ClusterNode] = {}
+            for (_node, ps), result in zip(groups.items(), results, strict=True):
+                if isinstance(result, BaseException):
+                    if not isinstance(result, Exception):
+                        raise result
+                    # The node is gone or hung: its calls may or may not have run;
+                    # answer 503 and let the slot map catch up with the failover.
+                    self._refresh()
+                    for p in ps:
+                        replies[p] = SlotUnavailable(f"{_node.name}: {result!r}")
+                    continue
+                for p, reply in zip(ps, result, strict=True):
+                    if isinstance(reply, MovedError):
+                        # The slot lives elsewhere for good (failover or resharding).
+                        await self._cluster.nodes_manager.move_slot(reply)
+                        self.redirects += 1
+                        retry[p] = todo[p]
+                    elif isinstance(reply, AskError):
+                        # The slot is migrating: this one call goes to the target node.
+                        target = self._cluster.get_node(host=reply.host, port=reply.port)
+                        if target is None:
+                            target = ClusterNode(
+                                reply.host,
+                                reply.port,
+                                **self._cluster.nodes_manager.connection_kwargs,
+                            )
+                        next_asking[p] = target
+                        self.redirects += 1
+                        retry[p] = todo[p]
+                    elif isinstance(reply, (ClusterDownError, TryAgainError)):
+                        self._refresh()
+                        replies[p] = SlotUnavailable(str(reply))
+                    else:
+                        replies[p] = reply
+            todo, asking = retry, next_asking
+        for p in todo:
+            replies[p] = SlotUnavailable("too many redirections")
+        return replies
+
+    async def _node(
+        self,
+        node: ClusterNode,
+        ps: list[int],
+        calls: dict[int, Call],
+        asking: dict[int, ClusterNode],
+    ) -> list[Any]:
+        chunks: list[bytes] = []
+        index: list[int | None] = []  # reply position -> partition (None: ASKING's OK)
+        for p in ps:
+            if p in asking:
+                chunks.append(pack_command(("ASKING",)))
+                index.append(None)
+            chunks.append(calls[p][1])
+            index.append(p)
+        extra = 0
+        if self._replicas:
+            tail, extra = _wait_tail(ack_key(calls[ps[0]][0]), self._replicas, self._timeout_ms)
+            chunks.append(tail)
+        conn = node.acquire_connection()
+        try:
+            raw = await _pipeline(conn, b"".join(chunks), len(index) + extra)
+        finally:
+            node.release(conn)
+        if extra:
+            failed = _check_wait(raw, self._replicas)
+            if failed is not None:
+                return [failed] * len(ps)
+        return [r for i, r in zip(index, raw, strict=False) if i is not None]
+
+    def _refresh(self) -> None:
+        # One slot-map refresh at a time, off the vote path: until it lands, calls for
+        # the failed slots keep answering 503 quickly instead of piling up behind it.
+        if self._refreshing is not None and not self._refreshing.done():
+            return
+        self._refreshing = asyncio.get_running_loop().create_task(self._do_refresh())
+
+    async def _do_refresh(self) -> None:
+        self.refreshes += 1
+        try:
+            await self._cluster.nodes_manager.initialize()
+        except (RedisError, OSError) as exc:
+            log.warning("cluster slot map refresh failed", extra={"error": str(exc)})
+        # A refresh right after a node died may still list it as primary (the failover
+        # takes about twice cluster-node-timeout); the next failure refreshes again.
+        await asyncio.sleep(0.2)
+
+    async def aclose(self) -> None:
+        if self._refreshing is not None:
+            self._refreshing.cancel()
+            await asyncio.gather(self._refreshing, return_exceptions=True)
+
+
+def transport_for(
+    redis: AnyRedis | Redis, ack_replicas: int = 0, ack_timeout_ms: int = 500
+) -> Transport:
+    if isinstance(redis, RedisCluster):
+        return ClusterNodes(redis, ack_replicas, ack_timeout_ms)
+    return SingleNode(redis, ack_replicas, ack_timeout_ms)
