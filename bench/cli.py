@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 
 # Subcommand -> module. A module missing from this install is left out of the help.
 BENCHES: dict[str, str] = {
@@ -30,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
             if exc.name != module_name:
                 raise
             continue
-        p = bsub.add_parser(name, help=(module.__doc__ or name).strip().splitlines()[0])
+        first = (module.__doc__ or name).strip().splitlines()[0]
+        p = bsub.add_parser(name, help=re.sub(r"^``buzzer bench \w+``:\s*", "", first))
         module.add_arguments(p)
         p.set_defaults(func=module.run)

@@ -1,5 +1,7 @@
-"""``buzzer bench lb``: one HAProxy node with the generated config on one core, against a
-minimal HAProxy config on the same core in the same run.
+"""one HAProxy core: the generated config against a minimal one, in the same run.
+
+``buzzer bench lb`` runs one HAProxy node with the generated config on one core, against
+a minimal HAProxy config on the same core in the same run.
 
 HAProxy (either config) runs on CPU 0 with one thread. The load tools (wrk, openssl
 s_time) and the backend run on CPU 1. The backend is a second HAProxy that answers every

@@ -289,6 +289,17 @@ class LocalCluster:
         self.stop()
 
 
+def start_for_up(env: dict[str, str], state_dir: Path) -> LocalCluster:
+    """`buzzer up --redis-cluster`: a fresh cluster under the state dir, and the
+    environment that points every process at it with replica acknowledgement on."""
+    base = state_dir / "redis-cluster"
+    shutil.rmtree(base, ignore_errors=True)  # a stopped stack's nodes files are stale
+    cluster = LocalCluster(base_dir=base).start()
+    env["REDIS_URL"] = cluster.url
+    env.setdefault("BUZZER_ACK_REPLICAS", "1")
+    return cluster
+
+
 @contextlib.contextmanager
 def local_cluster(**kwargs: object) -> Iterator[LocalCluster]:
     cluster = LocalCluster(**kwargs)  # type: ignore[arg-type]

@@ -36,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                     help="also run a local Prometheus with the alerting rules (deploy/prometheus)")
     up.add_argument("--prometheus-port", type=int,
                     default=int(os.environ.get("BUZZER_PROMETHEUS_PORT", 9090)))
+    up.add_argument("--redis-cluster", action="store_true",
+                    help="run on a local Redis Cluster (3 primaries, 3 replicas) with replica "
+                         "acknowledgement, instead of the Redis at REDIS_URL")
     up.add_argument("--for", dest="duration", type=float, default=0,
                     help="stop by itself after this many seconds (0: until Ctrl-C/SIGTERM)")
     up.set_defaults(func=_up)
@@ -208,6 +211,15 @@ def _up(args: argparse.Namespace) -> int:
     env.update(load_secrets())
     common = CommonSettings()
     asyncio.run(migrate(common.database_url.get_secret_value()))
+    cluster = None
+    if getattr(args, "redis_cluster", False):
+        from buzzer.rediscluster import start_for_up
+
+        try:
+            cluster = start_for_up(env, STATE_DIR)
+        except Exception as exc:
+            print(f"buzzer up: redis cluster: {exc}", file=sys.stderr)
+            return 1
     stack = Stack(env=env, http_port=args.http_port, https_port=args.https_port, ingest=args.ingest,
                   haproxy=not args.no_haproxy)
     stack.plan()
@@ -235,6 +247,8 @@ def _up(args: argparse.Namespace) -> int:
             print(f"  {name:24} {url}")
         if prometheus is not None:
             print(f"  {'prometheus':24} {prometheus.url}")
+        if cluster is not None:
+            print(f"  {'redis cluster':24} {cluster.url}")
         print(f"  {'admin token':24} {STATE_DIR / 'admin-token'}")
         print(f"  {'logs':24} {STATE_DIR / 'logs'}/")
         print("Ctrl-C to stop.", flush=True)
@@ -251,6 +265,8 @@ def _up(args: argparse.Namespace) -> int:
         if prometheus is not None:
             prometheus.stop()
         stack.stop()
+        if cluster is not None:
+            cluster.stop()
         print("buzzer: stopped", flush=True)
     return 0
 

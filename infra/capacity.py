@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from infra.runsheet import TIERS, RunSheet, Tier, processes_per_instance
 from lb import planner
@@ -152,9 +153,9 @@ def describe_peak(sheet: RunSheet, peak: TierCounts) -> str:
         rows.append((tier, f"{peak.get(tier):,}", itype, holds, procs, peak.binding[tier]))
     w = [max(len(r[i]) for r in rows) for i in range(5)]
     out = []
-    for tier, n, itype, holds, procs, why in rows:
+    for name, n, itype, holds, procs, why in rows:
         out.append(
-            f"{tier:<{w[0]}}  {n:>{w[1]}}  {itype:<{w[2]}}  {holds:>{w[3]}}  {procs:>{w[4]}}  {why}"
+            f"{name:<{w[0]}}  {n:>{w[1]}}  {itype:<{w[2]}}  {holds:>{w[3]}}  {procs:>{w[4]}}  {why}"
         )
     return "\n".join(out)
 
@@ -174,7 +175,8 @@ def measure(sheet: RunSheet, tier: Tier, haproxy_binding: str = "") -> Measure:
     """The unit ``tier`` is sized in; for HAProxy, the one its ``haproxy_binding`` names:
     concurrent connections (memory) or busy cores (connection and handshake rate)."""
     profile = planner.PROFILES[sheet.capacity.profile]
-    figures = replace(profile, **_figures(sheet))
+    overrides: dict[str, Any] = _figures(sheet)
+    figures = replace(profile, **overrides)
     per = processes_per_instance(sheet, sheet.tiers.get(tier).instance_type) or 1
     if tier == "ingest":
         return Measure("votes/s", per * figures.ingest_votes_per_s, lambda v, _: v)
@@ -192,4 +194,4 @@ def measure(sheet: RunSheet, tier: Tier, haproxy_binding: str = "") -> Measure:
             float(figures.haproxy_max_conns),
             lambda v, n: planned(v, n)["haproxy_concurrent_conns"],
         )
-    return Measure("busy cores", float(per), lambda v, n: planned(v, n)["haproxy_cores"])
+    return Measure("cores", float(per), lambda v, n: planned(v, n)["haproxy_cores"])

@@ -43,10 +43,17 @@ def _short(x: float, _pos: object = None) -> str:
     return f"{x:.3g}"
 
 
-def _label_levels(ax: Axes, times: list[datetime], counts: list[int], caps: list[float]) -> None:
+def _x(t: datetime) -> float:
+    """Matplotlib's date number: plain floats keep the plotting calls simply typed."""
+    import matplotlib.dates as mdates
+
+    return float(mdates.date2num(t))
+
+
+def _label_levels(ax: Axes, xs: list[float], counts: list[int], caps: list[float]) -> None:
     """Write the instance count where it changes, on the capacity line."""
     prev = None
-    for t, n, c in zip(times, counts, caps, strict=True):
+    for t, n, c in zip(xs, counts, caps, strict=True):
         if n != prev and n > 0:
             ax.annotate(
                 f"{n:,} inst.",
@@ -65,11 +72,12 @@ def _tier(ax: Axes, tl: CapacityTimeline, tier: Tier, times: list[datetime]) -> 
     counts = instances(tl, tier, times)
     caps = [n * m.per_instance for n in counts]
     load = [m.load(tl.votes_at(t), tl.viewers_at(t)) for t in times]
+    xs = [_x(t) for t in times]
 
-    ax.fill_between(times, caps, step="post", color=CAPACITY, alpha=0.12, lw=0)
-    ax.step(times, caps, where="post", color=CAPACITY, lw=2, label="capacity (100 %)")
+    ax.fill_between(xs, caps, step="post", color=CAPACITY, alpha=0.12, lw=0)
+    ax.step(xs, caps, where="post", color=CAPACITY, lw=2, label="capacity (100 %)")
     ax.step(
-        times,
+        xs,
         [c * h for c in caps],
         where="post",
         color=CAPACITY,
@@ -77,9 +85,9 @@ def _tier(ax: Axes, tl: CapacityTimeline, tier: Tier, times: list[datetime]) -> 
         ls="--",
         label=f"planned utilisation ({h:.0%})",
     )
-    ax.fill_between(times, load, color=LOAD, alpha=0.35, lw=0)
-    ax.plot(times, load, color=LOAD, lw=2, label="expected load")
-    _label_levels(ax, times, counts, caps)
+    ax.fill_between(xs, load, color=LOAD, alpha=0.35, lw=0)
+    ax.plot(xs, load, color=LOAD, lw=2, label="expected load")
+    _label_levels(ax, xs, counts, caps)
 
     busiest = max(
         (i for i in range(len(times)) if caps[i] > 0 and load[i] > 0),
@@ -94,7 +102,7 @@ def _tier(ax: Axes, tl: CapacityTimeline, tier: Tier, times: list[datetime]) -> 
             f": busiest {times[busiest]:%H:%M}, {_short(load[busiest])} of"
             f" {_short(caps[busiest])} {m.unit} = {share:.0%} of capacity"
         )
-        ax.plot([times[busiest]], [load[busiest]], "o", color=LOAD, ms=5)
+        ax.plot([xs[busiest]], [load[busiest]], "o", color=LOAD, ms=5)
     ax.set_title(title, loc="left", fontsize=10)
     ax.set_ylabel(m.unit)
     ax.set_ylim(0, max(caps + load) * 1.15 or 1)
@@ -118,15 +126,15 @@ def figure(tl: CapacityTimeline) -> Figure:
     for ax, tier in zip(axes, tiers, strict=True):
         _tier(ax, tl, tier, times)
         for t in (s.on_air, s.off_air):
-            ax.axvline(t, color="black", lw=0.8)
+            ax.axvline(_x(t), color="black", lw=0.8)
         for poll in s.polls:
-            ax.axvline(poll.call_to_action, color="tab:red", ls=":", lw=1)
+            ax.axvline(_x(poll.call_to_action), color="tab:red", ls=":", lw=1)
     top = axes[0]
     for t, text in [(s.on_air, "on air"), (s.off_air, "off air")]:
-        top.annotate(text, (t, 1), xycoords=("data", "axes fraction"), xytext=(2, -10),
+        top.annotate(text, (_x(t), 1), xycoords=("data", "axes fraction"), xytext=(2, -10),
                      textcoords="offset points", fontsize=8)  # fmt: skip
     for poll in s.polls:
-        top.annotate(f"vote now: {poll.id}", (poll.call_to_action, 1),
+        top.annotate(f"vote now: {poll.id}", (_x(poll.call_to_action), 1),
                      xycoords=("data", "axes fraction"), xytext=(2, -20),
                      textcoords="offset points", fontsize=8, color="tab:red")  # fmt: skip
     handles, labels = top.get_legend_handles_labels()
@@ -136,13 +144,19 @@ def figure(tl: CapacityTimeline) -> Figure:
         x=0.01,
         ha="left",
     )
-    axes[-1].xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+    axes[-1].xaxis_date(tz="UTC")  # the x values are date numbers: hours, not 18:36
+    axes[-1].xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz="UTC"))
     axes[-1].set_xlabel("UTC")
     return fig
 
 
 def render(tl: CapacityTimeline, out: Path) -> Path:
-    import matplotlib
+    try:
+        import matplotlib
+    except ModuleNotFoundError:  # an extra: the production image has no use for charts
+        raise SystemExit(
+            "buzzer infra chart needs matplotlib: pip install 'buzzer[chart]'"
+        ) from None
 
     # No display on a CI runner or an ops box: never let matplotlib pick a GUI backend.
     matplotlib.use("Agg", force=True)

@@ -130,16 +130,44 @@ def schedule(profile: str) -> list[dict[str, Any]]:
     acts = [f"act-{i}" for i in range(1, 5)]
     if profile == "show":
         return [
-            {"title": "Warm-up: clap or boo", "kind": "buzz", "options": ["clap", "boo"],
-             "weights": [3, 1], "max_count": 20, "open_at": 0.0, "close_at": 0.5},
-            {"title": "Buzz act 3", "kind": "buzz", "options": ["buzz", "golden"],
-             "weights": [5, 1], "max_count": 50, "open_at": 0.3, "close_at": 0.92},
-            {"title": "Your favourite act", "kind": "vote", "options": acts,
-             "weights": [4, 3, 2, 1], "max_count": 1, "open_at": 0.55, "close_at": 0.92},
+            {
+                "title": "Warm-up: clap or boo",
+                "kind": "buzz",
+                "options": ["clap", "boo"],
+                "weights": [3, 1],
+                "max_count": 20,
+                "open_at": 0.0,
+                "close_at": 0.5,
+            },
+            {
+                "title": "Buzz act 3",
+                "kind": "buzz",
+                "options": ["buzz", "golden"],
+                "weights": [5, 1],
+                "max_count": 50,
+                "open_at": 0.3,
+                "close_at": 0.92,
+            },
+            {
+                "title": "Your favourite act",
+                "kind": "vote",
+                "options": acts,
+                "weights": [4, 3, 2, 1],
+                "max_count": 1,
+                "open_at": 0.55,
+                "close_at": 0.92,
+            },
         ]
     return [
-        {"title": "Clap", "kind": "buzz", "options": ["clap", "boo"], "weights": [3, 1],
-         "max_count": 20, "open_at": 0.0, "close_at": 0.92},
+        {
+            "title": "Clap",
+            "kind": "buzz",
+            "options": ["clap", "boo"],
+            "weights": [3, 1],
+            "max_count": 20,
+            "open_at": 0.0,
+            "close_at": 0.92,
+        },
     ]
 
 
@@ -149,21 +177,35 @@ def schedule(profile: str) -> list[dict[str, Any]]:
 def create_show(plan: Plan) -> None:
     """The show and its polls, in draft: the Operator user opens them on schedule."""
     host = plan.host.rstrip("/")
-    show = api("POST", f"{host}/v1/admin/shows", plan.admin_token,
-               {"name": f"load test ({plan.profile})"})
+    show = api(
+        "POST", f"{host}/v1/admin/shows", plan.admin_token, {"name": f"load test ({plan.profile})"}
+    )
     plan.show_id = show["id"]
     for spec in schedule(plan.profile):
         options = list(spec["options"])
         if spec["kind"] == "buzz":
             options.append(PROBE)
-        poll = api("POST", f"{host}/v1/admin/polls", plan.admin_token, {
-            "show_id": show["id"], "title": spec["title"],
-            "options": [{"key": o, "label": o} for o in options],
-            "max_votes_per_device": None if spec["kind"] == "buzz" else 1,
-            "max_count": spec["max_count"],
-        })
-        plan.polls.append(PollPlan(
-            id=poll["id"], title=spec["title"], kind=spec["kind"], options=options,
-            max_count=spec["max_count"], open_at=spec["open_at"], close_at=spec["close_at"],
-            weights=[float(w) for w in spec["weights"]],
-        ))
+        poll = api(
+            "POST",
+            f"{host}/v1/admin/polls",
+            plan.admin_token,
+            {
+                "show_id": show["id"],
+                "title": spec["title"],
+                "options": [{"key": o, "label": o} for o in options],
+                "max_votes_per_device": None if spec["kind"] == "buzz" else 1,
+                "max_count": spec["max_count"],
+            },
+        )
+        plan.polls.append(
+            PollPlan(
+                id=poll["id"],
+                title=spec["title"],
+                kind=spec["kind"],
+                options=options,
+                max_count=spec["max_count"],
+                open_at=spec["open_at"],
+                close_at=spec["close_at"],
+                weights=[float(w) for w in spec["weights"]],
+            )
+        )

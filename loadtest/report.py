@@ -56,8 +56,12 @@ def summary(out: Path, clients: Clients) -> dict[str, Any]:
         n = sum(int(r["Request Count"]) for r in rows)
         if rows:
             main = max(rows, key=lambda r: int(r["Request Count"]))
-            votes = {"requests": n, "p50_ms": _num(main["50%"]), "p99_ms": _num(main["99%"]),
-                     "failures": sum(int(r["Failure Count"]) for r in rows)}
+            votes = {
+                "requests": n,
+                "p50_ms": _num(main["50%"]),
+                "p99_ms": _num(main["99%"]),
+                "failures": sum(int(r["Failure Count"]) for r in rows),
+            }
     probes = [ms for _, ms in clients.probe if ms is not None]
     busy = [s for s in clients.timeline.values() if s.get("accepted")]
     return {
@@ -67,9 +71,13 @@ def summary(out: Path, clients: Clients) -> dict[str, Any]:
         "peak_accepted_per_s": max((s.get("accepted", 0) for s in busy), default=0),
         "retries": clients.retries,
         "refused": clients.refused,
-        "vote_to_screen": {"samples": len(probes), "lost": len(clients.probe) - len(probes),
-                           "p50_ms": percentile(probes, 0.5), "p99_ms": percentile(probes, 0.99),
-                           "max_ms": max(probes, default=math.nan)},
+        "vote_to_screen": {
+            "samples": len(probes),
+            "lost": len(clients.probe) - len(probes),
+            "p50_ms": percentile(probes, 0.5),
+            "p99_ms": percentile(probes, 0.99),
+            "max_ms": max(probes, default=math.nan),
+        },
     }
 
 
@@ -144,13 +152,25 @@ def chart(out: Path, clients: Clients, path: Path) -> None:
 
     fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(11, 9), sharex=True)
     if shape:
-        ax1.plot([t - t0 for t, _, _ in shape], [r for _, r, _ in shape], label="offered (target)",
-                 drawstyle="steps-post", color="0.5")
+        ax1.plot(
+            [t - t0 for t, _, _ in shape],
+            [r for _, r, _ in shape],
+            label="offered (target)",
+            drawstyle="steps-post",
+            color="0.5",
+        )
     secs = sorted(clients.timeline)
-    ax1.plot([s - t0 for s in secs], [clients.timeline[s].get("sent", 0) for s in secs],
-             label="sent (incl. retries)", alpha=0.7)
-    ax1.plot([s - t0 for s in secs], [clients.timeline[s].get("accepted", 0) for s in secs],
-             label="accepted (202)")
+    ax1.plot(
+        [s - t0 for s in secs],
+        [clients.timeline[s].get("sent", 0) for s in secs],
+        label="sent (incl. retries)",
+        alpha=0.7,
+    )
+    ax1.plot(
+        [s - t0 for s in secs],
+        [clients.timeline[s].get("accepted", 0) for s in secs],
+        label="accepted (202)",
+    )
     ax1.set_ylabel("votes / s")
     ax1.legend(loc="upper left")
     ax1.grid(alpha=0.3)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import msgspec
 from prometheus_client import CollectorRegistry
@@ -175,7 +176,9 @@ class LiveTally:
         return await self._last_update(poll)
 
     async def _last_update(self, poll: str) -> TallyUpdate:
-        for _, fields in await self.redis.xrevrange(self.keys.updates, count=100):
+        # redis-py types stream replies loosely; decode_responses is off, so bytes.
+        entries: Any = await self.redis.xrevrange(self.keys.updates, count=100)
+        for _, fields in entries:
             u = decode_update(fields[b"d"])
             if u.poll == poll:
                 return u

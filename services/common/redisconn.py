@@ -11,10 +11,12 @@ from __future__ import annotations
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from hiredis import pack_command
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
 AnyRedis = Redis | RedisCluster
@@ -100,3 +102,50 @@ def connect(url: str, **kwargs: Any) -> Redis:
 
 def is_cluster(client: object) -> bool:
     return isinstance(client, RedisCluster)
+
+
+class ReplicasBehind(RedisError):
+    """``WAIT`` returned before enough replicas confirmed."""
+
+
+async def wait_replicas(client: Redis, key: str, replicas: int, timeout_ms: int) -> None:
+    """Return once ``replicas`` replicas of the node holding ``key`` have everything that
+    node executed so far; raise :class:`ReplicasBehind` past ``timeout_ms``.
+
+    WAIT covers the writes made on its own connection, so one tiny write to a key of
+    the same slot goes first on that connection: the WAIT then covers every write the
+    node had executed before it, whichever connection made them.
+    """
+    payload = pack_command(("SET", f"{key}:ack", b"1", "PX", 60_000)) + pack_command(  # type: ignore[arg-type]
+        ("WAIT", replicas, timeout_ms)  # type: ignore[arg-type]
+    )
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+        node = client.get_node_from_key(key)
+        if node is None:
+            raise ReplicasBehind(f"no primary serves {key}")
+        conn = node.acquire_connection()
+        try:
+            reached = await _send_wait(conn, payload)
+        finally:
+            node.release(conn)
+    else:
+        pool = client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            reached = await _send_wait(conn, payload)
+        finally:
+            await pool.release(conn)
+    if reached < replicas:
+        raise ReplicasBehind(f"WAIT reached {reached} of {replicas} replicas")
+
+
+async def _send_wait(conn: Any, payload: bytes) -> int:
+    try:
+        await conn.send_packed_command(payload, check_health=False)
+        await conn.read_response()
+        return int(await conn.read_response())
+    except BaseException:
+        # The connection's read position is unknown now: never reuse it.
+        await conn.disconnect()
+        raise

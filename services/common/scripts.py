@@ -179,7 +179,7 @@ def decode_vote(reply: Sequence[Any]) -> VoteResult:
     except (TypeError, ValueError, KeyError) as exc:
         raise ScriptReplyError(f"vote_batch.lua answered {reply!r}") from exc
     if outcome is VoteOutcome.ACCEPTED or outcome is VoteOutcome.REPLAYED:
-        return VoteResult(outcome, accepted=int(value))
+        return VoteResult(outcome, int(value))  # positional: this is every vote's path
     if outcome is VoteOutcome.NOT_OPEN:
         return VoteResult(outcome, state=value.decode() if isinstance(value, bytes) else str(value))
     if outcome is VoteOutcome.RATE_LIMITED:

@@ -34,6 +34,12 @@ class CommonSettings(BaseSettings):
     """SO_REUSEPORT: several processes of one tier share a port on a node (EC2 user data)."""
     log_level: str = "INFO"
     shutdown_timeout_s: float = 10.0
+    ack_replicas: int = Field(0, ge=0, le=5)
+    """Replicas that must hold a write before it counts as done: ingest's 202 (one WAIT
+    per pipeline per node), the tally's copy of an outbox entry into PostgreSQL."""
+    ack_timeout_ms: int = Field(500, ge=1)
+    """How long WAIT may take; past it votes get 503 (the client retries) and the
+    PostgreSQL writer retries its batch."""
 
     def keys(self) -> Keys:
         return Keys(prefix=self.key_prefix, partitions=self.partitions)
@@ -57,10 +63,6 @@ class IngestSettings(CommonSettings):
     max_pipelines: int = 4
     """Pipelines to Redis in flight at once; votes arriving meanwhile wait for the next."""
     dedupe_ttl_s: int = 6 * 3600
-    ack_replicas: int = Field(0, ge=0, le=5)
-    """Replicas that must hold a vote (Redis WAIT, one per pipeline per node) before its 202."""
-    ack_timeout_ms: int = Field(500, ge=1)
-    """How long WAIT may take; past it the pipeline's votes get 503 and the client retries."""
     max_body_bytes: int = 4096
     poll_cache_ttl_s: float = 1.0
     access_log: bool = False

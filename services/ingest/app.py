@@ -44,33 +44,51 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     # Short timeouts: a vote waiting on a Redis that is away must turn into a 503
     # with Retry-After quickly, not a client timeout.
     client = redisconn.connect(
-        settings.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0,
-        health_check_interval=0, max_connections=64,
+        settings.redis_url,
+        socket_timeout=2.0,
+        socket_connect_timeout=1.0,
+        health_check_interval=0,
+        max_connections=64,
     )
     app[REDIS] = client
     app[SCRIPTS] = Scripts.register(client)
     app[POLLS] = PollCache(client, app[KEYS], settings.poll_cache_ttl_s)
     transport = transport_for(client, settings.ack_replicas, settings.ack_timeout_ms)
     app[APPENDER] = appender = Appender(
-        client, app[SCRIPTS], app[KEYS], settings.max_inflight, settings.max_pipelines,
+        client,
+        app[SCRIPTS],
+        app[KEYS],
+        settings.max_inflight,
+        settings.max_pipelines,
         transport=transport,
     )
     monitor = BacklogMonitor(client, app[KEYS])
     app[BACKLOG] = monitor
     obs = app[OBS]
-    Gauge("buzzer_ingest_backlog", "Unapplied vote entries (all partitions)",
-          registry=obs.registry).set_function(lambda: monitor.backlog)
-    Gauge("buzzer_ingest_inflight", "Votes waiting for Redis", registry=obs.registry
-          ).set_function(lambda: appender.inflight)
-    Gauge("buzzer_ingest_pipeline_flushes", "Pipelines sent to Redis", registry=obs.registry
-          ).set_function(lambda: appender.flushes)
-    Gauge("buzzer_ingest_appends", "Votes sent to Redis in pipelines", registry=obs.registry
-          ).set_function(lambda: appender.sent)
-    sizes = Histogram("buzzer_ingest_pipeline_votes", "Votes per pipeline sent to Redis",
-                      buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024), registry=obs.registry)
-    rtt = Histogram("buzzer_ingest_pipeline_seconds", "Round trip of one pipeline to Redis",
-                    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
-                    registry=obs.registry)
+    Gauge(
+        "buzzer_ingest_backlog", "Unapplied vote entries (all partitions)", registry=obs.registry
+    ).set_function(lambda: monitor.backlog)
+    Gauge("buzzer_ingest_inflight", "Votes waiting for Redis", registry=obs.registry).set_function(
+        lambda: appender.inflight
+    )
+    Gauge(
+        "buzzer_ingest_pipeline_flushes", "Pipelines sent to Redis", registry=obs.registry
+    ).set_function(lambda: appender.flushes)
+    Gauge(
+        "buzzer_ingest_appends", "Votes sent to Redis in pipelines", registry=obs.registry
+    ).set_function(lambda: appender.sent)
+    sizes = Histogram(
+        "buzzer_ingest_pipeline_votes",
+        "Votes per pipeline sent to Redis",
+        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024),
+        registry=obs.registry,
+    )
+    rtt = Histogram(
+        "buzzer_ingest_pipeline_seconds",
+        "Round trip of one pipeline to Redis",
+        buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+        registry=obs.registry,
+    )
 
     def observe(votes: int, seconds: float) -> None:
         sizes.observe(votes)
@@ -84,8 +102,11 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     await client.aclose()
     log.info(
         "ingest stopped",
-        extra={"appended": appender.sent, "pipelines": appender.flushes,
-               "unanswered": appender.inflight},
+        extra={
+            "appended": appender.sent,
+            "pipelines": appender.flushes,
+            "unanswered": appender.inflight,
+        },
     )
 
 
@@ -120,8 +141,11 @@ def create_app(settings: IngestSettings) -> web.Application:
         await app[PG].fetchval("SELECT 1")
 
     setup_observability(
-        app, "ingest", {"redis": redis_check, "postgres": pg_check},
-        optional=frozenset({"postgres"}), with_middleware=False,
+        app,
+        "ingest",
+        {"redis": redis_check, "postgres": pg_check},
+        optional=frozenset({"postgres"}),
+        with_middleware=False,
     )
     app.middlewares.append(edge_middleware)
     app.cleanup_ctx.append(redis_ctx)

@@ -75,7 +75,9 @@ class Voters:
         for _attempt in range(600):
             try:
                 async with session.post(
-                    f"{url}/v1/polls/{self.poll}/votes", json=body, headers=headers,
+                    f"{url}/v1/polls/{self.poll}/votes",
+                    json=body,
+                    headers=headers,
                     timeout=aiohttp.ClientTimeout(total=10),
                 ) as r:
                     self.statuses[r.status] += 1
@@ -106,15 +108,33 @@ def shard_ports(cluster: LocalCluster, keys: Keys) -> dict[int, int]:
 async def setup_poll(rs: RunningStack, devices: int = 200) -> tuple[str, list[str]]:
     base = rs.ingest_urls[0]
     async with aiohttp.ClientSession() as s:
-        show = await api(s, "POST", f"{base}/v1/admin/shows", headers=rs.admin_headers,
-                         json={"name": "cluster"}, expect=201)
-        poll = await api(s, "POST", f"{base}/v1/admin/polls", headers=rs.admin_headers, json={
-            "show_id": show["id"], "title": "failover",
-            "options": [{"key": f"o{i}", "label": f"Option {i}"} for i in range(OPTIONS)],
-            "max_votes_per_device": None, "max_count": 100}, expect=201)
+        show = await api(
+            s,
+            "POST",
+            f"{base}/v1/admin/shows",
+            headers=rs.admin_headers,
+            json={"name": "cluster"},
+            expect=201,
+        )
+        poll = await api(
+            s,
+            "POST",
+            f"{base}/v1/admin/polls",
+            headers=rs.admin_headers,
+            json={
+                "show_id": show["id"],
+                "title": "failover",
+                "options": [{"key": f"o{i}", "label": f"Option {i}"} for i in range(OPTIONS)],
+                "max_votes_per_device": None,
+                "max_count": 100,
+            },
+            expect=201,
+        )
         await api(s, "POST", f"{base}/v1/admin/polls/{poll['id']}/open", headers=rs.admin_headers)
-        tokens = [(await api(s, "POST", f"{base}/v1/devices", expect=201))["token"]
-                  for _ in range(devices)]
+        tokens = [
+            (await api(s, "POST", f"{base}/v1/devices", expect=201))["token"]
+            for _ in range(devices)
+        ]
     return poll["id"], tokens
 
 
@@ -143,20 +163,23 @@ async def close_and_final(rs: RunningStack, poll: str) -> dict[str, Any]:
     async with aiohttp.ClientSession() as s:
 
         async def closed() -> bool:
-            async with s.post(f"{base}/v1/admin/polls/{poll}/close",
-                              headers=rs.admin_headers) as r:
+            async with s.post(f"{base}/v1/admin/polls/{poll}/close", headers=rs.admin_headers) as r:
                 return r.status == 200
 
         await eventually(closed, timeout=30, interval=0.2)
 
         async def final() -> bool:
-            async with s.get(f"{base}/v1/admin/polls/{poll}/result.json",
-                             headers=rs.admin_headers) as r:
+            async with s.get(
+                f"{base}/v1/admin/polls/{poll}/result.json", headers=rs.admin_headers
+            ) as r:
                 return r.status == 200 and bool((await r.json()).get("final"))
 
         await eventually(final, timeout=60, interval=0.2)
-        return dict(await api(s, "GET", f"{base}/v1/admin/polls/{poll}/result.json",
-                              headers=rs.admin_headers))
+        return dict(
+            await api(
+                s, "GET", f"{base}/v1/admin/polls/{poll}/result.json", headers=rs.admin_headers
+            )
+        )
 
 
 def kill_tally(rs: RunningStack) -> None:

@@ -28,7 +28,7 @@ from tests.support.stack import RunningStack, local_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
-VOTES = 5000
+VOTES = 3000
 CONCURRENCY = 32
 
 
@@ -74,7 +74,9 @@ async def _at_least(voters: Voters, n: int) -> bool:
 
 def _stack(tmp_path: Path, cluster: LocalCluster, ack: int, database: str) -> object:
     return local_stack(
-        tmp_path, database=database, ingest=2,
+        tmp_path,
+        database=database,
+        ingest=2,
         extra_env={
             "REDIS_URL": cluster.url,
             "BUZZER_ACK_REPLICAS": str(ack),

@@ -29,7 +29,9 @@ def test_twenty_thousand_votes_are_counted_exactly_on_a_cluster(
     tmp_path: Path, redis_cluster: LocalCluster
 ) -> None:
     with local_stack(
-        tmp_path, database="buzzer_test_cluster", ingest=2,
+        tmp_path,
+        database="buzzer_test_cluster",
+        ingest=2,
         extra_env={"REDIS_URL": redis_cluster.url},
     ) as rs:
         asyncio.run(run_pipeline(rs))

@@ -19,8 +19,8 @@ import redis.asyncio as aioredis
 from buzzer.ports import free_port
 from services.common.messages import Keys, VoteEntry
 from tests.conftest import PG_ADMIN_DSN, REDIS_URL
-from tests.support.stack import api
 from tests.support import delete_prefix, eventually
+from tests.support.stack import api
 
 pytestmark = pytest.mark.e2e
 

@@ -18,8 +18,8 @@ import pytest
 from services.common.messages import Keys
 from services.common.redisconn import connect
 from tests.conftest import REDIS_URL
-from tests.support.stack import RunningStack, api, create_open_poll, local_stack
 from tests.support import eventually
+from tests.support.stack import RunningStack, api, create_open_poll, local_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 
 from tests.e2e.test_pipeline import pg_totals, redis_counts
-from tests.support.stack import RunningStack, api, create_open_poll, local_stack
 from tests.support import eventually
+from tests.support.stack import RunningStack, api, create_open_poll, local_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

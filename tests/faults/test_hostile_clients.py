@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
+from tests.support import eventually
 from tests.support.faults import VoteLog, new_devices, open_poll, p99, post_vote
 from tests.support.stack import RunningStack, local_stack
-from tests.support import eventually
 
 pytestmark = [
     pytest.mark.e2e,

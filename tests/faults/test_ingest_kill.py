@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import REDIS_URL
+from tests.support import eventually
 from tests.support.faults import (
     VoteLog,
     child,
@@ -22,7 +23,6 @@ from tests.support.faults import (
     post_vote,
 )
 from tests.support.stack import RunningStack, local_stack
-from tests.support import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import REDIS_URL
+from tests.support import eventually
 from tests.support.faults import (
     VoteLog,
     backlog,
@@ -28,7 +29,6 @@ from tests.support.faults import (
     rss_kb,
 )
 from tests.support.stack import RunningStack, local_stack
-from tests.support import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 

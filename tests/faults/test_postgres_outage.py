@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import PG_ADMIN_DSN, REDIS_URL
+from tests.support import eventually
 from tests.support.faults import (
     TcpProxy,
     VoteLog,
@@ -26,7 +27,6 @@ from tests.support.faults import (
     post_vote,
 )
 from tests.support.stack import RunningStack, local_stack
-from tests.support import eventually
 
 OUTAGE_S = env_flag("BUZZER_FAULT_PG_OUTAGE_S", 30.0)
 """The issue's 30 s; set the variable to shorten it while iterating."""

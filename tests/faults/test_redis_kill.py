@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.support import eventually
 from tests.support.faults import (
     PrivateRedis,
     VoteLog,
@@ -24,7 +25,6 @@ from tests.support.faults import (
     private_redis,
 )
 from tests.support.stack import RunningStack, local_stack
-from tests.support import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

@@ -11,8 +11,8 @@ import msgspec
 import pytest
 
 from services.common.messages import PG_GROUP, AppliedBatch, Delta, decode_applied
-from services.tally.store import Outboxed
 from services.tally.service import Tally
+from services.tally.store import Outboxed
 from services.tally.streams import GroupReader, parse_id
 from services.tally.trimmer import trim_stream
 from tests.support.tally import (

@@ -195,3 +195,79 @@ def test_user_data_runs_only_real_buzzer_commands(tier: str) -> None:
     for command in commands:
         args = build_parser().parse_args(shlex.split(command))
         assert callable(args.func), command
+
+
+def test_cli_plan_says_instances_and_the_binding_resource(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run_cli("plan", str(EXAMPLE), "--offline") == 0
+    lines = capsys.readouterr().out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("time (UTC)"))
+    # The unit sits right above the tier columns it applies to.
+    units, columns = lines[head - 1], lines[head]
+    assert "instances per tier" in units
+    span = units.strip("- ").strip()
+    assert columns.index("haproxy") >= units.index("-") and "push" in columns
+    assert span.startswith("instances per tier")
+    # Time and step columns line up with the header.
+    row = next(line for line in lines if "cta-final" in line)
+    assert row.index("cta-final") == columns.index("step")
+
+    peak = next(i for i, line in enumerate(lines) if line.startswith("tier"))
+    assert "instances" in lines[peak] and "binding resource" in lines[peak]
+    column = lines[peak].index("binding resource")
+    rows = {line.split()[0]: line for line in lines[peak + 1 : peak + 5]}
+    assert set(rows) == {"haproxy", "ingest", "tally", "push"}
+    sheet = load(EXAMPLE)
+    tl = timeline.build(sheet)
+    for tier, line in rows.items():
+        assert line.split()[1] == f"{tl.peak.get(tier):,}", line
+        assert line[column:] == tl.peak.binding[tier], line
+    assert "8 cores" in rows["haproxy"] and "4 processes" in rows["push"]
+    assert rows["haproxy"][column:].startswith("concurrent connections: 3,300,000")
+    assert rows["push"][column:] == "viewers: 3,000,000 / (10,000 per process x 0.6)"
+
+
+def test_cli_help_shows_defaults() -> None:
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers())
+    infra = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = next(
+        a for a in infra.choices["infra"]._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+                assert action.help and "default" in action.help, (name, action.option_strings)
+    assert "(default: 8)" in sub.choices["plan"].format_help()
+
+
+def test_chart_draws_capacity_and_load_in_one_unit_per_tier() -> None:
+    from infra import chart
+    from infra.capacity import measure
+
+    sheet = load(EXAMPLE)
+    tl = timeline.build(sheet)
+    fig = chart.figure(tl)
+    # One y-axis per tier: no twin axes with a second, unrelated unit.
+    assert len(fig.axes) == 4
+    units = {ax.get_title(loc="left").split(" ")[0]: ax.get_ylabel() for ax in fig.axes}
+    assert units == {"haproxy": "concurrent connections", "ingest": "votes/s",
+                     "tally": "votes/s", "push": "viewers"}  # fmt: skip
+    for ax in fig.axes:
+        tier = ax.get_title(loc="left").split(" ")[0]
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        capacity = list(lines["capacity (100 %)"].get_ydata())
+        load_ = list(lines["expected load"].get_ydata())
+        m = measure(sheet, tier, tl.peak.binding["haproxy"])  # type: ignore[arg-type]
+        # Capacity is instances x what one instance carries, in the load's own unit.
+        assert max(capacity) == tl.peak.get(tier) * m.per_instance  # type: ignore[arg-type]
+        # Not "<= capacity x headroom": the expected load adds the baseline to a poll's
+        # peak, which the plan sizes alone, so HAProxy's busiest minute is at 60.1 %.
+        assert 0 < max(load_) < max(capacity), tier
+        # The busiest moment is in the title with its share of capacity.
+        assert "of capacity" in ax.get_title(loc="left")
+    ingest = next(ax for ax in fig.axes if ax.get_title(loc="left").startswith("ingest"))
+    load_ = list({ln.get_label(): ln for ln in ingest.get_lines()}["expected load"].get_ydata())
+    final = next(p for p in sheet.polls if p.id == "final")
+    assert max(load_) == pytest.approx(tl.votes_at(final.call_to_action))

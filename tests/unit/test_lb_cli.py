@@ -41,3 +41,57 @@ def test_render_prints_config_with_plan_maxconn(capsys: pytest.CaptureFixture[st
 
     expected = plan(PlanInputs(peak_votes_per_s=1000, viewers=300_000), PROFILES["historical"])
     assert f"\n    maxconn {expected.maxconn_per_node}\n" in out
+
+
+def _subparser(*names: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    for name in names:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return parser
+
+
+def test_plan_table_says_units_and_names_the_binding_resource(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = parse("lb", "plan", "--peak-votes", "50000", "--viewers", "2000000",
+                 "--tls", "--resumption", "0.7", "--profile", "historical")  # fmt: skip
+    assert args.func(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head = next(line for line in lines if line.startswith("tier"))
+    assert head.split("  ")[0] == "tier" and "count" in head and "unit" in head
+    column = head.index("binding resource")
+    body = lines[lines.index(head) + 1 : lines.index("arithmetic:")]
+    rows = {line.split()[0]: line for line in body if line.strip()}
+    haproxy = rows["haproxy"]
+    # The bug this guards: "haproxy nodes 36 concurrent connections" read as 36 connections.
+    assert "nodes (1 core each)" in haproxy
+    assert haproxy[column:] == "concurrent connections", haproxy
+    # 2,125,000 connections at 30,000 per node and 60 %: 81 nodes by rate, 119 by
+    # concurrent connections.
+    assert haproxy.split()[1] == "119"
+    assert "processes" in rows["ingest"] and rows["ingest"][column:] == "votes/s per process"
+    assert "processes" in rows["push"] and rows["push"][column:] == "viewers per process"
+    assert "consumer processes" in rows["tally"]
+    maxconn = next(line for line in lines if "max connections per node" in line)
+    assert maxconn.split()[0] == "29,762"
+
+
+@pytest.mark.parametrize("command", ["plan", "render", "apply", "sync"])
+def test_help_shows_every_default(command: str) -> None:
+    parser = _subparser("lb", command)
+    for action in parser._actions:
+        if not action.option_strings or action.default in (None, False, [], argparse.SUPPRESS):
+            continue
+        assert action.help and "default" in action.help, (command, action.option_strings)
+    text = parser.format_help()
+    assert "(default:" in text
+
+
+def test_plan_help_explains_new_conn_share() -> None:
+    text = " ".join(_subparser("lb", "plan").format_help().split())
+    assert (
+        "--new-conn-share SHARE share (0 to 1) of vote requests that open a new connection" in text
+    )
+    assert "(default: 0.5)" in text and "votes per second at the peak (default: 5000)" in text
