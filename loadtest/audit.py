@@ -141,9 +141,10 @@ def read_server(plan: Plan, redis_url: str, dsn: str, prefix: str, partitions: i
     import redis as redis_sync
 
     from services.common.messages import PG_GROUP, TALLY_GROUP, Keys
+    from services.common.redisconn import connect_sync
 
     keys = Keys(prefix=prefix, partitions=partitions)
-    r = redis_sync.Redis.from_url(redis_url)
+    r = connect_sync(redis_url)
     try:
         live: dict[str, dict[str, int]] = {}
         for p in plan.polls:

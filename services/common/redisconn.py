@@ -100,6 +100,25 @@ def connect(url: str, **kwargs: Any) -> Redis:
     return cast(Redis, cluster)
 
 
+def connect_sync(url: str, **kwargs: Any) -> Any:
+    """A blocking client for ``url`` (tools: the load test's audit), one server or a cluster."""
+    import redis as redis_sync
+    from redis.cluster import ClusterNode as SyncClusterNode
+    from redis.cluster import RedisCluster as SyncRedisCluster
+
+    if not is_cluster_url(url):
+        return redis_sync.Redis.from_url(url, **kwargs)
+    parts = urlsplit(url)
+    return SyncRedisCluster(
+        startup_nodes=[SyncClusterNode(h, p) for h, p in seed_nodes(url)],
+        require_full_coverage=False,
+        username=parts.username,
+        password=parts.password,
+        ssl=parts.scheme.startswith("rediss"),
+        **kwargs,
+    )
+
+
 def is_cluster(client: object) -> bool:
     return isinstance(client, RedisCluster)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,6 +56,12 @@ class IngestSettings(CommonSettings):
     token_ttl_s: int = 30 * 24 * 3600
     token_audience: str = "buzzer-vote"
     admin_token: SecretStr = Field(default_factory=lambda: _ephemeral("BUZZER_ADMIN_TOKEN"))
+    """The operator named ``admin``."""
+    operator_tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    """More named operators (JSON object name -> token); their names go in the audit log."""
+    operator_tokens_file: Path | None = None
+    """A JSON file of name -> token (mode 600), re-read when it changes: rotation needs no
+    restart."""
     device_rate_per_s: int = 20
     max_backlog: int = 200_000
     """Unapplied stream entries over all partitions above which votes get 503."""
@@ -114,6 +121,9 @@ class PushSettings(CommonSettings):
     """This process's field in the viewers hash."""
     admin_token: SecretStr = Field(default_factory=lambda: _ephemeral("BUZZER_ADMIN_TOKEN"))
     """For ``GET /v1/ops``; the same token as the admin API."""
+    operator_tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    """The same named operators as the admin API's, also for ``GET /v1/ops``."""
+    operator_tokens_file: Path | None = None
     admin_api_base: str = ""
     """Where the console finds the admin API; empty: same origin (through HAProxy)."""
     require_token: bool = False
@@ -122,7 +132,11 @@ class PushSettings(CommonSettings):
     token_secrets_previous: list[SecretStr] = Field(default_factory=list)
     token_audience: str = "buzzer-vote"
     max_connections: int = Field(10_000, ge=1)
-    max_connections_per_ip: int = Field(100, ge=1)
+    max_connections_per_ip: int = Field(5000, ge=1)
+    """Sockets from one address. Thousands of phones share one behind carrier-grade NAT,
+    so this only stops one machine hoarding slots; docs/operations.md says how to size it."""
+    max_connections_per_device: int = Field(5, ge=1)
+    """Sockets with one device token (a phone, its tabs and a reconnect overlapping)."""
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
     """Peers whose X-Forwarded-For names the client (HAProxy); anyone else is the client."""
     allowed_origins: list[str] = Field(default_factory=list)

@@ -1,4 +1,4 @@
-"""Who is calling: device tokens and the admin token, for ingest and push alike.
+"""Who is calling: device tokens and the named operator tokens, for ingest and push alike.
 
 Device tokens are HMAC-signed JWTs (HS256) with expiry, audience and a key id.
 Rotation: new tokens are signed with the current secret; verification also accepts
@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import logging
+import re
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import jwt
 from pydantic import SecretStr
+
+log = logging.getLogger("buzzer.tokens")
 
 
 class InvalidToken(Exception):
@@ -116,7 +122,124 @@ def bearer_token(authorization: str) -> str | None:
     return token
 
 
-def admin_token_matches(given: str, admin_token: SecretStr) -> bool:
-    """The one admin-token check of every process and route."""
-    # Constant time, so the token cannot be guessed byte by byte from timings.
-    return hmac.compare_digest(given.encode(), admin_token.get_secret_value().encode())
+def operator_of(given: str, tokens: Sequence[tuple[str, bytes]]) -> str | None:
+    """The one admin check of every process and route: the name of the operator whose
+    token ``given`` is, or None."""
+    # Constant time, so a token cannot be guessed byte by byte from timings: every
+    # configured token is compared, with no early exit, whichever one matches.
+    # surrogatepass: a header with undecodable bytes is no token, never an exception.
+    raw = given.encode("utf-8", "surrogatepass")
+    found = None
+    for name, token in tokens:
+        if hmac.compare_digest(raw, token):
+            found = name
+    return found
+
+
+class OperatorFileError(ValueError):
+    pass
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}")
+
+
+def _operator_tokens(named: Mapping[str, str], origin: str) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    seen: set[str] = set()
+    for name, token in named.items():
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise OperatorFileError(f"{origin}: operator name {name!r} is not a short plain name")
+        if not isinstance(token, str) or len(token) < 16:
+            raise OperatorFileError(f"{origin}: token of {name!r} must be 16 characters or more")
+        if token in seen:
+            # Two names on one token would make "who" unknowable.
+            raise OperatorFileError(f"{origin}: token of {name!r} is also another operator's")
+        seen.add(token)
+        out[name] = token.encode()
+    return out
+
+
+def read_operator_file(path: Path) -> dict[str, bytes]:
+    """Operator name -> token from a JSON object file that only its owner may read."""
+    st = path.stat()
+    if st.st_mode & 0o077:
+        raise OperatorFileError(f"{path}: mode {st.st_mode & 0o777:o}, must be 600")
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise OperatorFileError(f"{path}: not a JSON object of name -> token") from exc
+    if not isinstance(data, dict):
+        raise OperatorFileError(f"{path}: not a JSON object of name -> token")
+    return _operator_tokens(data, str(path))
+
+
+class Operators:
+    """The named operator tokens of the admin API: ``admin`` (``BUZZER_ADMIN_TOKEN``),
+    those of ``BUZZER_OPERATOR_TOKENS``, and those of ``BUZZER_OPERATOR_TOKENS_FILE``.
+
+    The file is looked at on every check (a ``stat``: admin calls are few), and re-read
+    when it changed, so a token is added, rotated or revoked without a restart. A file
+    that turns unreadable, malformed or group-readable keeps the previous set in force
+    and is reported once per change.
+    """
+
+    def __init__(
+        self,
+        admin_token: SecretStr | None = None,
+        tokens: Mapping[str, SecretStr] | None = None,
+        file: Path | None = None,
+    ) -> None:
+        self._fixed = _operator_tokens(
+            {name: t.get_secret_value() for name, t in (tokens or {}).items()},
+            "BUZZER_OPERATOR_TOKENS",
+        )
+        admin = admin_token.get_secret_value() if admin_token else ""
+        if admin:
+            # Predates the rules above (and may be short): checked as it is.
+            self._fixed["admin"] = admin.encode()
+        self._file = file
+        self._stamp: tuple[int, ...] | None = None
+        self._from_file: dict[str, bytes] = {}
+        self._all: list[tuple[str, bytes]] = list(self._fixed.items())
+        if file is not None:
+            # At start a bad file is fatal: better no process than one without its operators.
+            self._stamp = self._stat()
+            self._from_file = read_operator_file(file)
+            self._merge()
+
+    def _stat(self) -> tuple[int, ...] | None:
+        assert self._file is not None
+        try:
+            st = self._file.stat()
+        except OSError:
+            return None
+        # ctime and mode too: a chmod to 600 alone makes a refused file good.
+        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_mode)
+
+    def _merge(self) -> None:
+        merged = dict(self._from_file)
+        merged.update(self._fixed)  # settings win over the file for one name
+        self._all = list(merged.items())
+
+    def refresh(self) -> None:
+        """Re-read the file if it changed since it was last read."""
+        if self._file is None:
+            return
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            if stamp is None:
+                raise OperatorFileError(f"{self._file}: cannot be read")
+            self._from_file = read_operator_file(self._file)
+        except (OSError, OperatorFileError) as exc:
+            log.warning("operator tokens file not reloaded", extra={"error": str(exc)})
+            return
+        self._merge()
+        log.info("operator tokens reloaded", extra={"operators": sorted(self._from_file)})
+
+    def operator(self, given: str) -> str | None:
+        """Who ``given`` belongs to, or None."""
+        self.refresh()
+        return operator_of(given, self._all)

@@ -17,14 +17,15 @@ from services.common.db import LazyPool
 from services.common.observability import OBS, setup_observability
 from services.common.scripts import Scripts
 from services.common.settings import IngestSettings
-from services.common.tokens import TokenService
+from services.common.tokens import Operators, TokenService
 from services.ingest.appender import Appender
 from services.ingest.gateway.edge import edge_middleware
+from services.ingest.gateway.limits import HANDLER_ARGS
 from services.ingest.keys import (
-    ADMIN_TOKEN,
     APPENDER,
     BACKLOG,
     KEYS,
+    OPERATORS,
     PG,
     POLLS,
     REDIS,
@@ -123,7 +124,7 @@ async def pg_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: IngestSettings) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    app = web.Application(client_max_size=settings.max_body_bytes, handler_args=HANDLER_ARGS)
     app[SETTINGS] = settings
     app[KEYS] = settings.keys()
     app[TOKEN_SERVICE] = TokenService(
@@ -132,7 +133,9 @@ def create_app(settings: IngestSettings) -> web.Application:
         audience=settings.token_audience,
         ttl_s=settings.token_ttl_s,
     )
-    app[ADMIN_TOKEN] = settings.admin_token
+    app[OPERATORS] = Operators(
+        settings.admin_token, settings.operator_tokens, settings.operator_tokens_file
+    )
 
     async def redis_check() -> None:
         await app[REDIS].ping()

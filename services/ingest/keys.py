@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncpg
 from aiohttp import web
-from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from services.common.messages import Keys
 from services.common.scripts import Scripts
 from services.common.settings import IngestSettings
-from services.common.tokens import TokenService
+from services.common.tokens import Operators, TokenService
 from services.ingest.appender import Appender
 from services.ingest.monitor import BacklogMonitor, PollCache
 
@@ -24,4 +23,4 @@ POLLS = web.AppKey("poll_cache", PollCache)
 BACKLOG = web.AppKey("backlog", BacklogMonitor)
 PG = web.AppKey("pg", asyncpg.Pool)
 TOKEN_SERVICE = web.AppKey("token_service", TokenService)
-ADMIN_TOKEN = web.AppKey("admin_token", SecretStr)
+OPERATORS = web.AppKey("operators", Operators)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.ingest.gateway import admin, polls
+from services.ingest.gateway import admin, audit, polls
 from services.ingest.gateway.auth import post_device
 from services.ingest.gateway.openapi import build
 from services.ingest.gateway.schemas import json_response
@@ -29,3 +29,4 @@ def setup_routes(app: web.Application) -> None:
     r.add_post("/v1/admin/polls/{poll}/close", admin.close_poll)
     r.add_get("/v1/admin/polls/{poll}/result.json", admin.result_json, allow_head=False)
     r.add_get("/v1/admin/polls/{poll}/result.csv", admin.result_csv, allow_head=False)
+    r.add_get("/v1/admin/audit", audit.list_audit, allow_head=False)

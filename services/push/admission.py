@@ -47,6 +47,17 @@ def request_token(request: web.Request) -> str | None:
     return request.query.get("token")
 
 
+def device_of(request: web.Request, verify: Callable[[str], str] | None) -> str | None:
+    """The device id of the socket's token if it has a valid one, else None."""
+    token = request_token(request)
+    if not token or verify is None:
+        return None
+    try:
+        return verify(token)
+    except Exception:  # the verifier's own error type; a bad token is simply no device
+        return None
+
+
 def precheck(
     request: web.Request, settings: PushSettings, verify: Callable[[str], object] | None
 ) -> Refusal | None:
@@ -71,45 +82,62 @@ def precheck(
 
 
 class Admission:
-    """Connection slots: at most ``max_connections`` in this process and
-    ``max_per_ip`` from one address, counted from admission (before the upgrade
-    finishes), so a burst of handshakes cannot overshoot either bound.
+    """Connection slots: at most ``max_connections`` in this process; a socket opened
+    with a valid device token counts against its device (``max_per_device``), any other
+    against its source address (``max_per_ip``). Counted from admission (before the
+    upgrade finishes), so a burst of handshakes cannot overshoot a bound.
 
-    Every :meth:`admit` that returned ``None`` must be paired with one :meth:`release`.
+    Devices rather than addresses where possible: behind carrier-grade NAT thousands of
+    phones share one address, and a per-address bound low enough to stop one abuser
+    would turn them away. An unverified token proves nothing, so it counts per address.
+
+    Every :meth:`admit` that returned ``None`` must be paired with one :meth:`release`
+    with the same arguments.
     """
 
-    def __init__(self, max_connections: int, max_per_ip: int) -> None:
+    def __init__(self, max_connections: int, max_per_ip: int, max_per_device: int = 5) -> None:
         self.max_connections = max_connections
         self.max_per_ip = max_per_ip
+        self.max_per_device = max_per_device
         self.accepting = True
         self.reserved = 0
         self.per_ip: dict[str, int] = {}
+        self.per_device: dict[str, int] = {}
         self.rejected: dict[str, int] = {}
         """Refusals by close code name, for the metrics."""
 
-    def admit(self, ip: str) -> Refusal | None:
-        """Reserve a connection slot, or say why not (the caller closes with it)."""
+    def admit(self, ip: str, device: str | None = None) -> Refusal | None:
+        """Reserve a connection slot, or say why not (the caller closes with it).
+
+        :param device: the device id of a verified device token, if the socket has one
+        """
         if not self.accepting:
             return self._reject(Close.GOING_AWAY, "server shutting down")
         if self.reserved >= self.max_connections:
             return self._reject(Close.TRY_AGAIN_LATER, "server full, try again later")
-        n = self.per_ip.get(ip, 0)
-        if n >= self.max_per_ip:
-            return self._reject(
-                Close.TOO_MANY_FROM_ADDRESS, "too many connections from this address"
-            )
-        self.per_ip[ip] = n + 1
+        counts, key, limit = self._bucket(ip, device)
+        n = counts.get(key, 0)
+        if n >= limit:
+            reason = "this device" if device is not None else "this address"
+            return self._reject(Close.TOO_MANY_FROM_ADDRESS, f"too many connections from {reason}")
+        counts[key] = n + 1
         self.reserved += 1
         return None
+
+    def _bucket(self, ip: str, device: str | None) -> tuple[dict[str, int], str, int]:
+        if device is not None:
+            return self.per_device, device, self.max_per_device
+        return self.per_ip, ip, self.max_per_ip
 
     def _reject(self, code: Close, reason: str) -> Refusal:
         self.rejected[code.name] = self.rejected.get(code.name, 0) + 1
         return code, reason
 
-    def release(self, ip: str) -> None:
+    def release(self, ip: str, device: str | None = None) -> None:
         self.reserved -= 1
-        n = self.per_ip.get(ip, 1) - 1
+        counts, key, _ = self._bucket(ip, device)
+        n = counts.get(key, 1) - 1
         if n > 0:
-            self.per_ip[ip] = n
+            counts[key] = n
         else:
-            self.per_ip.pop(ip, None)
+            counts.pop(key, None)

@@ -17,10 +17,10 @@ from redis.exceptions import RedisError
 from services.common import redisconn
 from services.common.observability import OBS, setup_observability
 from services.common.settings import PushSettings
-from services.common.tokens import TokenService
+from services.common.tokens import Operators, TokenService
 from services.push.handlers import page_headers
 from services.push.hub import Hub
-from services.push.keys import HUB, KEYS, OPS, REDIS, SETTINGS, VERIFY_TOKEN, VIEWERS
+from services.push.keys import HUB, KEYS, OPERATORS, OPS, REDIS, SETTINGS, VERIFY_TOKEN, VIEWERS
 from services.push.ops import OpsReader, ViewerCount, remove_viewers, report_viewers
 from services.push.reader import UpdatesReader
 from services.push.routes import setup_routes
@@ -118,6 +118,7 @@ async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
         snapshot_cache_s=settings.snapshot_cache_ms / 1000,
         max_connections=settings.max_connections,
         max_connections_per_ip=settings.max_connections_per_ip,
+        max_connections_per_device=settings.max_connections_per_device,
         on_fanout=on_fanout,
     )
     app[HUB] = hub
@@ -202,8 +203,10 @@ def create_app(settings: PushSettings) -> web.Application:
     app[SETTINGS] = settings
     app[KEYS] = settings.keys()
     app[VIEWERS] = ViewerCount()
-    if settings.require_token:
-        app[VERIFY_TOKEN] = token_verifier(settings)
+    app[VERIFY_TOKEN] = token_verifier(settings)
+    app[OPERATORS] = Operators(
+        settings.admin_token, settings.operator_tokens, settings.operator_tokens_file
+    )
 
     async def redis_check() -> None:
         await app[REDIS].ping()

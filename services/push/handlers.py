@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 from pathlib import Path
@@ -12,11 +13,11 @@ from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
 
 from services.common.settings import PushSettings
-from services.common.tokens import admin_token_matches, bearer_token
+from services.common.tokens import bearer_token
 from services.push import protocol
-from services.push.admission import client_ip, precheck
+from services.push.admission import client_ip, device_of, precheck
 from services.push.hub import Client, Hub
-from services.push.keys import HUB, KEYS, OPS, REDIS, SETTINGS, VERIFY_TOKEN
+from services.push.keys import HUB, KEYS, OPERATORS, OPS, REDIS, SETTINGS, VERIFY_TOKEN
 from services.push.ops import read_viewers
 from services.push.protocol import POLL_ID, Close
 
@@ -43,7 +44,9 @@ async def _serve(request: web.Request, poll: str | None) -> web.WebSocketRespons
         timeout=settings.close_timeout_s,
     )
     ip = client_ip(request, settings.trusted_proxies)
-    reject = precheck(request, settings, request.app.get(VERIFY_TOKEN))
+    verify = request.app.get(VERIFY_TOKEN)
+    reject = precheck(request, settings, verify)
+    device = device_of(request, verify) if reject is None else None
     since: int | None = None
     if reject is None and poll is not None:
         try:
@@ -53,13 +56,13 @@ async def _serve(request: web.Request, poll: str | None) -> web.WebSocketRespons
             reject = Close.POLICY_VIOLATION, "since_version must be an integer"
     admitted = False
     if reject is None:
-        reject = hub.admission.admit(ip)
+        reject = hub.admission.admit(ip, device)
         admitted = reject is None
     try:
         await ws.prepare(request)
     except BaseException:
         if admitted:
-            hub.admission.release(ip)
+            hub.admission.release(ip, device)
         raise
     if reject is not None:
         # Upgrade first, then close: a browser sees a close code, never an HTTP status.
@@ -89,7 +92,7 @@ async def _serve(request: web.Request, poll: str | None) -> web.WebSocketRespons
         await _close(hub, client, ws, Close.INTERNAL_ERROR, "internal error")
     finally:
         hub.unregister(client)
-        hub.admission.release(ip)
+        hub.admission.release(ip, device)
     return ws
 
 
@@ -176,11 +179,18 @@ async def _receive(
             return
 
 
+def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    # Ends with a newline, like ingest's answers: a shell prompt after curl stays on its line.
+    return web.json_response(
+        data, status=status, headers=headers, dumps=lambda o: json.dumps(o) + "\n"
+    )
+
+
 async def ops(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     token = bearer_token(request.headers.get("Authorization", ""))
-    if token is None or not admin_token_matches(token, settings.admin_token):
-        return web.json_response(
+    if token is None or request.app[OPERATORS].operator(token) is None:
+        return _json(
             {"error": "unauthorized", "field": None, "message": "admin token required"}, status=401
         )
     app = request.app
@@ -189,11 +199,11 @@ async def ops(request: web.Request) -> web.Response:
     figures["viewers"] = await read_viewers(app[REDIS], app[KEYS], settings.viewers_interval_s)
     figures["viewers_here"] = len(hub.clients)
     figures["instance"] = settings.instance_id
-    return web.json_response(figures, headers={"Cache-Control": "no-store"})
+    return _json(figures, headers={"Cache-Control": "no-store"})
 
 
 async def config(request: web.Request) -> web.Response:
-    return web.json_response({"api_base": request.app[SETTINGS].admin_api_base})
+    return _json({"api_base": request.app[SETTINGS].admin_api_base})
 
 
 def _page(name: str) -> web.FileResponse:

@@ -163,7 +163,8 @@ class Hub:
         close_timeout_s: float = 3.0,
         snapshot_cache_s: float = 0.25,
         max_connections: int = 10_000,
-        max_connections_per_ip: int = 100,
+        max_connections_per_ip: int = 5000,
+        max_connections_per_device: int = 5,
         on_fanout: Callable[[float, float], None] | None = None,
     ) -> None:
         self.redis = redis
@@ -174,7 +175,9 @@ class Hub:
         self.idle_timeout = idle_timeout_s
         self.close_timeout = close_timeout_s
         self.snapshot_cache = snapshot_cache_s
-        self.admission = Admission(max_connections, max_connections_per_ip)
+        self.admission = Admission(
+            max_connections, max_connections_per_ip, max_connections_per_device
+        )
         self.on_fanout = on_fanout
         """Called with (seconds to write to all, seconds since the update's publication)."""
         self.clients: set[Client] = set()

@@ -28,7 +28,7 @@ from tests.support.stack import RunningStack, local_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
-VOTES = 3000
+VOTES = 2000
 CONCURRENCY = 32
 
 

@@ -313,13 +313,14 @@ def test_secrets_are_compared_in_constant_time() -> None:
     from services.ingest.gateway import auth
     from services.push import handlers as push_handlers
 
-    # The admin token has one check, hmac.compare_digest, which ingest and push both call;
+    # Operator tokens have one check, hmac.compare_digest, which ingest and push both call;
     # and no == or != on it anywhere.
-    assert "hmac.compare_digest(" in inspect.getsource(tokens.admin_token_matches)
+    assert "hmac.compare_digest(" in inspect.getsource(tokens.operator_of)
+    assert "operator_of(" in inspect.getsource(tokens.Operators.operator)
     for module in (tokens, auth, push_handlers):
         source = inspect.getsource(module)
         if module is not tokens:
-            assert "admin_token_matches(" in source, module.__name__
+            assert "[OPERATORS].operator(" in source, module.__name__
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.Compare):
                 text = ast.unparse(node)

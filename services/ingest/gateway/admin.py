@@ -20,6 +20,7 @@ from aiohttp import web
 from services.common.api import PollIn, ShowIn
 from services.common.messages import OptionDef, PollDef
 from services.common.polls import close_poll_redis, open_poll_redis, publish_poll
+from services.ingest.gateway import audit
 from services.ingest.gateway.errors import ApiError
 from services.ingest.gateway.schemas import json_response, read_body
 from services.ingest.keys import KEYS, PG, REDIS, SCRIPTS, SETTINGS
@@ -116,15 +117,18 @@ def _new_id(prefix: str) -> str:
 
 async def create_show(request: web.Request) -> web.Response:
     body = await read_body(request, ShowIn)
-    try:
-        row = await request.app[PG].fetchrow(
-            "INSERT INTO shows(id, name) VALUES ($1, $2) RETURNING *",
-            body.id or _new_id("s"),
-            body.name,
-        )
-    except asyncpg.UniqueViolationError as exc:
-        raise ApiError(409, "already_exists", f"show {body.id!r} exists", field="id") from exc
-    assert row is not None
+    pool: asyncpg.Pool = request.app[PG]
+    async with pool.acquire() as conn, conn.transaction():
+        try:
+            row = await conn.fetchrow(
+                "INSERT INTO shows(id, name) VALUES ($1, $2) RETURNING *",
+                body.id or _new_id("s"),
+                body.name,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise ApiError(409, "already_exists", f"show {body.id!r} exists", field="id") from exc
+        assert row is not None
+        await audit.record(conn, request, "create_show", row["id"], {"name": row["name"]})
     return json_response(ShowOut(id=row["id"], name=row["name"], created_at=row["created_at"]), 201)
 
 
@@ -164,6 +168,17 @@ async def create_poll(request: web.Request) -> web.Response:
             "INSERT INTO totals(poll_id, option_key, count) VALUES ($1, $2, 0)",
             [(poll_id, o.key) for o in body.options],
         )
+        await audit.record(
+            conn,
+            request,
+            "create_poll",
+            poll_id,
+            {
+                "show_id": body.show_id,
+                "title": body.title,
+                "options": [o.key for o in body.options],
+            },
+        )
     poll = await fetch_poll(pool, poll_id)
     await publish_poll(request.app[REDIS], request.app[KEYS], poll.to_def())
     return json_response(poll, 201)
@@ -190,14 +205,22 @@ async def open_poll(request: web.Request) -> web.Response:
     poll = await fetch_poll(pool, poll_id)
     if poll.state == "closed":
         raise ApiError(409, "poll_closed", "a closed poll cannot be reopened", field="poll")
-    if poll.state == "draft":
-        await pool.execute(
-            "UPDATE polls SET state = 'open', opened_at = now(), partitions = $2"
-            " WHERE id = $1 AND state = 'draft'",
-            poll_id,
-            app[SETTINGS].partitions,
+    async with pool.acquire() as conn, conn.transaction():
+        # Recorded also when repeated: the operator pressed it, and the log says it changed nothing.
+        changed = (
+            poll.state == "draft"
+            and (
+                await conn.execute(
+                    "UPDATE polls SET state = 'open', opened_at = now(), partitions = $2"
+                    " WHERE id = $1 AND state = 'draft'",
+                    poll_id,
+                    app[SETTINGS].partitions,
+                )
+            )
+            == "UPDATE 1"
         )
-        poll = await fetch_poll(pool, poll_id)
+        await audit.record(conn, request, "open_poll", poll_id, {"changed": changed})
+    poll = await fetch_poll(pool, poll_id)
     # Also on a repeated call: converges a previous call that failed half-way.
     await publish_poll(app[REDIS], app[KEYS], poll.to_def())
     await open_poll_redis(app[REDIS], app[KEYS], poll_id)
@@ -211,12 +234,20 @@ async def close_poll(request: web.Request) -> web.Response:
     poll = await fetch_poll(pool, poll_id)
     if poll.state == "draft":
         raise ApiError(409, "poll_not_open", "a draft poll cannot be closed", field="poll")
-    if poll.state == "open":
-        await pool.execute(
-            "UPDATE polls SET state = 'closed', closed_at = now() WHERE id = $1 AND state = 'open'",
-            poll_id,
+    async with pool.acquire() as conn, conn.transaction():
+        changed = (
+            poll.state == "open"
+            and (
+                await conn.execute(
+                    "UPDATE polls SET state = 'closed', closed_at = now()"
+                    " WHERE id = $1 AND state = 'open'",
+                    poll_id,
+                )
+            )
+            == "UPDATE 1"
         )
-        poll = await fetch_poll(pool, poll_id)
+        await audit.record(conn, request, "close_poll", poll_id, {"changed": changed})
+    poll = await fetch_poll(pool, poll_id)
     await publish_poll(app[REDIS], app[KEYS], poll.to_def())
     await close_poll_redis(app[REDIS], app[KEYS], app[SCRIPTS], poll_id)
     return json_response(poll)

@@ -1,4 +1,5 @@
-"""The gateway's one middleware: admin auth, JSON errors, security headers, metrics.
+"""The gateway's one middleware: size limits, admin auth, JSON errors, security headers,
+metrics.
 
 One layer instead of four: on the vote path every middleware layer is a coroutine
 frame per request, and this is the hottest path of the system.
@@ -14,6 +15,7 @@ from aiohttp import web
 from services.common.observability import OBS, route_name
 from services.ingest.gateway.auth import check_admin
 from services.ingest.gateway.errors import as_response
+from services.ingest.gateway.limits import check_sizes
 
 _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -29,6 +31,7 @@ async def edge_middleware(
 ) -> web.StreamResponse:
     start = time.perf_counter()
     try:
+        check_sizes(request)
         if request.path.startswith("/v1/admin/"):
             check_admin(request)
         response = await handler(request)

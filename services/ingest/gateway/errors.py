@@ -43,7 +43,7 @@ _HTTP_CODES = {
 def error_response(err: ApiError) -> web.Response:
     return web.Response(
         status=err.status,
-        body=_encoder.encode(err.body),
+        body=_encoder.encode(err.body) + b"\n",
         content_type="application/json",
         headers=err.headers,
     )

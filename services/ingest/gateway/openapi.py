@@ -16,6 +16,7 @@ from services.common.api import (
 )
 from services.common.messages import PollDef, TallyUpdate
 from services.ingest.gateway.admin import PollOut, ResultOut, ShowOut
+from services.ingest.gateway.audit import MAX_LIMIT, AuditPage
 
 _REF = "#/components/schemas/{name}"
 
@@ -56,8 +57,9 @@ _ADMIN: list[dict[str, list[str]]] = [{"admin": []}]
 _DEVICE: list[dict[str, list[str]]] = [{"device": []}]
 
 
-def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"summary": summary, "responses": responses, **extra}
+def _op(operation_id: str, summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    # operationId names the method of a generated client (castVote, not post_v1_polls_...).
+    return {"operationId": operation_id, "summary": summary, "responses": responses, **extra}
 
 
 def _body(name: str) -> dict[str, Any]:
@@ -78,6 +80,7 @@ def build() -> dict[str, Any]:
             PollIn,
             PollOut,
             ResultOut,
+            AuditPage,
         ],
         ref_template=_REF,
     )
@@ -86,6 +89,7 @@ def build() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/v1/devices": {
             "post": _op(
+                "registerDevice",
                 "Register a device; returns its bearer token",
                 {"201": _json("DeviceIssued", "Token issued")},
                 security=[],
@@ -93,6 +97,7 @@ def build() -> dict[str, Any]:
         },
         "/v1/polls/{poll}/votes": {
             "post": _op(
+                "castVote",
                 "Cast a vote (or a batch of taps). 202 only once the vote is durable in Redis; "
                 "a retry with the same vote_id gets the same answer and counts once.",
                 {
@@ -106,6 +111,7 @@ def build() -> dict[str, Any]:
         },
         "/v1/polls/{poll}": {
             "get": _op(
+                "getPoll",
                 "A poll, its options and state",
                 {"200": _json("PollDef", "The poll"), **_errors(404)},
                 parameters=[_POLL],
@@ -114,16 +120,18 @@ def build() -> dict[str, Any]:
         },
         "/v1/polls/{poll}/tally": {
             "get": _op(
+                "getTally",
                 "Live count per option, total, rates over the last 10 s, version",
                 {"200": _json("TallyUpdate", "The live tally"), **_errors(404)},
                 parameters=[_POLL],
                 security=[],
             )
         },
-        "/v1/openapi.json": {"get": _op("This document", {"200": ok}, security=[])},
+        "/v1/openapi.json": {"get": _op("getOpenApi", "This document", {"200": ok}, security=[])},
         "/v1/admin/shows": {
-            "get": _op("List shows", {"200": ok, **_errors(401)}, security=_ADMIN),
+            "get": _op("listShows", "List shows", {"200": ok, **_errors(401)}, security=_ADMIN),
             "post": _op(
+                "createShow",
                 "Create a show",
                 {"201": _json("ShowOut", "Created"), **_errors(400, 401, 409, 413, 415)},
                 requestBody=_body("ShowIn"),
@@ -132,6 +140,7 @@ def build() -> dict[str, Any]:
         },
         "/v1/admin/polls": {
             "get": _op(
+                "listPolls",
                 "List polls (optionally ?show_id=)",
                 {"200": ok, **_errors(401)},
                 parameters=[
@@ -145,6 +154,7 @@ def build() -> dict[str, Any]:
                 security=_ADMIN,
             ),
             "post": _op(
+                "createPoll",
                 "Create a poll (draft)",
                 {"201": _json("PollOut", "Created"), **_errors(400, 401, 404, 409, 413, 415, 422)},
                 requestBody=_body("PollIn"),
@@ -153,6 +163,7 @@ def build() -> dict[str, Any]:
         },
         "/v1/admin/polls/{poll}/open": {
             "post": _op(
+                "openPoll",
                 "Open a poll for votes",
                 {"200": _json("PollOut", "Opened"), **_errors(401, 404, 409)},
                 parameters=[_POLL],
@@ -161,6 +172,7 @@ def build() -> dict[str, Any]:
         },
         "/v1/admin/polls/{poll}/close": {
             "post": _op(
+                "closePoll",
                 "Close a poll; the final result is frozen once the streams drain",
                 {"200": _json("PollOut", "Closed"), **_errors(401, 404, 409)},
                 parameters=[_POLL],
@@ -169,6 +181,7 @@ def build() -> dict[str, Any]:
         },
         "/v1/admin/polls/{poll}/result.json": {
             "get": _op(
+                "getResultJson",
                 "A poll's result from PostgreSQL (final once marked so)",
                 {"200": _json("ResultOut", "Result"), **_errors(401, 404)},
                 parameters=[_POLL],
@@ -177,6 +190,7 @@ def build() -> dict[str, Any]:
         },
         "/v1/admin/polls/{poll}/result.csv": {
             "get": _op(
+                "getResultCsv",
                 "The same result as CSV",
                 {
                     "200": {
@@ -189,11 +203,37 @@ def build() -> dict[str, Any]:
                 security=_ADMIN,
             )
         },
-        "/healthz": {"get": _op("Liveness", {"200": ok}, security=[])},
-        "/readyz": {
-            "get": _op("Readiness: dependencies reachable", {"200": ok, "503": ok}, security=[])
+        "/v1/admin/audit": {
+            "get": _op(
+                "listAudit",
+                "Recent admin actions, newest first: who (operator name), what, when",
+                {"200": _json("AuditPage", "The audit log"), **_errors(400, 401)},
+                parameters=[
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_LIMIT,
+                            "default": 50,
+                        },
+                    }
+                ],
+                security=_ADMIN,
+            )
         },
-        "/metrics": {"get": _op("Prometheus metrics", {"200": text}, security=[])},
+        "/healthz": {"get": _op("getHealth", "Liveness", {"200": ok}, security=[])},
+        "/readyz": {
+            "get": _op(
+                "getReadiness",
+                "Readiness: dependencies reachable",
+                {"200": ok, "503": ok},
+                security=[],
+            )
+        },
+        "/metrics": {"get": _op("getMetrics", "Prometheus metrics", {"200": text}, security=[])},
     }
     return {
         "openapi": "3.1.0",
@@ -203,7 +243,11 @@ def build() -> dict[str, Any]:
             "schemas": components,
             "securitySchemes": {
                 "device": {"type": "http", "scheme": "bearer", "description": "POST /v1/devices"},
-                "admin": {"type": "http", "scheme": "bearer", "description": "BUZZER_ADMIN_TOKEN"},
+                "admin": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An operator token: BUZZER_ADMIN_TOKEN or BUZZER_OPERATOR_TOKENS(_FILE)",
+                },
             },
         },
     }

@@ -33,6 +33,9 @@ def decode_body(raw: bytes, content_type: str, kind: type[T]) -> T:
             f"Content-Type must be application/json, not {content_type or 'missing'}",
             field="Content-Type",
         )
+    if not raw.strip():
+        # msgspec would say "Input data was truncated", which reads like a network fault.
+        raise ApiError(400, "empty_body", "empty body: send a JSON object", field="body")
     try:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as exc:
@@ -51,8 +54,9 @@ async def read_body(request: web.Request, kind: type[T]) -> T:
 def json_response(
     obj: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
+    # The newline keeps a shell prompt after `curl` on a line of its own.
     return web.Response(
-        body=msgspec.json.encode(obj),
+        body=msgspec.json.encode(obj) + b"\n",
         status=status,
         content_type="application/json",
         headers=headers,
