@@ -65,6 +65,16 @@ def load_secrets(state_dir: Path = STATE_DIR) -> dict[str, str]:
     return out
 
 
+def operators_file(state_dir: Path = STATE_DIR) -> Path:
+    """``.buzzer/operators.json`` (mode 600), made empty if missing: named operator tokens
+    (``{"name": "token"}``) added there work at once, with no restart of the stack."""
+    path = (state_dir / "operators.json").resolve()
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        write_secret(path, "{}\n")
+    return path
+
+
 @dataclass
 class Child:
     name: str
@@ -209,6 +219,7 @@ def _up(args: argparse.Namespace) -> int:
 
     env = dict(os.environ)
     env.update(load_secrets())
+    env.setdefault("BUZZER_OPERATOR_TOKENS_FILE", str(operators_file()))
     common = CommonSettings()
     asyncio.run(migrate(common.database_url.get_secret_value()))
     cluster = None
@@ -250,6 +261,7 @@ def _up(args: argparse.Namespace) -> int:
         if cluster is not None:
             print(f"  {'redis cluster':24} {cluster.url}")
         print(f"  {'admin token':24} {STATE_DIR / 'admin-token'}")
+        print(f"  {'operator tokens':24} {env['BUZZER_OPERATOR_TOKENS_FILE']}")
         print(f"  {'logs':24} {STATE_DIR / 'logs'}/")
         print("Ctrl-C to stop.", flush=True)
         deadline = time.monotonic() + args.duration if args.duration else None

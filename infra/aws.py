@@ -39,6 +39,13 @@ QUOTA = frozenset(
         "TooManyHealthChecks",
         "InsufficientInstanceCapacity",
         "MaxSpotInstanceCountExceeded",
+        "NodeQuotaForClusterExceeded",
+        "NodeQuotaForCustomerExceeded",
+        "ClusterQuotaForCustomerExceeded",
+        "InsufficientCacheClusterCapacity",
+        "InstanceQuotaExceeded",
+        "StorageQuotaExceeded",
+        "InsufficientDBInstanceCapacity",
     }
 )
 
@@ -53,6 +60,8 @@ class Clients:
     ec2: Any
     autoscaling: Any
     route53: Any
+    elasticache: Any = None
+    rds: Any = None
 
     @classmethod
     def create(
@@ -80,6 +89,8 @@ class Clients:
             ec2=session.client("ec2", config=config),
             autoscaling=session.client("autoscaling", config=config),
             route53=session.client("route53", config=config),
+            elasticache=session.client("elasticache", config=config),
+            rds=session.client("rds", config=config),
         )
 
 

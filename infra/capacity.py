@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from infra.runsheet import TIERS, RunSheet, Tier, processes_per_instance
+from infra.runsheet import TIERS, VCPUS, RunSheet, Tier, processes_per_instance
 from lb import planner
 
 
@@ -24,6 +24,11 @@ class TierCounts:
     partitions: int
     binding: dict[str, str]
     """Per tier, the resource that sets its instance count, with the figures."""
+    redis_shards: int = 1
+    redis_replicas: int = 1
+    postgres_vcpus: int = 2
+    data_binding: dict[str, str] = field(default_factory=dict)
+    """For ``redis`` and ``postgres``: what sets the shards and the vCPUs."""
 
     def get(self, tier: Tier) -> int:
         n: int = getattr(self, tier)
@@ -47,6 +52,17 @@ class TierCounts:
                 tier: (other if other.get(tier) > self.get(tier) else self).binding[tier]
                 for tier in TIERS
             },
+            redis_shards=max(self.redis_shards, other.redis_shards),
+            redis_replicas=max(self.redis_replicas, other.redis_replicas),
+            postgres_vcpus=max(self.postgres_vcpus, other.postgres_vcpus),
+            data_binding={
+                "redis": (other if other.redis_shards > self.redis_shards else self).data_binding[
+                    "redis"
+                ],
+                "postgres": (
+                    other if other.postgres_vcpus > self.postgres_vcpus else self
+                ).data_binding["postgres"],
+            },
         )
 
 
@@ -65,8 +81,15 @@ def _figures(sheet: RunSheet) -> dict[str, float]:
     return out
 
 
+def concurrent_polls(sheet: RunSheet) -> int:
+    """The most polls taking votes at once: the PostgreSQL writer upserts each one."""
+    spans = [(p.opens, p.closes or sheet.off_air) for p in sheet.polls]
+    return max(sum(1 for a, b in spans if a <= start <= b) for start, _ in spans)
+
+
 def _inputs(sheet: RunSheet, votes_per_s: float, viewers: int) -> planner.PlanInputs:
     t = sheet.traffic
+    redis, pg = sheet.data.redis, sheet.data.postgres
     return planner.PlanInputs(
         peak_votes_per_s=votes_per_s,
         viewers=viewers,
@@ -76,8 +99,25 @@ def _inputs(sheet: RunSheet, votes_per_s: float, viewers: int) -> planner.PlanIn
         ecdsa=t.ecdsa,
         headroom=t.headroom,
         min_haproxy_nodes=t.min_haproxy_nodes,
+        redis_replicas=redis.replicas_per_shard if redis else 1,
+        polls=concurrent_polls(sheet),
+        options_per_poll=pg.options_per_poll if pg else 8,
         overrides=_figures(sheet),
     )
+
+
+# RDS sizes by vCPUs; the family (db.m7g, db.r7g, ...) is the run sheet's.
+RDS_SIZES: tuple[tuple[int, str], ...] = tuple(
+    sorted({(n, t.split(".", 1)[1]) for t, n in VCPUS.items() if t.startswith("c6i.")})
+)
+
+
+def postgres_class(family: str, vcpus: int) -> str:
+    """The smallest ``family`` size with at least ``vcpus``; the largest if none has."""
+    for n, size in RDS_SIZES:
+        if n >= vcpus:
+            return f"{family}.{size}"
+    return f"{family}.{RDS_SIZES[-1][1]}"
 
 
 def tier_counts(sheet: RunSheet, votes_per_s: float, viewers: int) -> TierCounts:
@@ -114,7 +154,23 @@ def tier_counts(sheet: RunSheet, votes_per_s: float, viewers: int) -> TierCounts
         per = processes_per_instance(sheet, sheet.tiers.get(tier).instance_type) or 1
         return max(1, math.ceil(procs / per))
 
+    redis = sheet.data.redis
+    shards = cp.redis_shards
+    redis_why = (
+        f"votes/s: {votes_per_s:,.0f} / ({figures.redis_votes_per_s:,.0f} per shard x {h:g});"
+        f" busiest shard {cp.load['redis_busiest_shard_votes_per_s']:,.0f}"
+    )
+    if redis is not None and redis.shards is not None and redis.shards > shards:
+        shards, redis_why = redis.shards, f"run sheet: data.redis.shards = {redis.shards}"
+    pg_why = (
+        f"upserts: {cp.load['postgres_rows_per_s']:,.0f} rows/s"
+        f" / ({figures.postgres_rows_per_vcpu_s:,.0f} per vCPU x {h:g})"
+    )
     return TierCounts(
+        redis_shards=shards,
+        redis_replicas=cp.redis_replicas,
+        postgres_vcpus=cp.postgres_vcpus,
+        data_binding={"redis": redis_why, "postgres": pg_why},
         haproxy=haproxy,
         ingest=instances("ingest", cp.ingest_processes),
         tally=instances("tally", cp.tally_consumers),
@@ -151,6 +207,7 @@ def describe_peak(sheet: RunSheet, peak: TierCounts) -> str:
         else:
             holds, procs = f"{per} processes", f"{peak.processes[tier]:,}"
         rows.append((tier, f"{peak.get(tier):,}", itype, holds, procs, peak.binding[tier]))
+    rows += _data_rows(sheet, peak)
     w = [max(len(r[i]) for r in rows) for i in range(5)]
     out = []
     for name, n, itype, holds, procs, why in rows:
@@ -158,6 +215,49 @@ def describe_peak(sheet: RunSheet, peak: TierCounts) -> str:
             f"{name:<{w[0]}}  {n:>{w[1]}}  {itype:<{w[2]}}  {holds:>{w[3]}}  {procs:>{w[4]}}  {why}"
         )
     return "\n".join(out)
+
+
+def _data_rows(sheet: RunSheet, peak: TierCounts) -> list[tuple[str, str, str, str, str, str]]:
+    redis, pg = sheet.data.redis, sheet.data.postgres
+    rows = []
+    if redis is None:
+        rows.append(("redis", "-", "existing", "app.redis_url", "-", "not made by apply"))
+    else:
+        nodes = peak.redis_shards * (1 + redis.replicas_per_shard)
+        rows.append(
+            (
+                "redis",
+                f"{nodes:,}",
+                redis.node_type,
+                "1 core: shard or replica",
+                f"{peak.redis_shards:,} shards x {1 + redis.replicas_per_shard}",
+                peak.data_binding["redis"],
+            )
+        )
+    if pg is None or not pg.managed:
+        where = pg.existing_url_ssm if pg and pg.existing_url_ssm else "SSM DATABASE_URL"
+        rows.append(("postgres", "-", "existing", str(where), "-", "not made by apply"))
+    else:
+        cls = pg.instance_class or postgres_class(pg.instance_family, peak.postgres_vcpus)
+        rows.append(
+            (
+                "postgres",
+                "2" if pg.multi_az else "1",
+                cls,
+                f"{peak.postgres_vcpus} vCPUs, {pg.storage_gb} GB",
+                "1 writer" + (" + standby" if pg.multi_az else ""),
+                peak.data_binding["postgres"],
+            )
+        )
+    return rows
+
+
+def postgres_instance_class(sheet: RunSheet, peak: TierCounts) -> str | None:
+    """The RDS class ``apply`` makes, or ``None`` when the database is not made."""
+    pg = sheet.data.postgres
+    if pg is None or not pg.managed:
+        return None
+    return pg.instance_class or postgres_class(pg.instance_family, peak.postgres_vcpus)
 
 
 @dataclass(frozen=True)
@@ -169,6 +269,13 @@ class Measure:
     """What one instance of the tier carries at 100 % utilisation, in ``unit``."""
     load: Callable[[float, int], float]
     """Expected load in ``unit`` for (votes/s, viewers)."""
+
+
+def redis_measure(sheet: RunSheet) -> Measure:
+    """The Redis tier in votes/s per shard: every vote is accepted and applied on one."""
+    overrides: dict[str, Any] = _figures(sheet)
+    figures = replace(planner.PROFILES[sheet.capacity.profile], **overrides)
+    return Measure("votes/s", figures.redis_votes_per_s, lambda v, _: v)
 
 
 def measure(sheet: RunSheet, tier: Tier, haproxy_binding: str = "") -> Measure:

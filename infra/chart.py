@@ -1,7 +1,8 @@
 """The capacity timeline as a PNG: per tier, capacity and expected load on one axis.
 
 Each tier is drawn in the unit it is sized in (votes/s, viewers, HAProxy's concurrent
-connections or busy cores), so the gap between the two curves is the headroom.
+connections or busy cores, the Redis shards' votes/s), so the gap between the two
+curves is the headroom.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from infra.capacity import measure
+from infra.capacity import Measure, measure, redis_measure
 from infra.runsheet import ASG_TIERS, Tier
 from infra.timeline import CapacityTimeline
 
@@ -50,13 +51,15 @@ def _x(t: datetime) -> float:
     return float(mdates.date2num(t))
 
 
-def _label_levels(ax: Axes, xs: list[float], counts: list[int], caps: list[float]) -> None:
+def _label_levels(
+    ax: Axes, xs: list[float], counts: list[int], caps: list[float], what: str = "inst."
+) -> None:
     """Write the instance count where it changes, on the capacity line."""
     prev = None
     for t, n, c in zip(xs, counts, caps, strict=True):
         if n != prev and n > 0:
             ax.annotate(
-                f"{n:,} inst.",
+                f"{n:,} {what}",
                 (t, c),
                 textcoords="offset points",
                 xytext=(3, 4),
@@ -68,8 +71,33 @@ def _label_levels(ax: Axes, xs: list[float], counts: list[int], caps: list[float
 
 def _tier(ax: Axes, tl: CapacityTimeline, tier: Tier, times: list[datetime]) -> None:
     m = measure(tl.sheet, tier, tl.peak.binding["haproxy"])
+    itype = tl.sheet.tiers.get(tier).instance_type
+    _panel(ax, tl, times, m, instances(tl, tier, times), f"{tier} (", f"per {itype}", "inst.")
+
+
+def redis_shards(tl: CapacityTimeline, times: list[datetime]) -> list[int]:
+    """The shards at the peak count from the HAProxy lead on: made by ``apply`` and not
+    resized on air."""
+    end = tl.steps[-1].at
+    return [tl.peak.redis_shards if tl.haproxy_ready_by <= t <= end else 0 for t in times]
+
+
+def _redis(ax: Axes, tl: CapacityTimeline, times: list[datetime]) -> None:
+    shards = redis_shards(tl, times)
+    _panel(ax, tl, times, redis_measure(tl.sheet), shards, "redis (", "per shard", "shards")
+
+
+def _panel(
+    ax: Axes,
+    tl: CapacityTimeline,
+    times: list[datetime],
+    m: Measure,
+    counts: list[int],
+    name: str,
+    per: str,
+    what: str,
+) -> None:
     h = tl.sheet.traffic.headroom
-    counts = instances(tl, tier, times)
     caps = [n * m.per_instance for n in counts]
     load = [m.load(tl.votes_at(t), tl.viewers_at(t)) for t in times]
     xs = [_x(t) for t in times]
@@ -87,15 +115,14 @@ def _tier(ax: Axes, tl: CapacityTimeline, tier: Tier, times: list[datetime]) -> 
     )
     ax.fill_between(xs, load, color=LOAD, alpha=0.35, lw=0)
     ax.plot(xs, load, color=LOAD, lw=2, label="expected load")
-    _label_levels(ax, xs, counts, caps)
+    _label_levels(ax, xs, counts, caps, what)
 
     busiest = max(
         (i for i in range(len(times)) if caps[i] > 0 and load[i] > 0),
         key=lambda i: load[i] / caps[i],
         default=None,
     )
-    itype = tl.sheet.tiers.get(tier).instance_type
-    title = f"{tier} ({_short(m.per_instance)} {m.unit} per {itype})"
+    title = f"{name}{_short(m.per_instance)} {m.unit} {per})"
     if busiest is not None:
         share = load[busiest] / caps[busiest]
         title += (
@@ -121,10 +148,12 @@ def figure(tl: CapacityTimeline) -> Figure:
     s = tl.sheet
     times = _times(tl)
     tiers: list[Tier] = ["haproxy", *ASG_TIERS]
-    fig = Figure(figsize=(12, 2.6 * len(tiers) + 0.8), layout="constrained")
-    axes = fig.subplots(len(tiers), 1, sharex=True)
-    for ax, tier in zip(axes, tiers, strict=True):
+    fig = Figure(figsize=(12, 2.6 * (len(tiers) + 1) + 0.8), layout="constrained")
+    axes = fig.subplots(len(tiers) + 1, 1, sharex=True)
+    for ax, tier in zip(axes[:-1], tiers, strict=True):
         _tier(ax, tl, tier, times)
+    _redis(axes[-1], tl, times)
+    for ax in axes:
         for t in (s.on_air, s.off_air):
             ax.axvline(_x(t), color="black", lw=0.8)
         for poll in s.polls:

@@ -9,8 +9,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from infra import userdata
-from infra.capacity import processes_per_instance
-from infra.runsheet import ASG_TIERS, TIERS, Dns, RunSheet, Tier, port_of
+from infra.capacity import postgres_instance_class, processes_per_instance
+from infra.runsheet import ASG_TIERS, TIERS, Dns, GroupKey, RunSheet, Tier, port_of
 from infra.timeline import CapacityTimeline, ScheduledAction
 
 SHOW_TAG = "buzzer:show"
@@ -19,6 +19,9 @@ SLOT_TAG = "buzzer:slot"
 SPEC_TAG = "buzzer:spec"
 
 ANYWHERE = ("0.0.0.0/0", "::/0")
+REDIS_PORT = 6379
+POSTGRES_PORT = 5432
+HASH_SLOTS = 16384
 
 
 @dataclass(frozen=True, order=True)
@@ -27,7 +30,7 @@ class Rule:
 
     port: int
     cidr: str | None = None
-    source: Tier | None = None
+    source: GroupKey | None = None
     protocol: str = "tcp"
 
     def __str__(self) -> str:
@@ -36,7 +39,7 @@ class Rule:
 
 @dataclass(frozen=True)
 class SecurityGroupSpec:
-    tier: Tier
+    tier: GroupKey
     name: str
     rules: frozenset[Rule]
 
@@ -74,6 +77,41 @@ class NodeSpec:
 
 
 @dataclass(frozen=True)
+class CacheSpec:
+    """The show's ElastiCache replication group, in cluster mode."""
+
+    group_id: str
+    subnet_group: str
+    node_type: str
+    shards: int
+    replicas: int
+    engine_version: str
+    transit_encryption: bool
+    slots: tuple[str, ...] | None
+    """Each shard's hash slot range, cut so that each holds an equal share of the
+    partitions; ``None`` leaves ElastiCache's even split of slots."""
+
+    @property
+    def multi_az(self) -> bool:
+        # A replica in another AZ is what Multi-AZ promotes; without one there is none.
+        return self.replicas > 0
+
+
+@dataclass(frozen=True)
+class DatabaseSpec:
+    """The show's RDS PostgreSQL instance; its password stays in Secrets Manager."""
+
+    identifier: str
+    subnet_group: str
+    instance_class: str
+    storage_gb: int
+    engine_version: str
+    multi_az: bool
+    db_name: str
+    username: str
+
+
+@dataclass(frozen=True)
 class Desired:
     show: str
     region: str
@@ -87,8 +125,12 @@ class Desired:
     templates: tuple[TemplateSpec, ...] = ()
     groups: tuple[GroupSpec, ...] = ()
     nodes: tuple[NodeSpec, ...] = ()
+    cache: CacheSpec | None = None
+    database: DatabaseSpec | None = None
 
-    def tags(self, tier: Tier | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    def tags(
+        self, tier: GroupKey | None = None, extra: dict[str, str] | None = None
+    ) -> dict[str, str]:
         out = {SHOW_TAG: self.show}
         if tier is not None:
             out[TIER_TAG] = tier
@@ -104,8 +146,43 @@ class Desired:
         return f"buzzer:{self.show}:"
 
 
-def resource_name(show: str, tier: Tier) -> str:
+def resource_name(show: str, tier: GroupKey) -> str:
     return f"buzzer-{show}-{tier}"
+
+
+def cache_group_id(show: str) -> str:
+    """ElastiCache allows 40 characters; a long show id keeps a digest of the rest."""
+    name = f"buzzer-{show}"
+    if len(name) <= 40:
+        return name
+    return f"{name[:31]}-{hashlib.sha256(show.encode()).hexdigest()[:8]}"
+
+
+def slot_ranges(partitions: int, shards: int) -> tuple[str, ...] | None:
+    """Hash slot ranges, one per shard, each holding ``partitions // shards`` partitions
+    (or one more), so that no shard carries more votes than the plan gave it.
+
+    Every key of partition ``p`` has the hash tag ``{p<p>}`` (services/common/messages.py),
+    so a partition is one slot. An even split of slots would leave the partitions
+    wherever CRC16 puts them: with 4 per shard, some shard would hold 8.
+    ``None`` when two partitions share a slot across a cut (then no cut separates them).
+    """
+    from redis.crc import key_slot
+
+    if shards <= 1:
+        return None
+    slots = sorted(key_slot(f"{{p{p}}}".encode()) for p in range(partitions))
+    base, extra = divmod(partitions, shards)
+    out: list[str] = []
+    start, i = 0, 0
+    for g in range(shards):
+        i += base + (1 if g < extra else 0)
+        end = HASH_SLOTS - 1 if g == shards - 1 else slots[i - 1]
+        if (g < shards - 1 and slots[i - 1] == slots[i]) or end < start:
+            return None
+        out.append(f"{start}-{end}")
+        start = end + 1
+    return tuple(out)
 
 
 def empty(sheet: RunSheet, region: str) -> Desired:
@@ -122,6 +199,40 @@ def empty(sheet: RunSheet, region: str) -> Desired:
     )
 
 
+def _cache(sheet: RunSheet, timeline: CapacityTimeline) -> CacheSpec | None:
+    spec = sheet.data.redis
+    if spec is None:
+        return None
+    peak = timeline.peak
+    return CacheSpec(
+        group_id=cache_group_id(sheet.show),
+        subnet_group=resource_name(sheet.show, "redis"),
+        node_type=spec.node_type,
+        shards=peak.redis_shards,
+        replicas=spec.replicas_per_shard,
+        engine_version=spec.engine_version,
+        transit_encryption=spec.transit_encryption,
+        slots=slot_ranges(peak.partitions, peak.redis_shards),
+    )
+
+
+def _database(sheet: RunSheet, timeline: CapacityTimeline) -> DatabaseSpec | None:
+    spec = sheet.data.postgres
+    cls = postgres_instance_class(sheet, timeline.peak)
+    if spec is None or cls is None:
+        return None
+    return DatabaseSpec(
+        identifier=resource_name(sheet.show, "postgres"),
+        subnet_group=resource_name(sheet.show, "postgres"),
+        instance_class=cls,
+        storage_gb=spec.storage_gb,
+        engine_version=spec.engine_version,
+        multi_az=spec.multi_az,
+        db_name=spec.db_name,
+        username=spec.username,
+    )
+
+
 def build(
     sheet: RunSheet,
     timeline: CapacityTimeline,
@@ -131,7 +242,13 @@ def build(
 ) -> Desired:
     n = sheet.network
     show = sheet.show
+    cache = _cache(sheet, timeline)
+    database = _database(sheet, timeline)
     sgs = [_security_group(sheet, tier) for tier in TIERS]
+    if cache is not None:
+        sgs.append(_data_group(sheet, "redis", REDIS_PORT))
+    if database is not None:
+        sgs.append(_data_group(sheet, "postgres", POSTGRES_PORT))
 
     templates = []
     for tier in TIERS:
@@ -188,6 +305,8 @@ def build(
         templates=tuple(templates),
         groups=tuple(groups),
         nodes=nodes,
+        cache=cache,
+        database=database,
     )
 
 
@@ -202,3 +321,9 @@ def _security_group(sheet: RunSheet, tier: Tier) -> SecurityGroupSpec:
     if sheet.network.admin_cidr:
         rules.add(Rule(22, sheet.network.admin_cidr))
     return SecurityGroupSpec(tier, resource_name(sheet.show, tier), frozenset(rules))
+
+
+def _data_group(sheet: RunSheet, tier: GroupKey, port: int) -> SecurityGroupSpec:
+    # Only the service tiers reach the data tier: HAProxy holds no data connection.
+    rules = frozenset(Rule(port, source=t) for t in ASG_TIERS)
+    return SecurityGroupSpec(tier, resource_name(sheet.show, tier), rules)

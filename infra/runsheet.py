@@ -21,6 +21,10 @@ from lb import planner
 Tier = Literal["haproxy", "ingest", "tally", "push"]
 TIERS: tuple[Tier, ...] = ("haproxy", "ingest", "tally", "push")
 ASG_TIERS: tuple[Tier, ...] = ("ingest", "tally", "push")
+DataTier = Literal["redis", "postgres"]
+DATA_TIERS: tuple[DataTier, ...] = ("redis", "postgres")
+GroupKey = Tier | DataTier
+"""What a security group belongs to: a compute tier or a data tier."""
 
 UtcTime = Annotated[datetime, msgspec.Meta(tz=True)]
 Positive = Annotated[float, msgspec.Meta(gt=0)]
@@ -123,9 +127,51 @@ class Dns(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True)
 class App(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     package: str = "buzzer"
     """pip requirement installed on every node, e.g. ``buzzer==0.1.0`` or a wheel URL."""
-    redis_url: str
+    redis_url: str | None = None
+    """An existing Redis (``redis+cluster://`` for a cluster); without it, ``data.redis``
+    makes one."""
     ssm_prefix: str | None = None
     """SSM path holding DATABASE_URL and the token secrets; never in user data."""
+
+
+class RedisSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """An ElastiCache replication group in cluster mode, made by ``infra apply``."""
+
+    node_type: str = "cache.r7g.large"
+    replicas_per_shard: Annotated[int, msgspec.Meta(ge=0, le=5)] = 1
+    shards: Annotated[int, msgspec.Meta(ge=1, le=500)] | None = None
+    """Instead of the plan's count (from ``buzzer bench redis``); never below it."""
+    engine_version: str = "7.1"
+    transit_encryption: bool = True
+    """TLS between the nodes and the services: ``rediss+cluster://``."""
+    ack_replicas: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """``BUZZER_ACK_REPLICAS``; default 1 with replicas, 0 without."""
+
+
+class PostgresSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """RDS PostgreSQL made by ``infra apply``, or an existing database."""
+
+    existing_url_ssm: str | None = None
+    """SSM SecureString holding an existing database's DATABASE_URL: nothing is made."""
+    instance_family: str = "db.m7g"
+    instance_class: str | None = None
+    """Instead of the plan's (``<family>.<size>`` by the writer's vCPUs)."""
+    storage_gb: Annotated[int, msgspec.Meta(ge=20)] = 100
+    engine_version: str = "16"
+    multi_az: bool = True
+    db_name: str = "buzzer"
+    username: str = "buzzer"
+    options_per_poll: Annotated[int, msgspec.Meta(ge=1)] = 8
+    """Sizes the writer's upserts (docs/capacity.md)."""
+
+    @property
+    def managed(self) -> bool:
+        return self.existing_url_ssm is None
+
+
+class Data(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    redis: RedisSpec | None = None
+    postgres: PostgresSpec | None = None
 
 
 class RunSheet(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -141,6 +187,7 @@ class RunSheet(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     network: Network
     dns: Dns
     app: App
+    data: Data = Data()
 
     @property
     def ssm_prefix(self) -> str:
@@ -259,5 +306,9 @@ def _check(sheet: RunSheet) -> None:
                 f"tiers.{tier}.instance_type",
                 f"no capacity figures for {itype!r}: add capacity.instance_types.{itype}.processes",
             )
+    if sheet.app.redis_url is None and sheet.data.redis is None:
+        raise _fail("data.redis", "no Redis: give data.redis (made by apply) or app.redis_url")
+    if sheet.app.redis_url is not None and sheet.data.redis is not None:
+        raise _fail("app.redis_url", "give either app.redis_url or data.redis, not both")
     if not re.fullmatch(r"[A-Za-z0-9.-]+\.?", sheet.dns.name):
         raise _fail("dns.name", f"not a DNS name: {sheet.dns.name!r}")

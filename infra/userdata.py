@@ -1,12 +1,18 @@
 """User data (a cloud-init shell script) that installs and starts one tier on a node.
 
-Secrets are fetched from SSM at boot, never written here: anyone with
+Secrets are fetched from SSM (or, for a database ``infra apply`` made, from the Secrets
+Manager secret RDS keeps its password in) at boot, never written here: anyone with
 ``ec2:DescribeInstanceAttribute`` or ``ec2:DescribeLaunchTemplateVersions`` can read
 user data.
+
+The data tier's endpoints exist only once ``apply`` has made it, after the script is
+rendered: the script carries the :data:`SLOTS` markers and the launch template step
+fills them (:func:`fill`) with what the ElastiCache and RDS steps found.
 """
 
 from __future__ import annotations
 
+import base64
 import shlex
 
 from infra.runsheet import RunSheet, Tier, port_of
@@ -27,17 +33,94 @@ EOF
 """
 
 _SECRETS = """fetch() {{
-  aws ssm get-parameter --region {region} --with-decryption --name "{prefix}/$1" \\
+  aws ssm get-parameter --region {region} --with-decryption --name "$1" \\
     --query Parameter.Value --output text
 }}
 umask 077
 {{
-  echo "DATABASE_URL=$(fetch DATABASE_URL)"
-  echo "BUZZER_TOKEN_SECRET=$(fetch TOKEN_SECRET)"
-  echo "BUZZER_ADMIN_TOKEN=$(fetch ADMIN_TOKEN)"
+  echo "DATABASE_URL=$({database_url})"
+  echo "BUZZER_TOKEN_SECRET=$(fetch {token_secret})"
+  echo "BUZZER_ADMIN_TOKEN=$(fetch {admin_token})"
 }} > /etc/buzzer/secrets.env
 umask 022
 """
+
+# The RDS-managed secret is JSON {"username", "password"}; the URL is put together on
+# the node, both percent-encoded, so the password goes from Secrets Manager to the
+# node's root-only secrets file and nowhere else.
+_RDS_URL_PY = """cat > /opt/buzzer/rds_url.py <<'EOF'
+import json, sys, urllib.parse
+
+secret = json.load(sys.stdin)
+user, password = (urllib.parse.quote(secret[k], safe="") for k in ("username", "password"))
+print(f"postgresql://{user}:{password}@{sys.argv[1]}/{sys.argv[2]}?sslmode=require")
+EOF
+"""
+_RDS_URL = (
+    "aws secretsmanager get-secret-value --region {region} --secret-id {secret}"
+    " --query SecretString --output text | /opt/buzzer/bin/python /opt/buzzer/rds_url.py"
+    " {host} {db}"
+)
+
+SLOTS = {
+    "redis_url": "@BUZZER_REDIS_URL@",
+    "db_host": "@BUZZER_DB_HOST@",
+    "db_secret": "@BUZZER_DB_SECRET_ARN@",
+}
+"""Markers for what only exists once apply has made the data tier."""
+
+
+def fill(script: str, values: dict[str, str]) -> str:
+    """The script with every :data:`SLOTS` marker that ``values`` has replaced."""
+    for key, marker in SLOTS.items():
+        if key in values:
+            script = script.replace(marker, values[key])
+    return script
+
+
+def fill_b64(data: str, values: dict[str, str]) -> str:
+    """:func:`fill` on base64 user data, as a launch template holds it."""
+    script = base64.b64decode(data).decode()
+    return base64.b64encode(fill(script, values).encode()).decode()
+
+
+def redis_url(sheet: RunSheet) -> str:
+    if sheet.app.redis_url is not None:
+        return sheet.app.redis_url
+    return SLOTS["redis_url"]
+
+
+def cluster_url(host: str, port: int, tls: bool) -> str:
+    """The services' convention for a Redis Cluster (services/common/redisconn.py):
+    the configuration endpoint as the one seed node."""
+    return f"{'rediss' if tls else 'redis'}+cluster://{host}:{port}"
+
+
+def ack_replicas(sheet: RunSheet) -> int:
+    spec = sheet.data.redis
+    if spec is None:
+        return 0
+    if spec.ack_replicas is not None:
+        return spec.ack_replicas
+    return 1 if spec.replicas_per_shard > 0 else 0
+
+
+def _database_url(sheet: RunSheet, region: str) -> tuple[str, str]:
+    """The shell that prints DATABASE_URL on the node, and any helper it needs."""
+    pg = sheet.data.postgres
+    prefix = sheet.ssm_prefix.rstrip("/")
+    if pg is None:
+        return f"fetch {shlex.quote(prefix + '/DATABASE_URL')}", ""
+    if pg.existing_url_ssm is not None:
+        return f"fetch {shlex.quote(pg.existing_url_ssm)}", ""
+    cmd = _RDS_URL.format(
+        region=region,
+        secret=SLOTS["db_secret"],
+        host=SLOTS["db_host"],
+        db=shlex.quote(pg.db_name),
+    )
+    return cmd, _RDS_URL_PY
+
 
 # Every process of a tier binds the same port with SO_REUSEPORT: lb discovery
 # (Ec2TagInventory) knows one port per tier, not per process.
@@ -100,7 +183,8 @@ def render(
         "BUZZER_TIER": tier,
         "AWS_REGION": region,
         "AWS_DEFAULT_REGION": region,
-        "REDIS_URL": sheet.app.redis_url,
+        "REDIS_URL": redis_url(sheet),
+        "BUZZER_ACK_REPLICAS": str(ack_replicas(sheet)),
         "BUZZER_PARTITIONS": str(timeline.peak.partitions),
         "BUZZER_HOST": "0.0.0.0",
         "BUZZER_PORT": str(port_of(sheet, tier)),
@@ -126,5 +210,12 @@ def render(
             f" {ports} --interval 15"
         )
         return out + _HAPROXY.format(show=sheet.show, sync_args=sync_args, render_args=render_args)
-    out += _SECRETS.format(region=region, prefix=sheet.ssm_prefix.rstrip("/"))
+    database_url, helper = _database_url(sheet, region)
+    prefix = sheet.ssm_prefix.rstrip("/")
+    out += helper + _SECRETS.format(
+        region=region,
+        database_url=database_url,
+        token_secret=shlex.quote(f"{prefix}/TOKEN_SECRET"),
+        admin_token=shlex.quote(f"{prefix}/ADMIN_TOKEN"),
+    )
     return out + _SERVICE.format(tier=tier, processes=processes)

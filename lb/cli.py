@@ -19,8 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "plan",
         help="fleet sizes for an expected peak",
         description="Fleet sizes for an expected peak: HAProxy nodes of one core each, "
-        "ingest, push and tally processes, stream partitions; each with the resource that "
-        "sets its count, then the arithmetic. `buzzer infra plan` turns them into instances.",
+        "ingest, push and tally processes, stream partitions, Redis shards (from `buzzer "
+        "bench redis`) and PostgreSQL vCPUs; each with the resource that sets its count, "
+        "then the arithmetic. `buzzer infra plan` turns them into instances.",
     )
     _plan_arguments(p)
     p.add_argument("--json", action="store_true", help="JSON for infra/ instead of a table")
@@ -118,6 +119,25 @@ def _plan_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds over which the viewers join (default: %(default)g)",
     )
     g.add_argument(
+        "--redis-replicas",
+        type=int,
+        default=1,
+        help="replicas per Redis shard (default: %(default)s)",
+    )
+    g.add_argument(
+        "--polls",
+        type=int,
+        default=1,
+        help="polls taking votes at once; sizes PostgreSQL (default: %(default)s)",
+    )
+    g.add_argument(
+        "--options-per-poll",
+        type=int,
+        default=8,
+        metavar="N",
+        help="options of each poll; sizes PostgreSQL (default: %(default)s)",
+    )
+    g.add_argument(
         "--profile",
         default="measured",
         help="per-unit capacity figures: historical or measured, see docs/capacity.md "
@@ -194,6 +214,9 @@ def _plan(args: argparse.Namespace) -> Any:
         ecdsa=not args.rsa,
         headroom=args.headroom,
         viewer_ramp_s=args.viewer_ramp,
+        redis_replicas=args.redis_replicas,
+        polls=args.polls,
+        options_per_poll=args.options_per_poll,
         overrides=overrides,
     )
     return plan(inputs, PROFILES[args.profile])

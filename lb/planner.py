@@ -1,7 +1,8 @@
 """Capacity planner: an expected peak in, fleet sizes and the arithmetic out.
 
-Pure: no I/O except :func:`load_measured`, which reads the profile ``buzzer bench lb``
-wrote. ``infra/`` imports :class:`PlanInputs`, :data:`PROFILES` and :func:`plan`.
+Pure: no I/O except :func:`load_measured`, which reads the profiles ``buzzer bench lb``
+and ``buzzer bench redis`` wrote. ``infra/`` imports :class:`PlanInputs`,
+:data:`PROFILES` and :func:`plan`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 MEASURED_PATH = Path(__file__).parent / "profiles" / "measured.json"
+REDIS_PATH = Path(__file__).parent / "profiles" / "redis.json"
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,17 @@ class Profile:
     tally_votes_per_s: float
     haproxy_tls_full_ecdsa_per_s: float = 0.0
     """0 means unknown: the planner then uses the RSA figure, the cautious one."""
+    redis_votes_per_s: float = 27_000.0
+    """Votes one Redis shard both accepts (vote_batch.lua) and applies (apply.lua) per
+    second. A shard is one core whatever the node's vCPUs: Redis runs scripts on one
+    thread. ``buzzer bench redis`` measures it (``votes_per_cpu_s``)."""
+    postgres_flushes_per_s: float = 20.0
+    """Commits per partition per second by the PostgreSQL writer: one per stream read,
+    which blocks up to ``block_ms`` (50 ms); under load batches grow, not commits."""
+    postgres_rows_per_vcpu_s: float = 10_000.0
+    """Upserted rows per PostgreSQL vCPU-second. An estimate, not a measurement."""
+    postgres_commit_rows: float = 10.0
+    """What one commit (its WAL flush) costs, in rows."""
     source: str = ""
 
 
@@ -68,16 +81,45 @@ MEASURED_DEFAULTS = Profile(
 )
 
 
-def load_measured(path: Path = MEASURED_PATH, base: Profile = MEASURED_DEFAULTS) -> Profile:
-    """The measured profile: ``base`` with every figure found in ``path`` laid over it."""
+def load_measured(
+    path: Path = MEASURED_PATH, base: Profile = MEASURED_DEFAULTS, redis_path: Path = REDIS_PATH
+) -> Profile:
+    """The measured profile: ``base`` with every figure found in ``path`` laid over it,
+    and the Redis shard's votes/s from ``redis_path`` (``buzzer bench redis``)."""
+    profile = base
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        return base
-    known = {f.name for f in fields(Profile)}
-    values = {k: v for k, v in data.get("profile", data).items() if k in known and k != "name"}
-    values.setdefault("source", str(path))
-    return replace(base, **values)
+        pass
+    else:
+        known = {f.name for f in fields(Profile)}
+        values = {k: v for k, v in data.get("profile", data).items() if k in known and k != "name"}
+        values.setdefault("source", str(path))
+        profile = replace(base, **values)
+    votes = redis_votes_per_s(redis_path)
+    if votes is not None:
+        profile = replace(profile, redis_votes_per_s=votes)
+    return profile
+
+
+def redis_votes_per_s(path: Path = REDIS_PATH) -> float | None:
+    """Votes per Redis core-second, accepted and applied, from ``buzzer bench redis``'s
+    output; ``None`` without the file.
+
+    A vote costs one share of ``vote_batch.lua`` and one of ``apply.lua`` on the shard
+    that owns its partition, so when only the two rates are there the figure is their
+    harmonic combination, 1 / (1/accepted + 1/applied).
+    """
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    if data.get("votes_per_cpu_s"):
+        return float(data["votes_per_cpu_s"])
+    accepted, applied = data.get("accepted_per_cpu_s"), data.get("applied_per_cpu_s")
+    if accepted and applied:
+        return 1.0 / (1.0 / float(accepted) + 1.0 / float(applied))
+    return None
 
 
 PROFILES: dict[str, Profile] = {"historical": HISTORICAL, "measured": load_measured()}
@@ -101,6 +143,11 @@ class PlanInputs:
     """How long a vote client's connection stays open (HTTP keep-alive timeout)."""
     min_haproxy_nodes: int = 2
     """At least two, so that losing one node is not losing the show."""
+    redis_replicas: int = 1
+    """Replicas per Redis shard: 1 keeps a shard's votes when its primary's machine dies."""
+    polls: int = 1
+    """Polls taking votes at the same time: the PostgreSQL writer's rows scale with them."""
+    options_per_poll: int = 8
     overrides: dict[str, Any] = field(default_factory=dict)
     """Profile figures replaced for this plan, e.g. ``{"ingest_votes_per_s": 6000}``."""
 
@@ -115,6 +162,10 @@ class PlanInputs:
             raise ValueError("peak_votes_per_s and viewers must not be negative")
         if self.viewer_ramp_s <= 0:
             raise ValueError("viewer_ramp_s must be positive")
+        if self.redis_replicas < 0:
+            raise ValueError(f"redis_replicas must not be negative, got {self.redis_replicas}")
+        if self.polls < 1 or self.options_per_poll < 1:
+            raise ValueError("polls and options_per_poll must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -133,6 +184,9 @@ class CapacityPlan:
     tally_consumers: int
     partitions: int
     maxconn_per_node: int
+    redis_shards: int
+    redis_replicas: int
+    postgres_vcpus: int
     binding: dict[str, str]
     load: dict[str, float]
     steps: list[str]
@@ -158,6 +212,18 @@ class CapacityPlan:
             ("push", f"{self.push_processes:,}", "processes", self.binding["push"]),
             ("tally", f"{self.tally_consumers:,}", "consumer processes", self.binding["tally"]),
             ("stream", f"{self.partitions:,}", "partitions", self.binding["partitions"]),
+            (
+                "redis",
+                f"{self.redis_shards:,}",
+                f"shards (1 core each, {self.redis_replicas} replica(s) each)",
+                self.binding["redis"],
+            ),
+            (
+                "postgres",
+                f"{self.postgres_vcpus:,}",
+                "vCPUs (one writer)",
+                self.binding["postgres"],
+            ),
         ]
         head = ("tier", "count", "unit", "binding resource (sets the count)")
         w = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
@@ -271,11 +337,66 @@ def plan(inputs: PlanInputs, profile: Profile) -> CapacityPlan:
     steps.append(
         f"tally consumers = ceil({votes:,.0f} / ({p.tally_votes_per_s:,.0f} x {h})) = {tally}"
     )
+    # Redis: every vote runs vote_batch.lua and apply.lua on the shard owning its
+    # partition, on that shard's one script thread: shards are cores.
+    per_shard = p.redis_votes_per_s
+    shards = max(1, _ceil(votes / (per_shard * h)))
+    steps.append(
+        f"redis shards by votes = ceil({votes:,.0f} / ({per_shard:,.0f} votes/s per shard x {h}))"
+        f" = {shards}"
+    )
     # One consumer owns a partition (one atomic script per slot), so partitions bound the
-    # tally's parallelism; a power of two, at least 4, leaves room to add consumers.
-    partitions = max(4, _pow2(tally))
-    binding["partitions"] = "one tally consumer per partition, power of two, at least 4"
-    steps.append(f"partitions = max(4, next power of two >= {tally}) = {partitions}")
+    # tally's parallelism; a power of two, at least 4, leaves room to add consumers. A
+    # partition lives on one shard, so with several shards there are 4 per shard: the
+    # shards' slot ranges are cut so each holds an equal share (infra), and the busiest
+    # holds at most one more than the mean.
+    spread = 4 * shards if shards > 1 else 1
+    partitions = max(4, _pow2(max(tally, spread)))
+    if shards > 1 and spread > tally:
+        binding["partitions"] = "4 per Redis shard (even spread), power of two"
+    else:
+        binding["partitions"] = "one tally consumer per partition, power of two, at least 4"
+    steps.append(
+        f"partitions = max(4, next power of two >= max({tally} consumers,"
+        f" 4 x {shards} shards)) = {partitions}"
+        if shards > 1
+        else f"partitions = max(4, next power of two >= {tally}) = {partitions}"
+    )
+    base_shards = shards
+    while _ceil(partitions / shards) * votes / partitions > per_shard * h:
+        shards += 1
+    busiest = _ceil(partitions / shards) * votes / partitions
+    if shards > base_shards:
+        binding["redis"] = "votes/s of the busiest shard (partitions split unevenly)"
+    else:
+        binding["redis"] = "votes/s per shard (one core)"
+    steps.append(
+        f"busiest shard holds ceil({partitions} / {shards}) partitions = {busiest:,.0f} votes/s"
+        f" <= {per_shard:,.0f} x {h}: {shards} shards, {inputs.redis_replicas} replica(s) each"
+    )
+    load["redis_votes_per_s"] = votes
+    load["redis_busiest_shard_votes_per_s"] = busiest
+
+    # PostgreSQL: the writer commits each partition's outbox, one commit per read; a
+    # commit upserts one totals row per (poll, option) and one rate-bucket row per
+    # (poll, option, second) it saw, two seconds at most in practice. So its load is
+    # partitions x flushes x polls x options, not votes: votes only make batches bigger.
+    commits = partitions * p.postgres_flushes_per_s
+    rows_per_commit = inputs.polls * inputs.options_per_poll * 3
+    rows = commits * (rows_per_commit + p.postgres_commit_rows)
+    pg_vcpus = max(2, _pow2(_ceil(rows / (p.postgres_rows_per_vcpu_s * h))))
+    binding["postgres"] = "writer's upserts: partitions x flushes x polls x options"
+    steps.append(
+        f"postgres commits/s = {partitions} partitions x {p.postgres_flushes_per_s:g} flushes/s"
+        f" = {commits:,.0f}; rows per commit = {inputs.polls} poll(s) x"
+        f" {inputs.options_per_poll} options x 3 (total + 2 rate buckets) = {rows_per_commit}"
+    )
+    steps.append(
+        f"postgres vCPUs = max(2, next power of two >= {commits:,.0f} x ({rows_per_commit}"
+        f" + {p.postgres_commit_rows:g} per commit) / ({p.postgres_rows_per_vcpu_s:,.0f}"
+        f" rows per vCPU x {h})) = {pg_vcpus}"
+    )
+    load["postgres_rows_per_s"] = rows
     load["ingest_votes_per_s"] = votes
 
     return CapacityPlan(
@@ -286,6 +407,9 @@ def plan(inputs: PlanInputs, profile: Profile) -> CapacityPlan:
         tally_consumers=tally,
         partitions=partitions,
         maxconn_per_node=maxconn,
+        redis_shards=shards,
+        redis_replicas=inputs.redis_replicas,
+        postgres_vcpus=pg_vcpus,
         binding=binding,
         load=load,
         steps=steps,

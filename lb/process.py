@@ -147,17 +147,26 @@ class HaproxyProcess:
             return "(no log)"
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0, drain: float = 2.0) -> None:
+        """Soft stop, cut short after ``drain`` seconds; killed if still there after
+        ``timeout`` more."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
-            # SIGTERM to the master stops the workers at once (hard stop): tests and
-            # `buzzer up` want it gone, not draining.
-            os.kill(proc.pid, signal.SIGTERM)
+            # SIGUSR1 is HAProxy's normal stop: the workers finish their requests and exit
+            # 0. SIGTERM makes each worker exit 143, which the master logs as an [ALERT]
+            # on every stop. Open tunnels (websockets) would hold a soft stop until
+            # hard-stop-after, but tests and `buzzer up` want it gone: past ``drain``
+            # they are cut with SIGTERM, and then the ALERT is true.
+            os.kill(proc.pid, signal.SIGUSR1)
             try:
-                proc.wait(timeout)
+                proc.wait(drain)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout)
+                os.kill(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

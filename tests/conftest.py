@@ -22,7 +22,7 @@ TEST_DB = os.environ.get("TEST_DATABASE", "buzzer_test")
 TEST_DSN = PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + TEST_DB
 
 # Tables a test may have written, emptied before each test that asks for the database.
-_TABLES = "audit_log, outbox_watermark, applied_outbox, poll_partition_closed, rate_buckets, totals, options, polls, shows"
+_TABLES = "vote_archive, archive_partition_closed, audit_log, outbox_watermark, applied_outbox, poll_partition_closed, rate_buckets, totals, options, polls, shows"
 
 
 @pytest.fixture(scope="session")

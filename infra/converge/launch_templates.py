@@ -6,15 +6,16 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+from infra import userdata
 from infra.converge.runner import REMOVAL_ORDER, Change, Run
-from infra.runsheet import Tier
+from infra.runsheet import GroupKey
 
 
 def converge(run: Run) -> None:
     run.out.digests = _templates(run, run.out.sg_ids)
 
 
-def _templates(run: Run, sg_ids: dict[Tier, str]) -> dict[str, str]:
+def _templates(run: Run, sg_ids: dict[GroupKey, str]) -> dict[str, str]:
     ec2 = run.aws.ec2
     run.read("launch templates")
     live = {
@@ -25,6 +26,9 @@ def _templates(run: Run, sg_ids: dict[Tier, str]) -> dict[str, str]:
     digests: dict[str, str] = {}
     for spec in run.want.templates:
         data = dict(spec.data)
+        # The data tier's endpoints, found or made by the steps before this one; a
+        # changed endpoint is a changed spec, so a new template version.
+        data["UserData"] = userdata.fill_b64(str(data["UserData"]), run.out.endpoints)
         if spec.tier != "haproxy":
             # HAProxy nodes get their group on the network interface at launch,
             # which can't be combined with template-level groups.

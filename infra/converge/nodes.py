@@ -8,7 +8,7 @@ from typing import Any
 
 from infra.converge.runner import REMOVAL_ORDER, Change, Node, Run
 from infra.desired import SLOT_TAG, SPEC_TAG, TIER_TAG
-from infra.runsheet import Tier
+from infra.runsheet import GroupKey
 
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 
@@ -31,7 +31,7 @@ def _live_nodes(run: Run) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def _nodes(run: Run, sg_ids: dict[Tier, str], digests: dict[str, str]) -> dict[str, Node]:
+def _nodes(run: Run, sg_ids: dict[GroupKey, str], digests: dict[str, str]) -> dict[str, Node]:
     ec2 = run.aws.ec2
     live = _live_nodes(run)
     result: dict[str, Node] = {}

@@ -35,7 +35,7 @@ from typing import Any, Literal, TypeVar
 
 from infra.aws import Clients, InfraError, explain
 from infra.desired import SHOW_TAG, Desired
-from infra.runsheet import Tier
+from infra.runsheet import GroupKey
 
 T = TypeVar("T")
 Action = Literal["create", "update", "replace", "delete", "hold"]
@@ -56,6 +56,10 @@ REMOVAL_ORDER: dict[str, int] = {
     "auto-scaling-group": 40,
     "security-group-rule": 50,
     "security-group-all-rules": 60,
+    "replication-group": 61,
+    "db-instance": 61,
+    "cache-subnet-group": 63,
+    "db-subnet-group": 63,
     "launch-template": 65,
     "security-group": 70,
 }
@@ -98,8 +102,10 @@ class Node:
 class Outputs:
     """What one module found or made that a later module needs."""
 
-    sg_ids: dict[Tier, str] = field(default_factory=dict)
+    sg_ids: dict[GroupKey, str] = field(default_factory=dict)
     """Security group id per tier (``(new name)`` in a dry run)."""
+    endpoints: dict[str, str] = field(default_factory=dict)
+    """The data tier's, for user data: keys of :data:`infra.userdata.SLOTS`."""
     digests: dict[str, str] = field(default_factory=dict)
     """Spec digest per launch template name."""
     nodes: dict[str, Node] = field(default_factory=dict)

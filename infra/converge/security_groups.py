@@ -9,14 +9,14 @@ from typing import Any
 
 from infra.converge.runner import REMOVAL_ORDER, Change, Run
 from infra.desired import TIER_TAG, Rule
-from infra.runsheet import Tier
+from infra.runsheet import GroupKey
 
 
 def converge(run: Run) -> None:
     run.out.sg_ids = _security_groups(run)
 
 
-def _security_groups(run: Run) -> dict[Tier, str]:
+def _security_groups(run: Run) -> dict[GroupKey, str]:
     ec2 = run.aws.ec2
     run.read("security groups")
     live: dict[str, dict[str, Any]] = {}
@@ -25,7 +25,7 @@ def _security_groups(run: Run) -> dict[Tier, str]:
         for g in page["SecurityGroups"]:
             live[run.tags_of(g).get(TIER_TAG, g["GroupName"])] = g
 
-    ids: dict[Tier, str] = {}
+    ids: dict[GroupKey, str] = {}
     for spec in run.want.security_groups:
         g = live.pop(spec.tier, None)
         if g is not None:
@@ -92,7 +92,7 @@ def _group_perms(run: Run, gid: str) -> list[dict[str, Any]]:
 
 
 def _parse_rules(
-    perms: Iterable[dict[str, Any]], by_id: dict[str, Tier]
+    perms: Iterable[dict[str, Any]], by_id: dict[str, GroupKey]
 ) -> dict[Rule, dict[str, Any]]:
     """Live permissions as our rules, each with the exact permission to revoke it."""
     out: dict[Rule, dict[str, Any]] = {}
@@ -119,7 +119,7 @@ def _parse_rules(
     return out
 
 
-def _perm(rule: Rule, ids: dict[Tier, str]) -> dict[str, Any]:
+def _perm(rule: Rule, ids: dict[GroupKey, str]) -> dict[str, Any]:
     p: dict[str, Any] = {
         "IpProtocol": rule.protocol,
         "FromPort": rule.port,

@@ -32,6 +32,20 @@ class VoteAccepted(msgspec.Struct, frozen=True):
     accepted: int
 
 
+class VoteStatus(msgspec.Struct, frozen=True):
+    """Was my vote counted? Answered only to the device that cast it."""
+
+    vote_id: str
+    poll: str
+    accepted: bool
+    archived: bool
+    """In PostgreSQL's vote archive, which the recount of the poll reads."""
+    option: str
+    count: int
+    received_at: int | None = None
+    """Ingest's clock when the vote arrived, ms since the epoch (known once archived)."""
+
+
 class DeviceIssued(msgspec.Struct, frozen=True):
     device_id: str
     token: str

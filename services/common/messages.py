@@ -19,6 +19,9 @@ TALLY_GROUP = "tally"
 PG_GROUP = "pgwriter"
 """Consumer group of the PostgreSQL writer on every partition's applied stream."""
 
+ARCHIVE_GROUP = "archiver"
+"""Consumer group of the vote archiver on every partition's votes stream."""
+
 ENTRY_CLOSE = b"c"
 
 PollState = Literal["draft", "open", "closed"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -85,8 +86,15 @@ class Observability:
 OBS = web.AppKey("observability", Observability)
 
 
+def _dumps_line(obj: Any) -> str:
+    # Like every JSON answer: ends with a newline, so a shell prompt after curl stays apart.
+    return json.dumps(obj) + "\n"
+
+
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "service": request.app[OBS].service})
+    return web.json_response(
+        {"status": "ok", "service": request.app[OBS].service}, dumps=_dumps_line
+    )
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -108,6 +116,7 @@ async def readyz(request: web.Request) -> web.Response:
     status = "ok" if ok and not degraded else ("degraded" if ok else "unavailable")
     return web.json_response(
         {"status": status, "service": obs.service, "checks": results},
+        dumps=_dumps_line,
         status=200 if ok else 503,
     )
 

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.common.live import load_polldef
-from services.common.messages import TALLY_GROUP, Keys, PollDef
+from services.common.messages import ARCHIVE_GROUP, TALLY_GROUP, Keys, PollDef
 
 log = logging.getLogger("buzzer.ingest")
 
@@ -56,8 +56,13 @@ class PollCache:
         return pdef
 
 
+_GROUPS = frozenset(g for name in (TALLY_GROUP, ARCHIVE_GROUP) for g in (name, name.encode()))
+
+
 class BacklogMonitor:
-    """Entries appended but not yet applied by the tally, over all partitions."""
+    """Entries appended but not yet applied by the tally or not yet archived, over all
+    partitions: either keeps the stream from being trimmed, so the bound counts the
+    slower of the two on each partition."""
 
     def __init__(self, redis: Redis, keys: Keys, interval: float = 0.25) -> None:
         self._redis, self._keys, self._interval = redis, keys, interval
@@ -73,9 +78,15 @@ class BacklogMonitor:
         for groups in replies:
             if isinstance(groups, Exception):
                 continue  # no stream yet: nothing waiting
-            for g in groups:
-                if g.get("name") in (TALLY_GROUP, TALLY_GROUP.encode()):
-                    total += int(g.get("lag") or 0) + int(g.get("pending") or 0)
+            # The stream holds what the slowest group still needs, not the sum.
+            total += max(
+                (
+                    int(g.get("lag") or 0) + int(g.get("pending") or 0)
+                    for g in groups
+                    if g.get("name") in _GROUPS
+                ),
+                default=0,
+            )
         self.backlog = total
 
     async def run(self) -> None:

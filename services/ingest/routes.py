@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.ingest.gateway import admin, audit, polls
+from services.ingest.gateway import admin, audit, polls, votes
 from services.ingest.gateway.auth import post_device
 from services.ingest.gateway.openapi import build
 from services.ingest.gateway.schemas import json_response
@@ -18,6 +18,7 @@ def setup_routes(app: web.Application) -> None:
     r = app.router
     r.add_post("/v1/devices", post_device)
     r.add_post("/v1/polls/{poll}/votes", post_vote)
+    r.add_get("/v1/polls/{poll}/votes/{vote_id}", votes.get_vote, allow_head=False)
     r.add_get("/v1/polls/{poll}", polls.get_poll, allow_head=False)
     r.add_get("/v1/polls/{poll}/tally", polls.get_tally, allow_head=False)
     r.add_get("/v1/openapi.json", openapi, allow_head=False)

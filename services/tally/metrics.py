@@ -27,6 +27,8 @@ class Stats:
     finalized: int = 0
     published: int = 0
     trimmed: int = 0
+    archived: int = 0
+    archive_errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from services.common.db import LazyPool
 from services.common.messages import PG_GROUP, Keys, decode_applied
+from services.common.redisconn import wait_replicas
 from services.common.settings import TallySettings
 from services.tally.metrics import Stats, TallyMetrics
 from services.tally.store import CommitResult, Outboxed, apply_outbox
@@ -64,6 +65,8 @@ class PgWriter(GroupLoop):
         self.keys = keys
         self.pg = pg
         self.on_final = on_final
+        self.ack_replicas = settings.ack_replicas
+        self.ack_timeout_ms = settings.ack_timeout_ms
 
     async def handle(self, p: int, entries: list[Entry]) -> int:
         return (await self.process(p, entries)).fresh
@@ -94,6 +97,12 @@ class PgWriter(GroupLoop):
             self.stats.pg_deferred += len(deferred)
         if not ready:
             return CommitResult(0, [])
+        if self.ack_replicas:
+            # An outbox entry only the primary held would be lost in a failover and
+            # applied again under a new id: PostgreSQL must not have it first.
+            await wait_replicas(
+                self.redis, self.keys.applied(p), self.ack_replicas, self.ack_timeout_ms
+            )
         result = await self.commit(p, ready)
         await reader.ack([d.id for d in ready])
         for poll in result.finalized:

@@ -12,6 +12,7 @@ from services.common.db import LazyPool
 from services.common.messages import TALLY_GROUP
 from services.common.scripts import Scripts
 from services.common.settings import TallySettings
+from services.tally.archiver import Archiver
 from services.tally.consumer import VotesConsumer
 from services.tally.metrics import Stats, TallyMetrics
 from services.tally.pgwriter import PgWriter
@@ -48,6 +49,7 @@ class Tally:
         self.writer = PgWriter(
             redis, self.keys, pg, settings, metrics, self.stats, self.publisher.finalize
         )
+        self.archiver = Archiver(redis, self.keys, pg, settings, metrics, self.stats)
         self.trimmer = Trimmer(redis, self.keys, pg, settings, metrics, self.stats)
         self.reconciler = Reconciler(
             redis,
@@ -68,6 +70,9 @@ class Tally:
     async def start(self) -> None:
         await self.consumer.ensure_groups()
         await self.writer.ensure_groups()
+        # Created before anything is trimmed: the trimmer keeps every vote the archive
+        # group has not acknowledged.
+        await self.archiver.ensure_groups()
         self._started = time.monotonic()
         n = self.keys.partitions
         self._readers = [
@@ -79,6 +84,11 @@ class Tally:
         self._writers = [
             asyncio.create_task(
                 self.writer.run_partition(p, self._stop_writing), name=f"pgwriter-{p}"
+            )
+            for p in range(n)
+        ] + [
+            asyncio.create_task(
+                self.archiver.run_partition(p, self._stop_writing), name=f"archiver-{p}"
             )
             for p in range(n)
         ]
@@ -106,6 +116,16 @@ class Tally:
                 # Left pending: the next process, or a claimer, writes it.
                 log.warning(
                     "outbox flush incomplete",
+                    extra={"partition": p, "error": f"{type(exc).__name__}: {exc}"[:300]},
+                )
+            try:
+                await asyncio.wait_for(
+                    self.archiver.flush(p), max(0.0, deadline - time.monotonic())
+                )
+            except Exception as exc:
+                # Left pending: the next process, or a claimer, archives it.
+                log.warning(
+                    "archive flush incomplete",
                     extra={"partition": p, "error": f"{type(exc).__name__}: {exc}"[:300]},
                 )
         self._stop_aux.set()

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from services.common.db import LazyPool
-from services.common.messages import PG_GROUP, TALLY_GROUP, Keys
+from services.common.messages import ARCHIVE_GROUP, PG_GROUP, TALLY_GROUP, Keys
 from services.common.settings import TallySettings
 from services.tally.metrics import Stats, TallyMetrics
 from services.tally.store import forget_below
@@ -75,12 +75,22 @@ async def snapshot(redis: Redis, stream: str, group: str) -> GroupSnapshot | Non
     return None
 
 
-async def trim_stream(redis: Redis, stream: str, group: str) -> tuple[int, StreamId] | None:
-    """Remove what the group applied. Returns (entries removed, safe point) or None."""
-    snap = await snapshot(redis, stream, group)
-    if snap is None:
-        return None
-    safe = snap.safe_point
+async def trim_stream(
+    redis: Redis, stream: str, group: str, *others: str
+) -> tuple[int, StreamId] | None:
+    """Remove what every one of the groups acknowledged. Returns (entries removed, safe
+    point) or None while a group is missing.
+
+    Each group's safe point only moves forward, so the least of points read one after
+    the other is still safe when the trim runs.
+    """
+    points = []
+    for g in (group, *others):
+        snap = await snapshot(redis, stream, g)
+        if snap is None:
+            return None
+        points.append(snap.safe_point)
+    safe = min(points)
     removed = await redis.xtrim(stream, minid=format_id(safe), approximate=False)
     return int(removed), safe
 
@@ -113,11 +123,21 @@ class Trimmer:
         self._gc = redis.register_script(_DELCONSUMER)
 
     def streams(self) -> list[tuple[str, int, str, str]]:
-        """(kind, partition, stream, group) of every stream the tally trims."""
+        """(kind, partition, stream, group) of every group the tally reads."""
         out = []
         for p in range(self.keys.partitions):
             out.append(("votes", p, self.keys.votes(p), TALLY_GROUP))
+            out.append(("archive", p, self.keys.votes(p), ARCHIVE_GROUP))
             out.append(("applied", p, self.keys.applied(p), PG_GROUP))
+        return out
+
+    def trimmed(self) -> list[tuple[str, int, str, tuple[str, ...]]]:
+        """(kind, partition, stream, groups) of every stream the tally trims: a votes
+        entry goes once both the tally and the archiver acknowledged it."""
+        out: list[tuple[str, int, str, tuple[str, ...]]] = []
+        for p in range(self.keys.partitions):
+            out.append(("votes", p, self.keys.votes(p), (TALLY_GROUP, ARCHIVE_GROUP)))
+            out.append(("applied", p, self.keys.applied(p), (PG_GROUP,)))
         return out
 
     async def update_gauges(self) -> None:
@@ -131,8 +151,8 @@ class Trimmer:
 
     async def trim_all(self) -> int:
         total = 0
-        for kind, p, stream, group in self.streams():
-            result = await trim_stream(self.redis, stream, group)
+        for kind, p, stream, groups in self.trimmed():
+            result = await trim_stream(self.redis, stream, *groups)
             if result is None:
                 continue
             removed, safe = result

@@ -6,6 +6,7 @@ state, open and close ask first, and the limits are the server's."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -32,11 +33,21 @@ pytestmark = [
 ]
 
 
+OPERATOR = "Maya Lindqvist"
+OPERATOR_TOKEN = "maya-" + uuid.uuid4().hex
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     database = os.environ.get("TEST_DATABASE", "buzzer_test") + "_console"
+    operators = json.dumps({OPERATOR: OPERATOR_TOKEN})
     with local_stack(
-        tmp_path_factory.mktemp("console"), database=database, ingest=1, haproxy=True, push=True
+        tmp_path_factory.mktemp("console"),
+        database=database,
+        ingest=1,
+        haproxy=True,
+        push=True,
+        extra_env={"BUZZER_OPERATOR_TOKENS": operators},
     ) as rs:
         yield rs
 
@@ -47,22 +58,23 @@ async def browser() -> AsyncIterator[Browser]:
         yield b
 
 
-async def _login(browser: Browser, rs: RunningStack) -> Page:
+async def _login(browser: Browser, rs: RunningStack, token: str | None = None) -> Page:
     page = await watched_page(browser, 1440, 1000)
     await page.goto(f"{rs.url}/console")
     await page.wait_for_selector('body[data-limits="server"]')
-    await page.fill("#token", rs.admin)
+    await page.fill("#token", token or rs.admin)
     await page.press("#token", "Enter")
     await page.wait_for_selector("#app:not([hidden])")
     return page
 
 
-async def _show(page: Page) -> None:
+async def _show(page: Page) -> str:
     name = f"Saturday night {uuid.uuid4().hex[:6]}"  # the database outlives the run
     await page.fill("#show-name", name)
     await page.press("#show-name", "Enter")
     await page.locator("#shows tr", has_text=name).get_by_role("button", name="Polls").click()
     await page.wait_for_selector("#polls-section:not([hidden])")
+    return name
 
 
 async def _fill_poll(page: Page, title: str, labels: list[str]) -> None:
@@ -259,3 +271,34 @@ async def test_limits_are_the_servers_and_the_results_link_is_readable(
     fg, bg = (_luminance(c) for c in colours)
     ratio = (max(fg, bg) + 0.05) / (min(fg, bg) + 0.05)
     assert ratio >= 4.5, (colours, ratio)  # WCAG AA for normal text
+
+
+async def test_the_audit_log_shows_who_did_what(browser: Browser, stack: RunningStack) -> None:
+    page = await _login(browser, stack, OPERATOR_TOKEN)
+    show = await _show(page)
+    title = f"Encore? {uuid.uuid4().hex[:4]}"
+    await _fill_poll(page, title, ["Yes", "No"])
+    await page.click("#poll-form button[type=submit]")
+    row = page.locator("#polls tr", has_text=title)
+    await row.wait_for()
+    page.on("dialog", lambda d: asyncio.ensure_future(d.accept()))
+    await row.get_by_role("button", name="Open").click()
+    await row.locator('.state[data-state="open"]').wait_for()
+
+    opened = page.locator("#audit tr", has_text="Opened poll").filter(has_text=OPERATOR)
+    await opened.first.wait_for(timeout=10_000)
+    ours = page.locator("#audit tr").filter(has_text=OPERATOR)
+    seen = [[await c.inner_text() for c in await tr.locator("td").all()] for tr in await ours.all()]
+    # Newest first: open, then the poll (by its title), then the show (by its name).
+    whats = [(who, what) for _, who, what, _ in seen]
+    assert whats[:3] == [
+        (OPERATOR, "Opened poll"),
+        (OPERATOR, "Created poll"),
+        (OPERATOR, "Created show"),
+    ], seen
+    assert title in seen[0][3] and title in seen[1][3] and show in seen[2][3]
+    assert all(when for when, *_ in seen)
+    assert await page.is_hidden("#audit-empty")
+    await page.locator("#audit-section").scroll_into_view_if_needed()
+    await page.screenshot(path=str(artifact("console-audit.png")), full_page=True)
+    assert await problems(page) == []

@@ -1,10 +1,12 @@
 """End to end: 20,000 votes from concurrent HTTP clients into two ingest processes,
 mixed with retries and bad requests; the tally's Redis counters, the PostgreSQL
-totals and GET /tally all equal the 202s per option, exactly; closing freezes it."""
+totals and GET /tally all equal the 202s per option, exactly; closing freezes it, and
+the vote archive, its recount and the frozen result all equal the 202s too."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 import uuid
 from collections import Counter
@@ -15,6 +17,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from buzzer import audit
 from services.common.messages import Keys
 from services.common.redisconn import connect
 from tests.conftest import REDIS_URL
@@ -49,6 +52,21 @@ async def pg_totals(dsn: str, poll: str) -> tuple[Counter[str], bool]:
         rows = await conn.fetch("SELECT option_key, count FROM totals WHERE poll_id = $1", poll)
         final = await conn.fetchval("SELECT final FROM polls WHERE id = $1", poll)
         return Counter({r["option_key"]: int(r["count"]) for r in rows if r["count"]}), bool(final)
+    finally:
+        await conn.close()
+
+
+async def archive_of(dsn: str, poll: str) -> tuple[Counter[str], str | None]:
+    """The poll's votes per option in the vote archive, and the digest frozen with it."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT option_key, sum(count) AS n FROM vote_archive WHERE poll_id = $1"
+            " GROUP BY option_key",
+            poll,
+        )
+        digest = await conn.fetchval("SELECT archive_digest FROM polls WHERE id = $1", poll)
+        return Counter({r["option_key"]: int(r["n"]) for r in rows}), digest
     finally:
         await conn.close()
 
@@ -156,6 +174,22 @@ async def run_pipeline(rs: RunningStack) -> None:
             tally = await api(session, "GET", tally_url)
             assert tally["final"] is True and tally["state"] == "closed"
             assert tally["total"] == expected_total
+
+            # The archive = the recount = the frozen result = the 202s, and the digest
+            # frozen with the result is the one the result JSON shows.
+            async def sealed() -> bool:
+                return (await archive_of(rs.dsn, poll["id"]))[1] is not None
+
+            await eventually(sealed, timeout=60)
+            archived, digest = await archive_of(rs.dsn, poll["id"])
+            assert archived == accepted
+            out = io.StringIO()
+            assert await audit.recount(rs.dsn, poll["id"], out) == 0, out.getvalue()
+            assert f"digest of the archive: {digest}" in out.getvalue()
+            result = await api(session, "GET",
+                               f"{rs.ingest_urls[0]}/v1/admin/polls/{poll['id']}/result.json",
+                               headers=rs.admin_headers)
+            assert result["archive_digest"] == digest
 
 
 def test_twenty_thousand_votes_are_counted_exactly(tmp_path: Path) -> None:

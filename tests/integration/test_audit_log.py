@@ -80,7 +80,7 @@ async def test_each_action_is_attributed_to_its_operator(
         ("bob", "create_poll", poll["id"]),
         ("alice", "create_show", show["id"]),
     ]
-    assert entries[0]["detail"] == {"changed": True}
+    assert entries[0]["detail"] == {"title": "Best act", "changed": True}
     assert entries[2]["detail"]["options"] == ["a", "b"]
     assert entries[3]["detail"] == {"name": "Saturday night"}
     assert all(e["at"] for e in entries)
@@ -113,8 +113,8 @@ async def test_a_repeated_open_is_logged_as_changing_nothing(
     entries = await audit(client, ALICE)
     # BUZZER_ADMIN_TOKEN is the operator named "admin".
     assert [(e["operator"], e["action"], e["detail"]) for e in entries[:2]] == [
-        ("admin", "open_poll", {"changed": False}),
-        ("admin", "open_poll", {"changed": True}),
+        ("admin", "open_poll", {"title": "t", "changed": False}),
+        ("admin", "open_poll", {"title": "t", "changed": True}),
     ]
 
 

@@ -4,14 +4,19 @@ and headers, empty bodies, the trailing newline, and the OpenAPI operation names
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
+from pydantic import SecretStr
 
 from services.ingest.app import create_app
 from services.ingest.gateway.openapi import build
 from tests.conftest import ADMIN_TOKEN
+from tests.support.push import ADMIN_TOKEN as PUSH_ADMIN
+from tests.support.push import push_settings, running_push
 
 pytestmark = pytest.mark.integration
 
@@ -85,8 +90,9 @@ async def test_json_answers_end_with_a_newline(
     ok = await c.post("/v1/admin/shows", json={"name": "n"}, headers=ADMIN)
     refused = await c.post("/v1/admin/shows", json={"name": 3}, headers=ADMIN)
     missing = await c.get("/v1/polls/nope")
-    assert [ok.status, refused.status, missing.status] == [201, 400, 404]
-    for r in (ok, refused, missing):
+    health = await c.get("/healthz")
+    assert [ok.status, refused.status, missing.status, health.status] == [201, 400, 404, 200]
+    for r in (ok, refused, missing, health):
         raw = await r.read()
         assert raw.endswith(b"}\n") and not raw.endswith(b"\n\n"), raw
 
@@ -100,3 +106,22 @@ def test_every_operation_has_a_unique_operation_id_and_a_summary() -> None:
     assert {"registerDevice", "castVote", "getPoll", "getTally", "createPoll", "closePoll"} <= set(
         ids
     )
+
+
+async def test_push_json_answers_end_with_a_newline_and_ops_takes_named_operators(
+    key_prefix: str, redis: Any
+) -> None:
+    token = "ops-" + uuid.uuid4().hex
+    settings = push_settings(key_prefix, operator_tokens={"Maya": SecretStr(token)})
+    async with running_push(settings) as push, aiohttp.ClientSession() as s:
+        for path, headers, status in (
+            ("/config.json", {}, 200),
+            ("/v1/ops", {}, 401),
+            ("/v1/ops", {"Authorization": f"Bearer {token}"}, 200),
+            ("/v1/ops", {"Authorization": f"Bearer {PUSH_ADMIN}"}, 200),
+            ("/healthz", {}, 200),
+        ):
+            async with s.get(push.http + path, headers=headers) as r:
+                raw = await r.read()
+                assert r.status == status, (path, raw)
+                assert raw.endswith(b"}\n"), (path, raw)

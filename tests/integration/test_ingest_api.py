@@ -472,8 +472,8 @@ async def test_result_exports(
     r = await client.get(f"/v1/admin/polls/{poll['id']}/result.csv", headers=ADMIN)
     assert r.content_type == "text/csv"
     lines = (await r.text()).strip().splitlines()
-    assert lines[0] == "poll_id,option_key,label,count,share,final"
-    assert lines[2] == f"{poll['id']},o1,Act 1,3,1.000000,false"
+    assert lines[0] == "poll_id,option_key,label,count,share,final,archive_digest"
+    assert lines[2] == f"{poll['id']},o1,Act 1,3,1.000000,false,"
 
 
 async def test_openapi_matches_the_routes(

@@ -67,10 +67,13 @@ async def test_trim_all_with_writer_keeps_unwritten_outbox(env: TallyEnv) -> Non
     tally = env.tally()
     await tally.consumer.ensure_groups()
     await tally.writer.ensure_groups()
+    await tally.archiver.ensure_groups()
     for i in range(100):
         await cast_vote(env, pdef.id, f"opt{i % 8}")
     for p in range(env.keys.partitions):
         await tally.consumer.apply(p, await tally.consumer.readers[p].read_new(1000, None))
+        # Votes go once both the tally and the archiver acknowledged them.
+        await tally.archiver.handle(p, await tally.archiver.readers[p].read_new(1000, None))
     held = {p: await tally.writer.readers[p].read_new(1000, None) for p in range(4)}
     await tally.trimmer.trim_all()
     for p in range(env.keys.partitions):

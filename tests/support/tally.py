@@ -36,7 +36,7 @@ PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.
 TALLY_DB = "buzzer_test_tally"
 
 TABLES = (
-    "applied_outbox, outbox_watermark, poll_partition_closed, rate_buckets, totals,"
+    "applied_outbox, vote_archive, archive_partition_closed, outbox_watermark, poll_partition_closed, rate_buckets, totals,"
     " options, polls, shows"
 )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import base64
 import copy
+import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import yaml
 from infra import cli, desired, timeline, userdata
 from infra.capacity import tier_counts
 from infra.runsheet import RunSheetError, load, parse
+from lb import planner
 
 pytestmark = pytest.mark.unit
 
@@ -61,6 +63,13 @@ def test_example_runsheet_parses() -> None:
         (lambda d: d["network"].update(vpc="x"), "network"),
         (lambda d: d.update(show="Final Show!"), "$.show"),
         (lambda d: d["polls"].append(copy.deepcopy(d["polls"][0])), "polls[2].id"),
+        (lambda d: d.pop("data"), "data.redis"),
+        (lambda d: d["app"].update(redis_url="redis://r:6379/0"), "app.redis_url"),
+        (
+            lambda d: d["data"]["redis"].update(replicas_per_shard=6),
+            "data.redis.replicas_per_shard",
+        ),
+        (lambda d: d["data"]["postgres"].update(storage_gb=5), "data.postgres.storage_gb"),
     ],
 )
 def test_errors_name_the_field(raw: dict[str, Any], edit: Any, field: str) -> None:
@@ -147,8 +156,12 @@ def test_user_data_installs_tier_and_keeps_secrets_out() -> None:
     assert "buzzer serve ingest" in ingest
     assert "seq 1 4" in ingest
     assert "BUZZER_PORT=8081" in ingest
-    assert '--name "/buzzer/final-2026/$1"' in ingest
-    assert "postgresql://" not in ingest
+    assert '--name "$1"' in ingest and "fetch /buzzer/final-2026/TOKEN_SECRET" in ingest
+    # The example's database is made by apply: its URL is put together on the node from
+    # the RDS-managed secret; the only URL in user data is the template.
+    assert ingest.count("postgresql://") == 1
+    assert "postgresql://{user}:{password}@{sys.argv[1]}/{sys.argv[2]}" in ingest
+    assert "aws secretsmanager get-secret-value" in ingest
     want = desired.build(sheet, tl, sheet.on_air - timedelta(hours=3), "eu-west-1")
     data = {t.tier: t.data for t in want.templates}
     assert base64.b64decode(str(data["tally"]["UserData"])).decode().startswith("#!/bin/bash")
@@ -250,11 +263,11 @@ def test_chart_draws_capacity_and_load_in_one_unit_per_tier() -> None:
     tl = timeline.build(sheet)
     fig = chart.figure(tl)
     # One y-axis per tier: no twin axes with a second, unrelated unit.
-    assert len(fig.axes) == 4
+    assert len(fig.axes) == 5
     units = {ax.get_title(loc="left").split(" ")[0]: ax.get_ylabel() for ax in fig.axes}
     assert units == {"haproxy": "concurrent connections", "ingest": "votes/s",
-                     "tally": "votes/s", "push": "viewers"}  # fmt: skip
-    for ax in fig.axes:
+                     "tally": "votes/s", "push": "viewers", "redis": "votes/s"}  # fmt: skip
+    for ax in fig.axes[:4]:
         tier = ax.get_title(loc="left").split(" ")[0]
         lines = {line.get_label(): line for line in ax.get_lines()}
         capacity = list(lines["capacity (100 %)"].get_ydata())
@@ -271,3 +284,124 @@ def test_chart_draws_capacity_and_load_in_one_unit_per_tier() -> None:
     load_ = list({ln.get_label(): ln for ln in ingest.get_lines()}["expected load"].get_ydata())
     final = next(p for p in sheet.polls if p.id == "final")
     assert max(load_) == pytest.approx(tl.votes_at(final.call_to_action))
+
+
+def test_chart_redis_panel_is_the_shards_votes_against_expected_votes() -> None:
+    from infra import chart
+
+    sheet = load(EXAMPLE)
+    tl = timeline.build(sheet)
+    ax = chart.figure(tl).axes[-1]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    capacity = list(lines["capacity (100 %)"].get_ydata())
+    load_ = list(lines["expected load"].get_ydata())
+    per_shard = planner.PROFILES["measured"].redis_votes_per_s
+    assert max(capacity) == tl.peak.redis_shards * per_shard
+    final = next(p for p in sheet.polls if p.id == "final")
+    assert max(load_) == pytest.approx(tl.votes_at(final.call_to_action))
+    # Made by apply before the show and never resized on air: one level throughout.
+    assert {c for c in capacity if c} == {max(capacity)}
+
+
+def test_redis_tier_is_sized_from_the_measured_shard_figure() -> None:
+    sheet = load(EXAMPLE)
+    tl = timeline.build(sheet)
+    per_shard = planner.PROFILES["measured"].redis_votes_per_s
+    final = max(p.peak_votes_per_s for p in sheet.polls)
+    # At least ceil(peak / (per shard x headroom)); more only when partitions split
+    # unevenly, and then the busiest shard is still within the headroom.
+    assert tl.peak.redis_shards >= math.ceil(final / (per_shard * sheet.traffic.headroom))
+    busiest = math.ceil(tl.peak.partitions / tl.peak.redis_shards) / tl.peak.partitions
+    assert busiest * final <= per_shard * sheet.traffic.headroom
+    want = desired.build(sheet, tl, sheet.on_air - timedelta(hours=3), "eu-west-1")
+    assert want.cache is not None
+    assert want.cache.shards == tl.peak.redis_shards
+    assert want.cache.replicas == 1 and want.cache.multi_az
+    assert want.cache.node_type == "cache.r7g.large"
+
+
+def _partitions_per_range(ranges: tuple[str, ...], partitions: int) -> list[int]:
+    from redis.crc import key_slot
+
+    slots = [key_slot(f"{{p{p}}}".encode()) for p in range(partitions)]
+    bounds = [tuple(map(int, r.split("-"))) for r in ranges]
+    return [sum(1 for s in slots if a <= s <= b) for a, b in bounds]
+
+
+@pytest.mark.parametrize(("partitions", "shards"), [(64, 16), (32, 7), (16, 3), (128, 5)])
+def test_slot_ranges_give_each_shard_an_equal_share_of_the_partitions(
+    partitions: int, shards: int
+) -> None:
+    ranges = desired.slot_ranges(partitions, shards)
+    assert ranges is not None and len(ranges) == shards
+    # Contiguous, covering every slot once.
+    bounds = [tuple(map(int, r.split("-"))) for r in ranges]
+    assert bounds[0][0] == 0 and bounds[-1][1] == desired.HASH_SLOTS - 1
+    assert all(b[0] == a[1] + 1 for a, b in zip(bounds, bounds[1:], strict=False))
+    counts = _partitions_per_range(ranges, partitions)
+    assert sum(counts) == partitions
+    assert max(counts) == math.ceil(partitions / shards)
+    assert min(counts) == partitions // shards
+    assert desired.slot_ranges(partitions, 1) is None
+
+
+def test_data_tier_security_groups_admit_only_the_service_tiers() -> None:
+    sheet = load(EXAMPLE)
+    tl = timeline.build(sheet)
+    want = desired.build(sheet, tl, sheet.on_air - timedelta(hours=3), "eu-west-1")
+    sgs = {sg.tier: sg for sg in want.security_groups}
+    services = ("ingest", "tally", "push")
+    assert sgs["redis"].rules == {desired.Rule(6379, source=t) for t in services}
+    assert sgs["postgres"].rules == {desired.Rule(5432, source=t) for t in services}
+    assert want.database is not None and want.database.multi_az
+
+
+@pytest.mark.parametrize(("vcpus", "cls"), [(1, "db.m7g.large"), (2, "db.m7g.large"),
+                         (3, "db.m7g.xlarge"), (8, "db.m7g.2xlarge"), (999, "db.m7g.16xlarge")])  # fmt: skip
+def test_postgres_class_is_the_smallest_size_with_the_vcpus(vcpus: int, cls: str) -> None:
+    from infra.capacity import postgres_class
+
+    assert postgres_class("db.m7g", vcpus) == cls
+
+
+def test_existing_database_and_redis_are_not_made_and_reach_user_data(
+    raw: dict[str, Any],
+) -> None:
+    raw["data"] = {"postgres": {"existing_url_ssm": "/shared/pg/DATABASE_URL"}}
+    raw["app"]["redis_url"] = "rediss+cluster://clustercfg.shared:6379"
+    sheet = parse(raw)
+    tl = timeline.build(sheet)
+    want = desired.build(sheet, tl, sheet.on_air - timedelta(hours=3), "eu-west-1")
+    assert want.cache is None and want.database is None
+    assert {sg.tier for sg in want.security_groups} == {"haproxy", "ingest", "tally", "push"}
+    text = userdata.render(sheet, tl, "tally", 4, "eu-west-1")
+    assert "REDIS_URL=rediss+cluster://clustercfg.shared:6379" in text
+    assert "BUZZER_ACK_REPLICAS=0" in text
+    assert "DATABASE_URL=$(fetch /shared/pg/DATABASE_URL)" in text
+    assert "secretsmanager" not in text
+
+
+def test_user_data_markers_are_filled_with_the_data_tier_endpoints() -> None:
+    sheet = load(EXAMPLE)
+    text = userdata.render(sheet, timeline.build(sheet), "ingest", 4, "eu-west-1")
+    assert "REDIS_URL=@BUZZER_REDIS_URL@" in text and "BUZZER_ACK_REPLICAS=1" in text
+    filled = userdata.fill(
+        text,
+        {"redis_url": "rediss+cluster://cfg:6379", "db_host": "db:5432", "db_secret": "arn:s"},
+    )
+    assert "REDIS_URL=rediss+cluster://cfg:6379" in filled
+    assert "--secret-id arn:s" in filled and "rds_url.py db:5432 buzzer" in filled
+    assert "@BUZZER_" not in filled
+
+
+def test_cli_plan_shows_the_data_tier(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("plan", str(EXAMPLE), "--offline") == 0
+    lines = capsys.readouterr().out.splitlines()
+    sheet = load(EXAMPLE)
+    tl = timeline.build(sheet)
+    redis = next(line for line in lines if line.startswith("redis "))
+    shards = tl.peak.redis_shards
+    assert redis.split()[1:3] == [f"{shards * 2:,}", "cache.r7g.large"]
+    assert f"{shards} shards x 2" in redis and tl.peak.data_binding["redis"] in redis
+    pg = next(line for line in lines if line.startswith("postgres "))
+    assert "1 writer + standby" in pg and "upserts:" in pg and "db.m7g." in pg

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +22,8 @@ FLAT = replace(
     ingest_votes_per_s=5000,
     push_viewers=10_000,
     tally_votes_per_s=20_000,
+    # High enough that one shard carries every plan below but the Redis tests'.
+    redis_votes_per_s=10_000_000,
 )
 
 
@@ -106,7 +109,8 @@ def test_inputs_are_validated(bad: dict[str, float]) -> None:
 
 def test_measured_profile_comes_from_bench_output(tmp_path: Path) -> None:
     path = tmp_path / "measured.json"
-    assert load_measured(path) == MEASURED_DEFAULTS
+    no_redis = tmp_path / "redis.json"
+    assert load_measured(path, redis_path=no_redis) == MEASURED_DEFAULTS
     path.write_text(
         json.dumps(
             {
@@ -119,12 +123,73 @@ def test_measured_profile_comes_from_bench_output(tmp_path: Path) -> None:
             }
         )
     )
-    prof = load_measured(path)
+    prof = load_measured(path, redis_path=no_redis)
     assert prof.name == "measured"
     assert prof.haproxy_new_conns_per_s == 17_000.5
     assert prof.haproxy_tls_resumed_per_s == 3000
     assert prof.haproxy_tls_full_per_s == MEASURED_DEFAULTS.haproxy_tls_full_per_s
     assert prof.source == str(path)
+
+
+def test_redis_shard_figure_comes_from_bench_redis(tmp_path: Path) -> None:
+    missing = tmp_path / "none.json"
+    redis = tmp_path / "redis.json"
+    assert load_measured(missing, redis_path=redis) == MEASURED_DEFAULTS
+    redis.write_text(json.dumps({"bench": "redis", "votes_per_cpu_s": 12_688}))
+    assert load_measured(missing, redis_path=redis).redis_votes_per_s == 12_688
+    # Without the combined figure: a vote costs one accept and one apply on its shard.
+    redis.write_text(json.dumps({"accepted_per_cpu_s": 20_000, "applied_per_cpu_s": 30_000}))
+    assert load_measured(missing, redis_path=redis).redis_votes_per_s == pytest.approx(12_000)
+
+
+REDIS = replace(FLAT, redis_votes_per_s=10_000)
+
+
+@pytest.mark.parametrize(
+    ("votes", "shards", "partitions"),
+    [(5_000, 1, 4), (6_000, 1, 4), (6_001, 2, 8), (24_000, 4, 16), (48_000, 8, 32)],
+)
+def test_redis_shards_are_votes_over_the_measured_shard_at_headroom(
+    votes: int, shards: int, partitions: int
+) -> None:
+    p = plan(PlanInputs(peak_votes_per_s=votes, headroom=0.6), REDIS)
+    # shards = ceil(votes / (10K x 0.6)); partitions: power of two >= 4 per shard
+    assert (p.redis_shards, p.partitions) == (shards, partitions)
+    assert p.binding["redis"] == "votes/s per shard (one core)"
+    table = p.to_table()
+    assert re.search(rf"^redis +{shards} +shards \(1 core each, 1 replica\(s\) each\)", table, re.M)
+
+
+def test_uneven_partition_split_adds_a_shard() -> None:
+    # 36K / (10K x 0.6) = 6 shards; 32 partitions over 6: the busiest has 6 of 32 =
+    # 6,750 votes/s > 6,000. With 7 shards it has 5 of 32 = 5,625: fits.
+    p = plan(PlanInputs(peak_votes_per_s=36_000, headroom=0.6), REDIS)
+    assert p.partitions == 32
+    assert p.redis_shards == 7
+    assert "busiest shard" in p.binding["redis"]
+    assert p.load["redis_busiest_shard_votes_per_s"] == pytest.approx(36_000 * 5 / 32)
+
+
+def test_redis_replicas_are_carried_and_validated() -> None:
+    assert plan(PlanInputs(peak_votes_per_s=1, redis_replicas=2), FLAT).redis_replicas == 2
+    with pytest.raises(ValueError, match="redis_replicas"):
+        PlanInputs(peak_votes_per_s=1, redis_replicas=-1)
+
+
+def test_postgres_is_sized_by_partitions_flushes_polls_and_options_not_votes() -> None:
+    pg = replace(FLAT, postgres_flushes_per_s=20, postgres_rows_per_vcpu_s=1_000,
+                 postgres_commit_rows=10)  # fmt: skip
+    small = plan(PlanInputs(peak_votes_per_s=1_000, headroom=0.5), pg)
+    big = plan(PlanInputs(peak_votes_per_s=40_000, headroom=0.5), pg)
+    # Same 4 partitions: 80 commits/s x (1 x 8 x 3 + 10) rows = 2,720 rows/s; / 500 = 5.44
+    assert small.partitions == big.partitions == 4
+    assert small.load["postgres_rows_per_s"] == big.load["postgres_rows_per_s"] == 2_720
+    assert small.postgres_vcpus == big.postgres_vcpus == 8
+    more = plan(PlanInputs(peak_votes_per_s=1_000, headroom=0.5, polls=2, options_per_poll=12), pg)
+    # 80 x (2 x 12 x 3 + 10) = 6,560 rows/s / 500 = 13.1 -> 16
+    assert more.postgres_vcpus == 16
+    tiny = replace(pg, postgres_rows_per_vcpu_s=1_000_000)
+    assert plan(PlanInputs(peak_votes_per_s=1), tiny).postgres_vcpus == 2
 
 
 def test_ceil_ignores_float_noise_but_not_a_real_fraction() -> None:

@@ -64,6 +64,9 @@ class ResultOut(msgspec.Struct, frozen=True):
     total: int
     final: bool
     finalized_at: datetime | None
+    archive_digest: str | None = None
+    """SHA-256 of the poll's archived votes (``buzzer audit export``), frozen with the
+    result once the archive is complete; ``buzzer audit recount`` checks it."""
 
 
 _ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
@@ -219,7 +222,9 @@ async def open_poll(request: web.Request) -> web.Response:
             )
             == "UPDATE 1"
         )
-        await audit.record(conn, request, "open_poll", poll_id, {"changed": changed})
+        await audit.record(
+            conn, request, "open_poll", poll_id, {"title": poll.title, "changed": changed}
+        )
     poll = await fetch_poll(pool, poll_id)
     # Also on a repeated call: converges a previous call that failed half-way.
     await publish_poll(app[REDIS], app[KEYS], poll.to_def())
@@ -246,7 +251,9 @@ async def close_poll(request: web.Request) -> web.Response:
             )
             == "UPDATE 1"
         )
-        await audit.record(conn, request, "close_poll", poll_id, {"changed": changed})
+        await audit.record(
+            conn, request, "close_poll", poll_id, {"title": poll.title, "changed": changed}
+        )
     poll = await fetch_poll(pool, poll_id)
     await publish_poll(app[REDIS], app[KEYS], poll.to_def())
     await close_poll_redis(app[REDIS], app[KEYS], app[SCRIPTS], poll_id)
@@ -266,6 +273,7 @@ async def _result(request: web.Request) -> ResultOut:
         total=sum(counts.values()),
         final=poll.final,
         finalized_at=row["finalized_at"],
+        archive_digest=row["archive_digest"],
     )
 
 
@@ -277,11 +285,21 @@ async def result_csv(request: web.Request) -> web.Response:
     res = await _result(request)
     out = io.StringIO()
     w = csv.writer(out)
-    w.writerow(["poll_id", "option_key", "label", "count", "share", "final"])
+    w.writerow(["poll_id", "option_key", "label", "count", "share", "final", "archive_digest"])
     labels: dict[str, Any] = {o.key: o.label for o in res.poll.options}
     for key, count in res.counts.items():
         share = f"{count / res.total:.6f}" if res.total else "0"
-        w.writerow([res.poll.id, key, labels[key], count, share, str(res.final).lower()])
+        w.writerow(
+            [
+                res.poll.id,
+                key,
+                labels[key],
+                count,
+                share,
+                str(res.final).lower(),
+                res.archive_digest or "",
+            ]
+        )
     return web.Response(
         text=out.getvalue(),
         content_type="text/csv",

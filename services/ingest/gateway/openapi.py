@@ -13,6 +13,7 @@ from services.common.api import (
     ShowIn,
     VoteAccepted,
     VoteRequest,
+    VoteStatus,
 )
 from services.common.messages import PollDef, TallyUpdate
 from services.ingest.gateway.admin import PollOut, ResultOut, ShowOut
@@ -71,6 +72,7 @@ def build() -> dict[str, Any]:
         [
             VoteRequest,
             VoteAccepted,
+            VoteStatus,
             DeviceIssued,
             ErrorBody,
             PollDef,
@@ -106,6 +108,24 @@ def build() -> dict[str, Any]:
                 },
                 parameters=[_POLL],
                 requestBody=_body("VoteRequest"),
+                security=_DEVICE,
+            )
+        },
+        "/v1/polls/{poll}/votes/{vote_id}": {
+            "get": _op(
+                "getMyVote",
+                "Was my vote counted? The calling device's own vote: accepted, archived for "
+                "the recount, with its option and count. 404 for another device's vote id.",
+                {"200": _json("VoteStatus", "The vote"), **_errors(400, 401, 404, 503)},
+                parameters=[
+                    _POLL,
+                    {
+                        "name": "vote_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "format": "uuid"},
+                    },
+                ],
                 security=_DEVICE,
             )
         },

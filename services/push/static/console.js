@@ -358,6 +358,7 @@
       await call("POST", `/v1/admin/polls/${encodeURIComponent(poll.id)}/${action}`);
       showError("poll-error", null, $("poll-form"));
     } catch (e) { showError("poll-error", e); }
+    refreshAudit();
     try { await refreshPolls(); } catch (e) { /* the next refresh says it */ }
   }
 
@@ -373,6 +374,43 @@
       a.click();
       setTimeout(() => URL.revokeObjectURL(a.href), 1000);
     } catch (e) { showError("poll-error", e); }
+  }
+
+  // ----- audit log: who did what, when, as PostgreSQL recorded it -----
+
+  const ACTIONS = {
+    create_show: "Created show", create_poll: "Created poll",
+    open_poll: "Opened poll", close_poll: "Closed poll",
+  };
+
+  function auditRow(e) {
+    const tr = document.createElement("tr");
+    tr.dataset.id = String(e.id);
+    const at = new Date(e.at);
+    const when = cell(at.toLocaleTimeString(), "when");
+    when.title = at.toLocaleString();
+    const d = e.detail || {};
+    let what = ACTIONS[e.action] || e.action;
+    if (d.changed === false) what += " (already so)";
+    const named = d.title || d.name;
+    const target = cell(named ? `${named} · ${e.target}` : e.target, "target");
+    tr.append(when, cell(e.operator, "operator"), cell(what, "action"), target);
+    return tr;
+  }
+
+  async function refreshAudit() {
+    try {
+      const { entries } = await call("GET", "/v1/admin/audit?limit=25");
+      const body = $("audit");
+      const latest = entries.length ? String(entries[0].id) : "";
+      // Rebuilt only when something new happened: nothing moves under the operator's eyes.
+      if (body.dataset.latest !== latest || body.children.length !== entries.length) {
+        body.replaceChildren(...entries.map(auditRow));
+        body.dataset.latest = latest;
+      }
+      $("audit-empty").hidden = entries.length > 0;
+      showError("audit-error", null);
+    } catch (e) { if (e.status !== 401) showError("audit-error", e); }
   }
 
   async function refreshOps() {
@@ -394,11 +432,15 @@
     $("session").hidden = false;
     $("api-base").textContent = `Admin API: ${apiBase || location.origin}`;
     refreshOps();
+    refreshAudit();
     clearInterval(refreshTimer);
+    let ticks = 0;
     // Polls too: a closed poll turns final on its own once the streams drain.
     refreshTimer = setInterval(() => {
       refreshOps();
       refreshPolls().catch(() => {});
+      // Other operators' actions show within 5 s; this console's own at once (afterAction).
+      if (++ticks % 5 === 0) refreshAudit();
       for (const poll of meters.keys()) paintLive(poll);
     }, 1000);
   }
@@ -408,6 +450,8 @@
     clearInterval(refreshTimer);
     if (live) { live.stop(); live = null; }
     currentShow = null;
+    $("audit").replaceChildren();
+    delete $("audit").dataset.latest;
     $("app").hidden = true;
     $("session").hidden = true;
     $("login").hidden = false;
@@ -447,6 +491,7 @@
       await call("POST", "/v1/admin/shows", { name: $("show-name").value.trim() });
       $("show-name").value = "";
       showError("show-error", null, $("show-form"));
+      refreshAudit();
       await loadShows();
     } catch (e) { if (e.status !== 401) showError("show-error", e, $("show-form")); }
   });
@@ -472,6 +517,7 @@
       $("poll-title").value = "";
       titleCount();
       resetOptions();
+      refreshAudit();
       await refreshPolls();
     } catch (e) { if (e.status !== 401) showError("poll-error", e, $("poll-form")); }
   });

@@ -1,0 +1,199 @@
+"""Archives every accepted vote in PostgreSQL exactly once, from each partition's votes
+stream as its own consumer group (``archiver``).
+
+A batch is copied (COPY) into a temporary staging table and moved into
+``vote_archive`` with ``ON CONFLICT DO NOTHING`` on (poll, device, vote id, stream id),
+so a redelivered entry finds its row and adds nothing; entries are acknowledged only
+after the commit. A close marker is stored (``archive_partition_closed``) only once
+every earlier entry of its partition is archived, and the last of the freeze and the
+archive closes seals the poll's digest (``services.common.archive.seal``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from redis.asyncio import Redis
+
+from services.common.archive import ARCHIVE_COLUMNS, ArchivedVote, ensure_partition, seal
+from services.common.db import LazyPool
+from services.common.messages import ARCHIVE_GROUP, CloseEntry, Keys, decode_entry
+from services.common.settings import TallySettings
+from services.tally.metrics import Stats, TallyMetrics
+from services.tally.streams import Entry, GroupLoop, GroupReader
+
+log = logging.getLogger("buzzer.tally.archiver")
+
+STREAM = "archive"
+
+# ON COMMIT DELETE ROWS: the staging table lives as long as the pooled connection and
+# is empty at the start of every transaction.
+_STAGE = (
+    "CREATE TEMP TABLE IF NOT EXISTS archive_stage ("
+    ' poll_id text COLLATE "C", device text COLLATE "C", vote_id text COLLATE "C",'
+    ' stream_id text COLLATE "C", option_key text, count integer, client_ts bigint,'
+    " recv_ts bigint, partition integer, row_hash bytea) ON COMMIT DELETE ROWS"
+)
+_COLS = ", ".join(ARCHIVE_COLUMNS)
+_MOVE = (
+    f"INSERT INTO vote_archive ({_COLS}) SELECT {_COLS} FROM archive_stage ON CONFLICT DO NOTHING"
+)
+
+
+class Archiver(GroupLoop):
+    """Archives every partition's votes; one task per partition.
+
+    :param redis: client
+    :param keys: key names
+    :param pg: the pool holder
+    :param settings: batch size, claim idle time, timeouts
+    :param metrics: Prometheus metrics
+    :param stats: counts for the shutdown summary
+    """
+
+    stream_label = STREAM
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        pg: LazyPool,
+        settings: TallySettings,
+        metrics: TallyMetrics,
+        stats: Stats,
+    ) -> None:
+        super().__init__(
+            [
+                GroupReader(redis, keys.votes(p), ARCHIVE_GROUP, settings.consumer)
+                for p in range(keys.partitions)
+            ],
+            settings,
+            metrics,
+            stats,
+        )
+        self.redis = redis
+        self.keys = keys
+        self.pg = pg
+        self._partitions: set[str] = set()
+        """Polls whose archive partition this process knows to exist."""
+
+    async def handle(self, p: int, entries: list[Entry]) -> int:
+        reader = self.readers[p]
+        votes: list[ArchivedVote] = []
+        closes: list[tuple[bytes, str]] = []
+        drop: list[bytes] = []
+        for entry_id, fields in entries:
+            try:
+                entry = decode_entry(fields)
+            except (KeyError, ValueError, UnicodeDecodeError):
+                if fields:
+                    log.error(
+                        "undecodable vote entry, acknowledged without archiving",
+                        extra={"partition": p, "entry_id": entry_id.decode()},
+                    )
+                drop.append(entry_id)
+                continue
+            if isinstance(entry, CloseEntry):
+                closes.append((entry_id, entry.poll))
+                continue
+            votes.append(
+                ArchivedVote(
+                    entry.poll,
+                    entry.vote_id,
+                    entry.device,
+                    entry.option,
+                    entry.count,
+                    entry.client_ts,
+                    entry.recv_ts,
+                    p,
+                    entry_id.decode(),
+                )
+            )
+        if drop:
+            await reader.ack(drop)
+            self.metrics.dropped.labels(STREAM).inc(len(drop))
+            self.stats.dropped += len(drop)
+        in_batch = {v.stream_id.encode() for v in votes}
+        ready_closes: list[tuple[bytes, str]] = []
+        for entry_id, poll in closes:
+            if await self._earlier_pending(p, entry_id, in_batch):
+                # The close completes this partition's archive of the poll: every vote
+                # before it must be in PostgreSQL first, in this commit or an earlier one.
+                self.retry_soon(p)
+                self.metrics.deferred.labels(STREAM).inc()
+                log.info(
+                    "archive close deferred: earlier entries still pending",
+                    extra={"partition": p, "entry_id": entry_id.decode(), "poll": poll},
+                )
+                continue
+            ready_closes.append((entry_id, poll))
+            in_batch.add(entry_id)
+        if not votes and not ready_closes:
+            return 0
+        fresh = await self.commit(p, votes, [poll for _, poll in ready_closes])
+        await reader.ack([v.stream_id for v in votes] + [i.decode() for i, _ in ready_closes])
+        return fresh
+
+    async def _earlier_pending(self, p: int, entry_id: bytes, in_batch: set[bytes]) -> bool:
+        earlier = await self.redis.xpending_range(
+            self.keys.votes(p),
+            ARCHIVE_GROUP,
+            min="-",
+            max=f"({entry_id.decode()}",
+            count=len(in_batch) + 1,
+        )
+        return any(e["message_id"] not in in_batch for e in earlier)
+
+    async def commit(self, p: int, votes: list[ArchivedVote], closes: list[str]) -> int:
+        """One transaction: stage by COPY, move what is new, record closes, seal digests.
+        Returns the votes newly archived."""
+        start = time.perf_counter()
+        async with asyncio.timeout(self.settings.pg_timeout_s):
+            pool = await self.pg.pool()
+            async with pool.acquire() as conn:
+                for poll in {v.poll for v in votes} - self._partitions:
+                    await ensure_partition(conn, poll)
+                    self._partitions.add(poll)
+                async with conn.transaction():
+                    fresh = 0
+                    if votes:
+                        await conn.execute(_STAGE)
+                        await conn.copy_records_to_table(
+                            "archive_stage",
+                            records=[v.record() for v in votes],
+                            columns=ARCHIVE_COLUMNS,
+                        )
+                        status = await conn.execute(_MOVE)
+                        fresh = int(status.rsplit(" ", 1)[-1])
+                    for poll in sorted(closes):
+                        await conn.execute(
+                            "INSERT INTO archive_partition_closed(poll_id, partition)"
+                            " VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                            poll,
+                            p,
+                        )
+                        if await seal(conn, poll, self.keys.partitions):
+                            log.info("archive digest sealed", extra={"poll": poll})
+        self.metrics.batch_size.labels(STREAM).observe(len(votes) + len(closes))
+        self.stats.archived += fresh
+        log.debug(
+            "archived",
+            extra={"partition": p, "votes": fresh, "s": round(time.perf_counter() - start, 4)},
+        )
+        return fresh
+
+    def on_error(self, p: int, exc: Exception) -> None:
+        # What was read stays pending and comes back through recovery: an outage of
+        # PostgreSQL delays the archive, and the backlog bound keeps the streams finite.
+        self.retry_soon(p)
+        self.stats.archive_errors += 1
+        log.warning(
+            "archive write failed, will retry",
+            extra={"partition": p, "error": f"{type(exc).__name__}: {exc}"[:300]},
+        )
+
+    async def flush(self, p: int) -> None:
+        """Archive what is already delivered to us before the process stops."""
+        await self.drain_own(p)
