@@ -18,6 +18,7 @@ BENCHES: dict[str, str] = {
     "push": "bench.push",
     "stack": "bench.stack",
     "redis": "bench.redis",
+    "archive": "bench.archive",
 }
 
 

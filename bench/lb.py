@@ -10,6 +10,15 @@ there is, so that what is measured is the proxy. Each figure is measured for the
 config and the generated one back to back, and the ratio printed; the worker's CPU use
 is printed beside each, because a figure is only HAProxy's own when its core is busy.
 The last line printed is one JSON object with every figure.
+
+Every figure is measured in ``--rounds`` rounds, minimal and generated back to back in
+alternating order (bench.tools.rounds); the ratio printed is the median of the rounds'
+ratios, with its spread and whether the spread allows a conclusion.
+
+``h2_streams`` is what an app client costs: h2load keeps one TLS connection per client
+and ``--h2-streams`` votes in flight on it (HTTP/2). Next to it, ``tls_resumed`` is an
+HTTP/1.1 client that opens a new, resumed, TLS connection per vote. The planner reads
+``haproxy_h2_req_per_s`` for the votes of clients that keep their connection.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.target import vote_target
+from bench.tools import h2load
+from bench.tools.rounds import order, summarise
 from buzzer.certs import make_cert
 from buzzer.ports import free_port
 from lb.inventory import Server
@@ -44,6 +55,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="per measurement (default 5)")
     p.add_argument("--connections", type=int, default=64, help="wrk connections")
     p.add_argument("--tls-clients", type=int, default=8, help="parallel openssl s_time")
+    p.add_argument("--h2-clients", type=int, default=16, help="h2load connections")
+    p.add_argument("--h2-streams", type=int, default=8, help="h2load streams per connection")
+    p.add_argument(
+        "--rounds", type=int, default=5, help="alternating rounds per figure (default 5)"
+    )
     p.add_argument("--haproxy-cpu", type=int, default=0)
     p.add_argument("--client-cpu", type=int, default=1)
     p.add_argument(
@@ -58,7 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"where to write the measured profile (default {MEASURED_PATH})",
     )
     p.add_argument("--no-profile", action="store_true", help="do not write the profile")
-    p.add_argument("--only", nargs="*", help="measure only these (new_conns keepalive ...)")
+    p.add_argument(
+        "--only", nargs="*", help="measure only these (new_conns keepalive h2_streams ...)"
+    )
 
 
 @dataclass
@@ -169,7 +187,7 @@ def _minimal(host: str, port: int, tls_port: int, certs: list[Path], backend: in
             *_BARE,
             "frontend fe",
             f"    bind {host}:{port}",
-            f"    bind {host}:{tls_port} ssl {crts} alpn http/1.1",
+            f"    bind {host}:{tls_port} ssl {crts} alpn h2,http/1.1",
             "    default_backend be",
             "backend be",
             f"    server s1 127.0.0.1:{backend}",
@@ -204,6 +222,13 @@ def _generated(
     return render(RenderParams(maxconn=8000), inventory, settings)
 
 
+def _h2(url: str, seconds: float, clients: int, streams: int, cpu: int) -> tuple[float, int]:
+    r = h2load.h2load(url, clients=clients, streams=streams, seconds=seconds, body=b"{}", cpu=cpu)
+    if r.protocol != "h2":
+        raise RuntimeError(f"h2load negotiated {r.protocol or 'nothing'}, not h2:\n{r.raw}")
+    return r.rps, r.errors
+
+
 @dataclass
 class Measure:
     name: str
@@ -231,11 +256,17 @@ def run(args: argparse.Namespace) -> int:
                                                         reuse=False), "rsa"),
         Measure("tls_resumed", lambda h, p, t: _s_time(h, t, secs, args.tls_clients, ccpu,
                                                        reuse=True), "ecdsa"),
+        Measure("h2_streams", lambda h, p, t: _h2(f"https://{h}:{t}{PATH}", secs,
+                                                  args.h2_clients, args.h2_streams, ccpu),
+                "ecdsa"),
     ]  # fmt: skip
+    if not h2load.available():
+        print("bench lb: h2load not found (nghttp2-client): h2_streams skipped", file=sys.stderr)
+        measures = [m for m in measures if m.name != "h2_streams"]
     if args.only:
         measures = [m for m in measures if m.name in args.only]
 
-    results: dict[str, dict[str, Figure]] = {}
+    results: dict[str, dict[str, list[Figure]]] = {}
     runs = 0
     with tempfile.TemporaryDirectory(prefix="lb-bench-") as tmp:
         work = Path(tmp)
@@ -246,8 +277,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             for m in measures:
                 cert = [certs[m.tls or "ecdsa"]]
-                results[m.name] = {}
-                for kind in ("minimal", "generated"):
+                results[m.name] = {"minimal": [], "generated": []}
+                for rnd, kind in order(args.rounds, ("minimal", "generated")):
                     port, tls_port = free_port(), free_port()
                     # A fresh loopback address per run: the TIME_WAIT left by one run's
                     # closed connections must not slow the next run's connects.
@@ -272,15 +303,15 @@ def run(args: argparse.Namespace) -> int:
                         cpu: dict[str, float] = {}
                         with _cpu_meter(hap.worker_pids()[0], cpu):
                             rate, errors = m.run(host, port, tls_port)
-                        results[m.name][kind] = Figure(rate, cpu["cpu"], errors)
+                        results[m.name][kind].append(Figure(rate, cpu["cpu"], errors))
                         if m.tls and kind == "generated":
                             print(f"{m.name:<16} session reuse seen by HAProxy:"
                                   f" {_ssl_reuse_pct(hap)}%")  # fmt: skip
                     finally:
                         hap.stop()
-                    f = results[m.name][kind]
+                    f = results[m.name][kind][-1]
                     print(
-                        f"{m.name:<16} {kind:<9} {f.rate:>10,.0f}/s  haproxy cpu {f.cpu:4.0%}"
+                        f"{m.name:<16} r{rnd} {kind:<9} {f.rate:>10,.0f}/s  haproxy cpu {f.cpu:4.0%}"
                         f"  per core-second {f.per_core:>10,.0f}  errors {f.errors}",
                         flush=True,
                     )
@@ -299,7 +330,22 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{name:<16} {r['minimal']:>10,.0f} {r['generated']:>10,.0f} {r['ratio']:>6.2f}"
             f" {r['minimal_per_core']:>10,.0f} {r['generated_per_core']:>10,.0f}"
-            f" {r['ratio_per_core']:>6.2f}"
+            f" {r['ratio_per_core']:>6.2f}  spread {r['ratio_spread']:.0%}"
+            f"{'' if r['conclusive'] else ' TOO WIDE TO CONCLUDE'}"
+        )
+    ka = summary["figures"].get("keepalive")
+    if ka:
+        verdict = "yes" if ka["ratio"] >= 0.9 else "NO"
+        if not ka["conclusive"]:
+            verdict = "spread too wide to conclude"
+        print(f"keep-alive median ratio >= 0.9 over {args.rounds} rounds: {verdict}")
+    mobile = summary["profile"]
+    if "haproxy_h2_req_per_s" in mobile and "haproxy_tls_resumed_per_s" in mobile:
+        print(
+            f"app clients (h2, {args.h2_streams} streams/conn): "
+            f"{mobile['haproxy_h2_req_per_s']:,.0f} votes per HAProxy core-second;"
+            f" HTTP/1.1 new resumed TLS connection per vote:"
+            f" {mobile['haproxy_tls_resumed_per_s']:,.0f}"
         )
     print(f"historical node: {HISTORICAL.haproxy_new_conns_per_s:,.0f} new connections/s")
     if not args.no_profile and not args.only:
@@ -351,25 +397,40 @@ def _wait_up(hap: HaproxyProcess, timeout: float = 5.0) -> None:
     raise RuntimeError("bench backend not up behind the generated config")
 
 
-def _summary(
-    results: dict[str, dict[str, Figure]], ingest: float | None, secs: float
-) -> dict[str, Any]:
-    figures = {
-        name: {
-            "minimal": round(r["minimal"].rate, 1),
-            "generated": round(r["generated"].rate, 1),
-            "ratio": round(r["generated"].rate / r["minimal"].rate, 3) if r["minimal"].rate else 0,
-            "minimal_per_core": round(r["minimal"].per_core, 1),
-            "generated_per_core": round(r["generated"].per_core, 1),
-            "ratio_per_core": round(r["generated"].per_core / r["minimal"].per_core, 3)
-            if r["minimal"].per_core
-            else 0,
-            "haproxy_cpu_minimal": round(r["minimal"].cpu, 2),
-            "haproxy_cpu_generated": round(r["generated"].cpu, 2),
-            "errors": r["minimal"].errors + r["generated"].errors,
-        }
-        for name, r in results.items()
+def _figure(r: dict[str, list[Figure]]) -> dict[str, Any]:
+    mini, gen = r["minimal"], r["generated"]
+    rate_ratio = summarise(
+        [g.rate / m.rate if m.rate else 0.0 for m, g in zip(mini, gen, strict=True)]
+    )
+    core_ratio = summarise(
+        [g.per_core / m.per_core if m.per_core else 0.0 for m, g in zip(mini, gen, strict=True)]
+    )
+
+    def med(figs: list[Figure], attr: str) -> float:
+        return summarise([getattr(f, attr) for f in figs]).median
+
+    return {
+        "minimal": round(med(mini, "rate"), 1),
+        "generated": round(med(gen, "rate"), 1),
+        "ratio": round(rate_ratio.median, 3),
+        "ratio_spread": round(rate_ratio.spread, 3),
+        "ratio_verdict": rate_ratio.verdict,
+        "conclusive": rate_ratio.conclusive,
+        "rounds": rate_ratio.rounds,
+        "minimal_per_core": round(med(mini, "per_core"), 1),
+        "generated_per_core": round(med(gen, "per_core"), 1),
+        "generated_per_core_spread": round(summarise([g.per_core for g in gen]).spread, 3),
+        "ratio_per_core": round(core_ratio.median, 3),
+        "haproxy_cpu_minimal": round(med(mini, "cpu"), 2),
+        "haproxy_cpu_generated": round(med(gen, "cpu"), 2),
+        "errors": sum(f.errors for f in mini + gen),
     }
+
+
+def _summary(
+    results: dict[str, dict[str, list[Figure]]], ingest: float | None, secs: float
+) -> dict[str, Any]:
+    figures = {name: _figure(r) for name, r in results.items()}
 
     def gen(name: str) -> float | None:
         return figures[name]["generated_per_core"] if name in figures else None
@@ -380,11 +441,13 @@ def _summary(
         "haproxy_tls_full_per_s": gen("tls_full_rsa"),
         "haproxy_tls_full_ecdsa_per_s": gen("tls_full_ecdsa"),
         "haproxy_tls_resumed_per_s": gen("tls_resumed"),
+        "haproxy_h2_req_per_s": gen("h2_streams"),
         "ingest_votes_per_s": ingest,
     }
     return {
         "bench": "lb",
         "seconds": secs,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "haproxy": _haproxy_version(),
         "historical_new_conns_per_s": HISTORICAL.haproxy_new_conns_per_s,
         "figures": figures,

@@ -7,6 +7,10 @@ the real tally code (``bench.tools.tally``: vote_batch.lua, apply.lua, the publi
 and measures: sockets held, RSS per socket of the push process, and the delay from
 an update's publication (its ``ts``) to its arrival at every viewer, p50/p99.
 The last line printed is one JSON object with the figures.
+
+The update window is judged in ``--rounds`` consecutive slices of the published versions:
+delay-to-all p99 of each slice, their median and spread (bench.tools.rounds), so that a
+single stall or a noisy neighbour shows as spread rather than as the figure.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 import msgspec
 
+from bench.tools.rounds import summarise
 from buzzer.ports import free_port
 
 LAT_BUCKETS_MS = 10_000
@@ -47,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument("--port", type=int, default=0, help="push port (default: a free one)")
+    p.add_argument("--rounds", type=int, default=5, help="slices of the update window judged apart")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -213,6 +219,25 @@ def _percentile(sorted_values: list[float], q: float) -> float | None:
     return round(sorted_values[i], 1)
 
 
+def _round_p99s(per_version: dict[int, list[float]], held: int, rounds: int) -> list[float]:
+    """Delay-to-all p99 of each of ``rounds`` consecutive slices of the versions, in
+    publication order; a version some viewer missed counts as the 10 s cap."""
+    versions = sorted(per_version)
+    if rounds < 1 or len(versions) < rounds:
+        return []
+    size = len(versions) / rounds
+    out: list[float] = []
+    for r in range(rounds):
+        chunk = versions[int(r * size) : int((r + 1) * size)]
+        delays = sorted(
+            per_version[v][1] if per_version[v][0] >= held else float(LAT_BUCKETS_MS) for v in chunk
+        )
+        p99 = _percentile(delays, 0.99)
+        if p99 is not None:
+            out.append(p99)
+    return out
+
+
 def _hist_percentile(hist: list[int], q: float) -> int | None:
     total = sum(hist)
     if total == 0:
@@ -374,6 +399,11 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         result["delay_to_all_ms_p50"] = _percentile(to_all, 0.50)
         result["delay_to_all_ms_p99"] = _percentile(to_all, 0.99)
         result["delay_to_all_ms_max"] = _percentile(to_all, 1.0)
+        rounds = _round_p99s(per_version, held, args.rounds)
+        if rounds:
+            summary = summarise(rounds)
+            result["delay_to_all_ms_p99_rounds"] = {**summary.as_dict(), "values": rounds}
+            print(summary.line("delay-to-all p99 per round, ms", ".0f"), file=sys.stderr)
         result["delay_per_message_ms_p50"] = _hist_percentile(hist, 0.50)
         result["delay_per_message_ms_p99"] = _hist_percentile(hist, 0.99)
         result["messages_received"] = sum(hist)

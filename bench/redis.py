@@ -35,6 +35,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from bench.tools.rounds import order, summarise
 from buzzer.ports import free_ports
 from buzzer.rediscluster import LocalCluster
 from services.common.messages import TALLY_GROUP, Keys, VoteEntry, decode_entry
@@ -270,9 +271,10 @@ def run(args: argparse.Namespace) -> int:
             # Alternating rounds with and without WAIT: this machine's other load shifts
             # over seconds, and a ratio of medians taken side by side is what it can give.
             plains, waits = [], []
-            for _ in range(args.rounds):
-                plains.append(asyncio.run(one_node(primary, seconds / 2)))
-                waits.append(asyncio.run(one_node(primary, seconds / 2, wait=True)))
+            for _, kind in order(args.rounds, ("plain", "wait")):
+                (plains if kind == "plain" else waits).append(
+                    asyncio.run(one_node(primary, seconds / 2, wait=kind == "wait"))
+                )
             plain = {k: statistics.median(r[k] for r in plains) for k in plains[0]}
             waited = {k: statistics.median(r[k] for r in waits) for k in waits[0]}
         print(
@@ -290,15 +292,18 @@ def run(args: argparse.Namespace) -> int:
         )
         wait_cost = 1 - waited["accepted_per_s"] / plain["accepted_per_s"]
         print(f"WAIT costs {wait_cost:.0%} of accepted votes/s (target <= 20 %)")
+        wait_rounds = summarise(
+            [w["accepted_per_s"] / p["accepted_per_s"] for p, w in zip(plains, waits, strict=True)]
+        )
+        print(wait_rounds.line("WAIT/plain accepted votes/s per round"))
 
         single_rates: list[float] = []
         cluster_rates: list[float] = []
         with redis_server(tmp) as single, LocalCluster(base_dir=tmp / "cluster") as cluster:
-            for _ in range(args.rounds):
-                single_rates.append(
-                    asyncio.run(appender_rate(f"redis://127.0.0.1:{single}/0", seconds / 2))
-                )
-                cluster_rates.append(asyncio.run(appender_rate(cluster.url, seconds / 2)))
+            for _, kind in order(args.rounds, ("single", "cluster")):
+                url = f"redis://127.0.0.1:{single}/0" if kind == "single" else cluster.url
+                rates = single_rates if kind == "single" else cluster_rates
+                rates.append(asyncio.run(appender_rate(url, seconds / 2)))
         ratio = statistics.median(cluster_rates) / statistics.median(single_rates)
         print(
             f"appender   one node  {statistics.median(single_rates):>9,.0f} votes/s "
@@ -309,6 +314,10 @@ def run(args: argparse.Namespace) -> int:
             f"(spread {min(cluster_rates):,.0f}-{max(cluster_rates):,.0f})"
         )
         print(f"cluster/single {ratio:.2f} (target >= 0.9)")
+        cluster_rounds = summarise(
+            [c / s for s, c in zip(single_rates, cluster_rates, strict=True) if s]
+        )
+        print(cluster_rounds.line("cluster/single per round"))
         result = {
             "bench": "redis",
             "appendfsync": "always",
@@ -326,6 +335,9 @@ def run(args: argparse.Namespace) -> int:
             "cluster_votes_per_s": [round(r) for r in cluster_rates],
             "cluster_single_ratio": round(ratio, 3),
             "targets_met": bool(ratio >= 0.9 and wait_cost <= 0.2),
+            "wait_rounds": wait_rounds.as_dict(),
+            "cluster_single_rounds": cluster_rounds.as_dict(),
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         if args.out and str(args.out):
             args.out.parent.mkdir(parents=True, exist_ok=True)

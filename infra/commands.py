@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from infra import desired as desired_mod
 from infra import timeline as timeline_mod
@@ -79,6 +80,11 @@ def status(sheet: RunSheet, aws: Clients, now: datetime, echo: Echo = print) -> 
     ]
     running = sum(1 for i in nodes if i["State"]["Name"] == "running")
     echo(f"{'haproxy':<8}  {tl.haproxy_nodes:>7}  {len(nodes):>7}  {running:>10}")
+    if sheet.data.redis is not None:
+        group = _replication_group(aws, desired_mod.cache_group_id(sheet.show))
+        live = f"{len(group['NodeGroups'])} shards" if group else "missing"
+        status = group.get("Status", "") if group else ""
+        echo(f"{'redis':<8}  {tl.peak.redis_shards:>7}  {live:>7}  {status:>10}")
     echo("")
     drift = plan(sheet, aws, now, echo=lambda _: None)
     if drift:
@@ -88,3 +94,17 @@ def status(sheet: RunSheet, aws: Clients, now: datetime, echo: Echo = print) -> 
     else:
         echo("live fleet matches the plan")
     return drift
+
+
+def _replication_group(aws: Clients, group_id: str) -> dict[str, Any] | None:
+    from botocore.exceptions import ClientError
+
+    try:
+        group: dict[str, Any] = aws.elasticache.describe_replication_groups(
+            ReplicationGroupId=group_id
+        )["ReplicationGroups"][0]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ReplicationGroupNotFoundFault":
+            return None
+        raise
+    return group

@@ -32,6 +32,10 @@ class Profile:
     tally_votes_per_s: float
     haproxy_tls_full_ecdsa_per_s: float = 0.0
     """0 means unknown: the planner then uses the RSA figure, the cautious one."""
+    haproxy_h2_req_per_s: float = 0.0
+    """Votes per core from app clients that keep one TLS connection and multiplex
+    requests on it over HTTP/2 (``bench lb`` h2_streams). 0 means unknown: TLS plans
+    then cost their kept-alive votes at the plain HTTP/1.1 keep-alive figure."""
     redis_votes_per_s: float = 27_000.0
     """Votes one Redis shard both accepts (vote_batch.lua) and applies (apply.lua) per
     second. A shard is one core whatever the node's vCPUs: Redis runs scripts on one
@@ -287,10 +291,14 @@ def plan(inputs: PlanInputs, profile: Profile) -> CapacityPlan:
             f"plain new connections: {new:,.0f} / {p.haproxy_new_conns_per_s:,.0f} per core"
             f" = {costs['new_conns']:.2f} cores"
         )
-    costs["keepalive"] = reused / p.haproxy_keepalive_req_per_s
+    # Phones keep their TLS connection and speak h2 (alpn h2,http/1.1): their votes on
+    # it cost what HAProxy measured for TLS h2 streams, not plain HTTP/1.1 keep-alive.
+    ka_rate, ka_kind = p.haproxy_keepalive_req_per_s, "keep-alive requests"
+    if inputs.tls and p.haproxy_h2_req_per_s > 0:
+        ka_rate, ka_kind = p.haproxy_h2_req_per_s, "keep-alive requests (TLS, h2)"
+    costs["keepalive"] = reused / ka_rate
     steps.append(
-        f"keep-alive requests: {reused:,.0f} / {p.haproxy_keepalive_req_per_s:,.0f} per core"
-        f" = {costs['keepalive']:.2f} cores"
+        f"{ka_kind}: {reused:,.0f} / {ka_rate:,.0f} per core = {costs['keepalive']:.2f} cores"
     )
     cores = sum(costs.values())
     by_rate = _ceil(cores / h)

@@ -148,7 +148,11 @@ def _frontend(params: RenderParams, s: RenderSettings) -> list[str]:
             raise ValueError("https_port needs at least one certificate in settings.certs")
         crts = " ".join(f"crt {c}" for c in s.certs)
         tickets = f" tls-ticket-keys {s.tls_ticket_keys}" if s.tls_ticket_keys else ""
-        out.append(f"    bind {s.bind_host}:{s.https_port} ssl {crts} alpn http/1.1{tickets}")
+        # h2 first: phone stacks keep one TLS connection and multiplex their requests on
+        # it, instead of paying a handshake per parallel request. HAProxy 2.4+ also
+        # carries websockets over h2 (RFC 8441), turning them into an HTTP/1.1 upgrade
+        # towards push, so the routing below sees the same Upgrade header either way.
+        out.append(f"    bind {s.bind_host}:{s.https_port} ssl {crts} alpn h2,http/1.1{tickets}")
     out += [f"    maxconn {params.maxconn}", "    monitor-uri /lb-healthz"]
     if s.log_target:
         out.append("    option httplog")

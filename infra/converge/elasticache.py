@@ -14,13 +14,13 @@ from functools import partial
 from typing import Any
 
 from infra.converge.runner import REMOVAL_ORDER, Change, Run
-from infra.desired import REDIS_PORT, SHOW_TAG, CacheSpec
+from infra.desired import REDIS_PORT, SHOW_TAG, CacheSpec, cache_group_id, resource_name
 from infra.userdata import cluster_url
 
 
 def converge(run: Run) -> None:
     spec = run.want.cache
-    group_id = spec.group_id if spec else _group_id(run)
+    group_id = spec.group_id if spec else cache_group_id(run.want.show)
     live = _live_group(run, group_id)
     if spec is None:
         _remove(run, live)
@@ -32,12 +32,6 @@ def converge(run: Run) -> None:
         _create(run, spec)
     else:
         _update(run, spec, live)
-
-
-def _group_id(run: Run) -> str:
-    from infra.desired import cache_group_id
-
-    return cache_group_id(run.want.show)
 
 
 def _not_found(exc: Exception, *codes: str) -> bool:
@@ -234,8 +228,6 @@ def _update(run: Run, spec: CacheSpec, live: dict[str, Any]) -> None:
 
 
 def _remove(run: Run, live: dict[str, Any] | None) -> None:
-    from infra.desired import resource_name
-
     # The votes' durable copy is PostgreSQL's; Redis holds nothing worth a snapshot
     # once the show is over.
     if live is not None:

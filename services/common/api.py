@@ -46,6 +46,15 @@ class VoteStatus(msgspec.Struct, frozen=True):
     """Ingest's clock when the vote arrived, ms since the epoch (known once archived)."""
 
 
+class DeviceIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /v1/devices``: empty for an anonymous device, or the viewer's sign-in."""
+
+    id_token: Annotated[str, msgspec.Meta(min_length=1, max_length=3500)] | None = None
+    """An OpenID Connect ID token of one of the deployment's issuers."""
+    nonce: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+    """The nonce the app put in its sign-in request; the ID token must carry it."""
+
+
 class DeviceIssued(msgspec.Struct, frozen=True):
     device_id: str
     token: str
@@ -70,6 +79,9 @@ class PollIn(msgspec.Struct, frozen=True):
     """1 for a classic vote; null for buzz and clap (unlimited, rate-limited)."""
     max_count: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1
     """Largest tap count one request may carry (the app batches taps); 1: no batching."""
+    max_votes_per_account: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    """Votes one viewer account may cast over all its devices (1: one vote per viewer);
+    null: no account limit. Needs device tokens bound to an account (docs/guarantees.md)."""
     id: Slug | None = None
 
 

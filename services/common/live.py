@@ -13,10 +13,14 @@ RATE_WINDOW_S = 10
 
 async def load_polldef(redis: Redis, keys: Keys, poll: str) -> PollDef | None:
     raw = await redis.get(keys.poll_def(poll))
-    return decode_polldef(raw.encode() if isinstance(raw, str) else raw) if raw is not None else None
+    return (
+        decode_polldef(raw.encode() if isinstance(raw, str) else raw) if raw is not None else None
+    )
 
 
-async def read_live(redis: Redis, keys: Keys, pdef: PollDef, now: float | None = None) -> TallyUpdate:
+async def read_live(
+    redis: Redis, keys: Keys, pdef: PollDef, now: float | None = None
+) -> TallyUpdate:
     """Counts summed over partitions, rates over the last 10 whole seconds, one round trip."""
     now_ms = int((time.time() if now is None else now) * 1000)
     secs = range(now_ms // 1000 - RATE_WINDOW_S, now_ms // 1000)

@@ -58,6 +58,11 @@ class Keys:
     def device_votes(self, p: int, poll: str, device: str) -> str:
         return f"{self.tag(p)}:dv:{poll}:{device}"
 
+    def account_votes(self, p: int, poll: str, account_key: str) -> str:
+        # In the partition of the account (not of one of its devices), so that the one
+        # script that sees all the account's votes can count them (Keys.partition_of).
+        return f"{self.tag(p)}:av:{poll}:{account_key}"
+
     def rate(self, p: int, device: str) -> str:
         return f"{self.tag(p)}:rate:{device}"
 
@@ -111,6 +116,9 @@ class PollDef(msgspec.Struct, frozen=True):
     state: PollState
     final: bool = False
     """Set once every partition's close marker is applied and PostgreSQL froze the result."""
+    max_votes_per_account: int | None = None
+    """Votes all devices of one viewer account may cast; None: no account limit. Devices
+    without an account cannot vote in a poll that has one."""
 
     def option_keys(self) -> frozenset[str]:
         return frozenset(o.key for o in self.options)

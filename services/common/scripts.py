@@ -59,6 +59,9 @@ class ScriptReplyError(Exception):
 class VoteRules:
     max_votes: int = 0
     """Most votes (taps) a device may cast in the poll; 0: unlimited."""
+    max_votes_per_account: int = 0
+    """Most votes (taps) all devices of one account may cast in the poll; 0: unlimited.
+    Only atomic when the vote goes to its account's partition (the handler sees to it)."""
     rate_per_s: int = 0
     """Votes per second per device; 0: no limit."""
     dedupe_ttl_s: int = 6 * 3600
@@ -72,6 +75,8 @@ class VoteKeys(NamedTuple):
     dedupe: str
     device_votes: str
     rate: str
+    account_votes: str
+    """Unused (never read or written) when the rule is off."""
 
 
 class VoteArgs(NamedTuple):
@@ -82,6 +87,7 @@ class VoteArgs(NamedTuple):
     taps: int
     """The vote's count (a NamedTuple field cannot be called ``count``)."""
     max_votes: int
+    max_account_votes: int
     rate_per_s: int
     ttl_s: int
     """Of the dedupe key and the device's vote count."""
@@ -108,7 +114,19 @@ class VoteCall(NamedTuple):
     args: tuple[str | int, ...]
 
 
-def vote_call(keys: Keys, p: int, entry: VoteEntry, rules: VoteRules) -> VoteCall:
+def vote_partition(keys: Keys, device: str, account_key: str = "") -> int:
+    """The partition a vote goes to: its account's, when the device has one, so that all
+    devices of one account meet in one atomic script (their per-account count is exact);
+    else the device's. A token's account never changes, so a device's dedupe and rate
+    keys stay in one partition either way."""
+    return keys.partition_of(account_key or device)
+
+
+def vote_call(
+    keys: Keys, p: int, entry: VoteEntry, rules: VoteRules, account_key: str = ""
+) -> VoteCall:
+    """``account_key``: the voter's account (oidc.account_key), "" for none; with one,
+    ``p`` must be the account's partition."""
     fields = entry.to_fields()
     return VoteCall(
         VoteKeys(
@@ -116,11 +134,13 @@ def vote_call(keys: Keys, p: int, entry: VoteEntry, rules: VoteRules) -> VoteCal
             dedupe=keys.dedupe(p, entry.poll, entry.device, entry.vote_id),
             device_votes=keys.device_votes(p, entry.poll, entry.device),
             rate=keys.rate(p, entry.device),
+            account_votes=keys.account_votes(p, entry.poll, account_key or "-"),
         ),
         VoteArgs(
             fingerprint=f"{entry.option}:{entry.count}",
             taps=entry.count,
             max_votes=rules.max_votes,
+            max_account_votes=rules.max_votes_per_account if account_key else 0,
             rate_per_s=rules.rate_per_s,
             ttl_s=rules.dedupe_ttl_s,
         )
@@ -153,6 +173,9 @@ class VoteOutcome(enum.Enum):
     """The device is over its votes per second; carries ``retry_after_ms``."""
     VOTE_LIMIT = "vote_limit"
     """The vote would take the device over the poll's limit; carries ``max_votes``."""
+    ACCOUNT_LIMIT = "account_limit"
+    """The vote would take the device's account over the poll's limit; carries
+    ``max_votes`` (the account's limit)."""
     ID_REUSED = "id_reused"
     """The vote id was accepted before for a different vote; carries nothing."""
 
@@ -184,7 +207,7 @@ def decode_vote(reply: Sequence[Any]) -> VoteResult:
         return VoteResult(outcome, state=value.decode() if isinstance(value, bytes) else str(value))
     if outcome is VoteOutcome.RATE_LIMITED:
         return VoteResult(outcome, retry_after_ms=max(0, int(value)))
-    if outcome is VoteOutcome.VOTE_LIMIT:
+    if outcome is VoteOutcome.VOTE_LIMIT or outcome is VoteOutcome.ACCOUNT_LIMIT:
         return VoteResult(outcome, max_votes=int(value))
     return VoteResult(outcome)
 

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import tiers
 from services.common.messages import Keys
+from services.common.oidc import OidcIssuer
 
 
 class CommonSettings(BaseSettings):
@@ -63,6 +64,17 @@ class IngestSettings(CommonSettings):
     """A JSON file of name -> token (mode 600), re-read when it changes: rotation needs no
     restart."""
     device_rate_per_s: int = 20
+    oidc_issuers: list[OidcIssuer] = Field(default_factory=list)
+    """ID token issuers whose accounts ``POST /v1/devices`` accepts (JSON list of
+    ``{"issuer", "audience", "jwks_url"}``)."""
+    require_account: bool = False
+    """Refuse to register a device without a verified ID token (docs/guarantees.md)."""
+    jwks_cache_s: float = Field(3600.0, gt=0)
+    jwks_min_refetch_s: float = Field(30.0, ge=0)
+    """An unknown key id refetches an issuer's keys at most this often."""
+    registrations_per_account: int = Field(10, ge=0)
+    """Devices one account may register per ``registration_window_s``; 0: no limit."""
+    registration_window_s: int = Field(24 * 3600, ge=1)
     max_backlog: int = 200_000
     """Unapplied stream entries over all partitions above which votes get 503."""
     max_inflight: int = 20_000

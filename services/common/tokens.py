@@ -4,6 +4,10 @@ Device tokens are HMAC-signed JWTs (HS256) with expiry, audience and a key id.
 Rotation: new tokens are signed with the current secret; verification also accepts
 the previous secrets (found by ``kid``) until they are removed from the settings.
 
+A token may carry the viewer's account (claim ``acc``), bound at registration from a
+verified ID token (services/common/oidc.py): every device of that account then shares
+the account's vote limit.
+
 Nothing here knows aiohttp: each process turns a refusal into its own response.
 """
 
@@ -43,6 +47,16 @@ class IssuedToken:
     token: str
     device_id: str
     expires_at: int
+    account: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who a valid device token speaks for."""
+
+    device: str
+    account: str | None
+    """The viewer account bound at registration; None for an anonymous device."""
 
 
 class TokenService:
@@ -62,25 +76,36 @@ class TokenService:
         self._ttl = ttl_s
         # Verified tokens are cached (token -> (device, exp)): a device votes many
         # times, and the signature check is the costliest step of a vote.
-        self._cache: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[Caller, int]] = OrderedDict()
         self._cache_size = cache_size
 
-    def issue(self, now: float | None = None) -> IssuedToken:
+    def issue(self, now: float | None = None, account: str | None = None) -> IssuedToken:
         iat = int(time.time() if now is None else now)
         device = uuid.uuid4().hex
         exp = iat + self._ttl
-        claims = {"sub": device, "aud": self._audience, "iat": iat, "exp": exp}
+        claims: dict[str, str | int] = {
+            "sub": device,
+            "aud": self._audience,
+            "iat": iat,
+            "exp": exp,
+        }
+        if account is not None:
+            claims["acc"] = account
         token = jwt.encode(claims, self._secret, algorithm="HS256", headers={"kid": self._kid})
-        return IssuedToken(token=token, device_id=device, expires_at=exp)
+        return IssuedToken(token=token, device_id=device, expires_at=exp, account=account)
 
     def verify(self, token: str, now: float | None = None) -> str:
         """The device id of a valid token; raises :class:`InvalidToken` otherwise."""
+        return self.caller(token, now).device
+
+    def caller(self, token: str, now: float | None = None) -> Caller:
+        """The device and account of a valid token; raises :class:`InvalidToken` otherwise."""
         t = time.time() if now is None else now
         hit = self._cache.get(token)
         if hit is not None:
-            device, exp = hit
+            caller, exp = hit
             if exp > t:
-                return device
+                return caller
             del self._cache[token]
             raise InvalidToken("token expired")
         try:
@@ -103,14 +128,20 @@ class TokenService:
             raise InvalidToken("token is malformed") from exc
         exp = claims["exp"]
         device = claims["sub"]
-        if not isinstance(exp, int) or not isinstance(device, str):
+        account = claims.get("acc")
+        if (
+            not isinstance(exp, int)
+            or not isinstance(device, str)
+            or not (account is None or isinstance(account, str))
+        ):
             raise InvalidToken("token is malformed")
         if exp <= t:
             raise InvalidToken("token expired")
-        self._cache[token] = (device, exp)
+        caller = Caller(device=device, account=account)
+        self._cache[token] = (caller, exp)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return device
+        return caller
 
 
 def bearer_token(authorization: str) -> str | None:

@@ -10,25 +10,29 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import redisconn
 from services.common.db import LazyPool
 from services.common.observability import OBS, setup_observability
+from services.common.oidc import OidcVerifier
 from services.common.scripts import Scripts
 from services.common.settings import IngestSettings
 from services.common.tokens import Operators, TokenService
 from services.ingest.appender import Appender
+from services.ingest.gateway.auth import JwksFetcher
 from services.ingest.gateway.edge import edge_middleware
 from services.ingest.gateway.limits import HANDLER_ARGS
 from services.ingest.keys import (
     APPENDER,
     BACKLOG,
     KEYS,
+    OIDC,
     OPERATORS,
     PG,
     POLLS,
     REDIS,
+    REGISTRATIONS,
     SCRIPTS,
     SETTINGS,
     TOKEN_SERVICE,
@@ -150,7 +154,26 @@ def create_app(settings: IngestSettings) -> web.Application:
         optional=frozenset({"postgres"}),
         with_middleware=False,
     )
+    app[REGISTRATIONS] = Counter(
+        "buzzer_device_registrations",
+        "POST /v1/devices by result: anonymous, account, or the reason it was refused",
+        ["result"],
+        registry=app[OBS].registry,
+    )
+    fetcher = JwksFetcher()
+    app[OIDC] = OidcVerifier(
+        settings.oidc_issuers,
+        fetcher,
+        ttl_s=settings.jwks_cache_s,
+        min_refetch_s=settings.jwks_min_refetch_s,
+    )
+
+    async def oidc_ctx(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await fetcher.close()
+
     app.middlewares.append(edge_middleware)
+    app.cleanup_ctx.append(oidc_ctx)
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(pg_ctx)
     setup_routes(app)

@@ -9,9 +9,16 @@ from aiohttp import web
 
 from services.common.api import VoteAccepted, VoteRequest
 from services.common.messages import VoteEntry
-from services.common.scripts import VoteOutcome, VoteResult, VoteRules, vote_call
+from services.common.oidc import account_key
+from services.common.scripts import (
+    VoteOutcome,
+    VoteResult,
+    VoteRules,
+    vote_call,
+    vote_partition,
+)
 from services.ingest.appender import Overloaded, Unavailable
-from services.ingest.gateway.auth import device_of
+from services.ingest.gateway.auth import caller_of
 from services.ingest.gateway.errors import ApiError
 from services.ingest.gateway.schemas import json_response, read_body
 from services.ingest.keys import APPENDER, BACKLOG, KEYS, POLLS, SETTINGS
@@ -46,6 +53,12 @@ REFUSALS: dict[VoteOutcome, Callable[[VoteResult], ApiError]] = {
         f"device already cast its {r.max_votes} vote(s) in this poll",
         field="vote_id",
     ),
+    VoteOutcome.ACCOUNT_LIMIT: lambda r: ApiError(
+        422,
+        "account_vote_limit",
+        f"this viewer account already cast its {r.max_votes} vote(s) in this poll",
+        field="Authorization",
+    ),
     VoteOutcome.ID_REUSED: lambda r: ApiError(
         422, "vote_id_reused", "vote_id was already used for a different vote", field="vote_id"
     ),
@@ -67,7 +80,8 @@ def vote_response(vote_id: str, result: VoteResult) -> web.Response:
 async def post_vote(request: web.Request) -> web.Response:
     app = request.app
     settings = app[SETTINGS]
-    device = device_of(request)
+    caller = caller_of(request)
+    device = caller.device
     poll_id = request.match_info["poll"]
     vote = await read_body(request, VoteRequest)
     pdef = await app[POLLS].get(poll_id)
@@ -84,11 +98,19 @@ async def post_vote(request: web.Request) -> web.Response:
             f"count {vote.count} is over this poll's cap of {pdef.max_count}",
             field="count",
         )
+    if pdef.max_votes_per_account and caller.account is None:
+        raise ApiError(
+            403,
+            "account_required",
+            "this poll counts votes per viewer account: register the device with an id_token",
+            field="Authorization",
+        )
     backlog = app[BACKLOG]
     if backlog.backlog > settings.max_backlog:
         raise _unavailable("vote backlog over its bound, retry with the same vote_id")
 
-    p = app[KEYS].partition_of(device)
+    acc = account_key(caller.account) if caller.account else ""
+    p = vote_partition(app[KEYS], device, acc)
     vote_id = str(vote.vote_id)
     entry = VoteEntry(
         poll=poll_id,
@@ -101,11 +123,12 @@ async def post_vote(request: web.Request) -> web.Response:
     )
     rules = VoteRules(
         max_votes=pdef.max_votes_per_device or 0,
+        max_votes_per_account=pdef.max_votes_per_account or 0,
         rate_per_s=settings.device_rate_per_s,
         dedupe_ttl_s=settings.dedupe_ttl_s,
     )
     try:
-        result = await app[APPENDER].submit(p, vote_call(app[KEYS], p, entry, rules))
+        result = await app[APPENDER].submit(p, vote_call(app[KEYS], p, entry, rules, acc))
     except Overloaded as exc:
         raise _unavailable(
             "ingest is over its in-flight bound, retry with the same vote_id"

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncpg
 from aiohttp import web
+from prometheus_client import Counter
 from redis.asyncio import Redis
 
 from services.common.messages import Keys
+from services.common.oidc import OidcVerifier
 from services.common.scripts import Scripts
 from services.common.settings import IngestSettings
 from services.common.tokens import Operators, TokenService
@@ -24,3 +26,6 @@ BACKLOG = web.AppKey("backlog", BacklogMonitor)
 PG = web.AppKey("pg", asyncpg.Pool)
 TOKEN_SERVICE = web.AppKey("token_service", TokenService)
 OPERATORS = web.AppKey("operators", Operators)
+OIDC = web.AppKey("oidc", OidcVerifier)
+REGISTRATIONS = web.AppKey("registrations", Counter)
+"""Device registrations by result (``anonymous``, ``account``, or why refused)."""

@@ -5,8 +5,10 @@ A batch is copied (COPY) into a temporary staging table and moved into
 ``vote_archive`` with ``ON CONFLICT DO NOTHING`` on (poll, device, vote id, stream id),
 so a redelivered entry finds its row and adds nothing; entries are acknowledged only
 after the commit. A close marker is stored (``archive_partition_closed``) only once
-every earlier entry of its partition is archived, and the last of the freeze and the
-archive closes seals the poll's digest (``services.common.archive.seal``).
+every earlier entry of its partition is archived. The :class:`Sealer` stores the poll's
+digest with its frozen result once both are complete (``services.common.archive.seal``),
+in a transaction of its own: hashing a large poll's archive must never hold up, or time
+out, the writer's or the archiver's commits.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 
@@ -22,7 +25,7 @@ from services.common.db import LazyPool
 from services.common.messages import ARCHIVE_GROUP, CloseEntry, Keys, decode_entry
 from services.common.settings import TallySettings
 from services.tally.metrics import Stats, TallyMetrics
-from services.tally.streams import Entry, GroupLoop, GroupReader
+from services.tally.streams import Entry, GroupLoop, GroupReader, sleep_or_stop
 
 log = logging.getLogger("buzzer.tally.archiver")
 
@@ -63,6 +66,7 @@ class Archiver(GroupLoop):
         settings: TallySettings,
         metrics: TallyMetrics,
         stats: Stats,
+        on_close: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__(
             [
@@ -76,6 +80,7 @@ class Archiver(GroupLoop):
         self.redis = redis
         self.keys = keys
         self.pg = pg
+        self.on_close = on_close
         self._partitions: set[str] = set()
         """Polls whose archive partition this process knows to exist."""
 
@@ -174,8 +179,8 @@ class Archiver(GroupLoop):
                             poll,
                             p,
                         )
-                        if await seal(conn, poll, self.keys.partitions):
-                            log.info("archive digest sealed", extra={"poll": poll})
+        if closes:
+            self.on_close()
         self.metrics.batch_size.labels(STREAM).observe(len(votes) + len(closes))
         self.stats.archived += fresh
         log.debug(
@@ -197,3 +202,60 @@ class Archiver(GroupLoop):
     async def flush(self, p: int) -> None:
         """Archive what is already delivered to us before the process stops."""
         await self.drain_own(p)
+
+
+class Sealer:
+    """Stores the digest of every poll whose result is frozen and whose archive is
+    complete; woken by a freeze or an archive close, and every ``interval_s`` anyway (so
+    a process that died between a commit and its seal is made good by any other).
+
+    :param pg: the pool holder
+    :param partitions: the fallback count of partitions for polls opened without one
+    :param interval_s: the longest wait between two looks
+    :param timeout_s: upper bound on hashing one poll's archive
+    """
+
+    def __init__(self, pg: LazyPool, partitions: int, interval_s: float, timeout_s: float) -> None:
+        self.pg = pg
+        self.partitions = partitions
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self._wake = asyncio.Event()
+
+    def poke(self) -> None:
+        """Look now: a result was frozen, an archive closed, or the process is stopping."""
+        self._wake.set()
+
+    async def seal_pending(self) -> list[str]:
+        """Seal what can be sealed now; the polls sealed by this call."""
+        pool = await self.pg.pool()
+        polls = await pool.fetch(
+            "SELECT id FROM polls WHERE final AND archive_digest IS NULL ORDER BY id"
+        )
+        sealed = []
+        for row in polls:
+            async with (
+                asyncio.timeout(self.timeout_s),
+                pool.acquire() as conn,
+                conn.transaction(),
+            ):
+                digest = await seal(conn, row["id"], self.partitions)
+            if digest:
+                log.info("archive digest sealed", extra={"poll": row["id"], "digest": digest})
+                sealed.append(row["id"])
+        return sealed
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._wake.clear()
+            try:
+                await self.seal_pending()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "sealing archive digests failed, will retry",
+                    extra={"error": f"{type(exc).__name__}: {exc}"[:300]},
+                )
+            # Woken early by a freeze, an archive close or the stop (see ``poke``).
+            await sleep_or_stop(self._wake, self.interval_s)

@@ -57,7 +57,8 @@ class Reconciler:
         pool = await self.pg.pool()
         async with pool.acquire() as conn:
             polls = await conn.fetch(
-                "SELECT id, show_id, title, state, max_votes_per_device, max_count, final"
+                "SELECT id, show_id, title, state, max_votes_per_device, max_count, final,"
+                " max_votes_per_account"
                 " FROM polls WHERE state IN ('open', 'closed')"
                 " AND (NOT final OR finalized_at > now() - interval '1 day')"
             )
@@ -79,6 +80,7 @@ class Reconciler:
                 max_count=r["max_count"],
                 state=r["state"],
                 final=r["final"],
+                max_votes_per_account=r["max_votes_per_account"],
             )
             for r in polls
         ]

@@ -12,7 +12,7 @@ from services.common.db import LazyPool
 from services.common.messages import TALLY_GROUP
 from services.common.scripts import Scripts
 from services.common.settings import TallySettings
-from services.tally.archiver import Archiver
+from services.tally.archiver import Archiver, Sealer
 from services.tally.consumer import VotesConsumer
 from services.tally.metrics import Stats, TallyMetrics
 from services.tally.pgwriter import PgWriter
@@ -46,10 +46,13 @@ class Tally:
         self.consumer = VotesConsumer(
             redis, self.keys, self.scripts, settings, metrics, self.stats, self.publisher.mark
         )
-        self.writer = PgWriter(
-            redis, self.keys, pg, settings, metrics, self.stats, self.publisher.finalize
+        self.sealer = Sealer(
+            pg, self.keys.partitions, settings.recover_interval_s, settings.pg_timeout_s * 10
         )
-        self.archiver = Archiver(redis, self.keys, pg, settings, metrics, self.stats)
+        self.writer = PgWriter(redis, self.keys, pg, settings, metrics, self.stats, self._on_final)
+        self.archiver = Archiver(
+            redis, self.keys, pg, settings, metrics, self.stats, self.sealer.poke
+        )
         self.trimmer = Trimmer(redis, self.keys, pg, settings, metrics, self.stats)
         self.reconciler = Reconciler(
             redis,
@@ -96,6 +99,7 @@ class Tally:
             asyncio.create_task(self.publisher.run(self._stop_aux), name="publisher"),
             asyncio.create_task(self.trimmer.run(self._stop_aux), name="trimmer"),
             asyncio.create_task(self.reconciler.run(self._stop_aux), name="reconciler"),
+            asyncio.create_task(self.sealer.run(self._stop_aux), name="sealer"),
         ]
         log.info(
             "tally started",
@@ -129,6 +133,7 @@ class Tally:
                     extra={"partition": p, "error": f"{type(exc).__name__}: {exc}"[:300]},
                 )
         self._stop_aux.set()
+        self.sealer.poke()
         await _join(self._aux, deadline)
         try:
             await asyncio.wait_for(
@@ -145,6 +150,10 @@ class Tally:
                 "uptime_s": round(time.monotonic() - self._started, 3),
             },
         )
+
+    async def _on_final(self, poll: str) -> None:
+        self.sealer.poke()
+        await self.publisher.finalize(poll)
 
     async def _own_pending(self) -> int | None:
         try:

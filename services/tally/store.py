@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from services.common.archive import seal
 from services.common.messages import AppliedBatch
 from services.tally.streams import StreamId
 
@@ -155,10 +154,6 @@ async def close_partition(conn: asyncpg.Connection, poll: str, p: int, partition
     )
     if status.endswith(" 1"):
         log.info("poll result frozen", extra={"poll": poll, "partitions": closed})
-        # If the archive is complete already, its digest is frozen with the result;
-        # otherwise the archiver's last close seals it.
-        if await seal(conn, poll, partitions):
-            log.info("archive digest sealed", extra={"poll": poll})
         return True
     return False
 

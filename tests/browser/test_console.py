@@ -228,6 +228,9 @@ async def test_japanese_labels_make_a_poll_with_live_counts_and_confirmations(
     assert questions[-1] == "Close “好きな季節は？”? Votes after this are refused."
     assert await row.locator(".rate").inner_text() == "–"
     await results.wait_final(timeout_ms=20_000)
+    # The archive's digest, frozen with the result, is shown once the archive is complete.
+    await row.locator(".digest").wait_for(timeout=30_000)
+    assert len((await row.locator(".digest").inner_text()).split()[-1]) == 64
     assert await problems(page) == [] and await problems(results.page) == []
 
 

@@ -253,6 +253,8 @@ async def test_digest_waits_for_a_lagging_archive(env: TallyEnv) -> None:
     for p in range(env.keys.partitions):
         while entries := await tally.archiver.readers[p].read_new(1000, None):
             await tally.archiver.handle(p, entries)
+    assert await tally.sealer.seal_pending() == [pdef.id]
+    assert await tally.sealer.seal_pending() == []
     sealed = await env.pool.fetchrow(
         "SELECT archive_digest, archived_votes FROM polls WHERE id = $1", pdef.id
     )

@@ -258,3 +258,17 @@ def test_maxconn_is_the_node_share_at_headroom_floored_and_capped() -> None:
 def test_no_votes_still_plans_one_process_of_each_service() -> None:
     p = plan(PlanInputs(peak_votes_per_s=0), FLAT)
     assert (p.ingest_processes, p.push_processes, p.tally_consumers) == (1, 1, 1)
+
+
+def test_tls_kept_alive_votes_cost_the_measured_h2_figure() -> None:
+    inputs = PlanInputs(
+        peak_votes_per_s=100_000, new_conn_share=0.0, tls=True, headroom=1.0, min_haproxy_nodes=1
+    )
+    # Unknown h2 figure: the plain keep-alive one, 100K / 50K = 2 cores.
+    assert plan(inputs, FLAT).haproxy_nodes == 2
+    h2 = plan(inputs, replace(FLAT, haproxy_h2_req_per_s=20_000))
+    assert h2.haproxy_nodes == 5  # 100K / 20K
+    assert any("keep-alive requests (TLS, h2): 100,000 / 20,000" in s for s in h2.steps)
+    # Plain HTTP never speaks h2 here: the figure does not apply.
+    plain = plan(replace(inputs, tls=False), replace(FLAT, haproxy_h2_req_per_s=20_000))
+    assert plain.haproxy_nodes == 2

@@ -83,25 +83,32 @@ def read_like_the_script(ks: list[str], args: list[Any]) -> list[dict[str, Any]]
 
 
 def test_each_vote_is_found_by_name_where_the_script_looks() -> None:
-    rules = [VoteRules(max_votes=1, rate_per_s=20, dedupe_ttl_s=60), VoteRules()]
+    rules = [
+        VoteRules(max_votes=1, rate_per_s=20, dedupe_ttl_s=60, max_votes_per_account=1),
+        VoteRules(max_votes_per_account=1),
+    ]
     entries = [entry(0), entry(1, option="boo")]
-    calls = [vote_call(KEYS, 2, e, r) for e, r in zip(entries, rules, strict=True)]
+    # The second vote's device has no account: the account rule is off for it.
+    accounts = ["a" * 32, ""]
+    calls = [vote_call(KEYS, 2, e, r, a) for e, r, a in zip(entries, rules, accounts, strict=True)]
     ks, args = vote_batch_args(KEYS, 2, calls)
 
     assert ks[0] == KEYS.votes(2)
     seen = read_like_the_script(ks, args)
     assert len(seen) == 2
-    for got, e, r in zip(seen, entries, rules, strict=True):
+    for got, e, r, a in zip(seen, entries, rules, accounts, strict=True):
         assert got["keys"] == {
             "state": KEYS.state(2, e.poll),
             "dedupe": KEYS.dedupe(2, e.poll, e.device, e.vote_id),
             "device_votes": KEYS.device_votes(2, e.poll, e.device),
             "rate": KEYS.rate(2, e.device),
+            "account_votes": KEYS.account_votes(2, e.poll, a or "-"),
         }
         assert got["args"] == {
             "fingerprint": f"{e.option}:{e.count}",
             "taps": e.count,
             "max_votes": r.max_votes,
+            "max_account_votes": r.max_votes_per_account if a else 0,
             "rate_per_s": r.rate_per_s,
             "ttl_s": r.dedupe_ttl_s,
         }
@@ -155,6 +162,7 @@ def test_the_script_answers_exactly_the_outcomes_python_decodes() -> None:
         ([b"rate_limited", 640], VoteResult(VoteOutcome.RATE_LIMITED, retry_after_ms=640)),
         ([b"rate_limited", -1], VoteResult(VoteOutcome.RATE_LIMITED, retry_after_ms=0)),
         ([b"vote_limit", 1], VoteResult(VoteOutcome.VOTE_LIMIT, max_votes=1)),
+        ([b"account_limit", 2], VoteResult(VoteOutcome.ACCOUNT_LIMIT, max_votes=2)),
         ([b"id_reused", 0], VoteResult(VoteOutcome.ID_REUSED)),
         # A client with decode_responses=True hands over text, not bytes.
         (["accepted", 2], VoteResult(VoteOutcome.ACCEPTED, accepted=2)),

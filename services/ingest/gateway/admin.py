@@ -44,6 +44,9 @@ class PollOut(msgspec.Struct, frozen=True):
     created_at: datetime
     opened_at: datetime | None
     closed_at: datetime | None
+    max_votes_per_account: int | None = None
+    archive_digest: str | None = None
+    """SHA-256 of the poll's archived votes, once frozen with the result."""
 
     def to_def(self) -> PollDef:
         return PollDef(
@@ -55,6 +58,7 @@ class PollOut(msgspec.Struct, frozen=True):
             max_count=self.max_count,
             state=self.state,  # type: ignore[arg-type]
             final=self.final,
+            max_votes_per_account=self.max_votes_per_account,
         )
 
 
@@ -92,6 +96,8 @@ def _poll(row: asyncpg.Record) -> PollOut:
         created_at=row["created_at"],
         opened_at=row["opened_at"],
         closed_at=row["closed_at"],
+        max_votes_per_account=row["max_votes_per_account"],
+        archive_digest=row["archive_digest"],
     )
 
 
@@ -153,13 +159,14 @@ async def create_poll(request: web.Request) -> web.Response:
             raise ApiError(404, "show_not_found", f"no show {body.show_id!r}", field="show_id")
         try:
             await conn.execute(
-                "INSERT INTO polls(id, show_id, title, max_votes_per_device, max_count)"
-                " VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO polls(id, show_id, title, max_votes_per_device, max_count,"
+                " max_votes_per_account) VALUES ($1, $2, $3, $4, $5, $6)",
                 poll_id,
                 body.show_id,
                 body.title,
                 body.max_votes_per_device,
                 body.max_count,
+                body.max_votes_per_account,
             )
         except asyncpg.UniqueViolationError as exc:
             raise ApiError(409, "already_exists", f"poll {poll_id!r} exists", field="id") from exc

@@ -1,17 +1,31 @@
-"""Who is calling: a device (bearer device token) or a named operator (operator token)."""
+"""Who is calling: a device (bearer device token) or a named operator (operator token);
+and device registration, which binds a device to a viewer account when the app sends
+the viewer's ID token (docs/guarantees.md, "One vote per viewer")."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+import aiohttp
 from aiohttp import web
+from redis.exceptions import RedisError
 
-from services.common.api import DeviceIssued
-from services.common.tokens import InvalidToken, bearer_token
+from services.common.api import DeviceIn, DeviceIssued
+from services.common.oidc import IdTokenError, KeysUnavailable, account_key
+from services.common.tokens import Caller, InvalidToken, bearer_token
 from services.ingest.gateway.audit import OPERATOR
 from services.ingest.gateway.errors import ApiError
-from services.ingest.gateway.schemas import json_response
-from services.ingest.keys import OPERATORS, TOKEN_SERVICE
+from services.ingest.gateway.schemas import decode_body, json_response
+from services.ingest.keys import (
+    KEYS,
+    OIDC,
+    OPERATORS,
+    REDIS,
+    REGISTRATIONS,
+    SETTINGS,
+    TOKEN_SERVICE,
+)
 
 log = logging.getLogger("buzzer.gateway")
 
@@ -27,13 +41,28 @@ def bearer(request: web.Request) -> str:
     return token
 
 
-def device_of(request: web.Request) -> str:
+def caller_of(request: web.Request) -> Caller:
+    """The device and account of the bearer device token, or a 401 (403 when the
+    deployment requires an account and the token has none)."""
     try:
-        return request.app[TOKEN_SERVICE].verify(bearer(request))
+        caller = request.app[TOKEN_SERVICE].caller(bearer(request))
     except InvalidToken as exc:
         raise ApiError(
             401, "unauthorized", exc.reason, field="Authorization", headers=_CHALLENGE
         ) from exc
+    if caller.account is None and request.app[SETTINGS].require_account:
+        # A token issued before the deployment required accounts: register again.
+        raise ApiError(
+            403,
+            "account_required",
+            "device token is not bound to an account",
+            field="Authorization",
+        )
+    return caller
+
+
+def device_of(request: web.Request) -> str:
+    return caller_of(request).device
 
 
 def check_admin(request: web.Request) -> str:
@@ -53,8 +82,121 @@ def check_admin(request: web.Request) -> str:
     return name
 
 
+class JwksFetcher:
+    """Fetches issuers' key sets for :class:`~services.common.oidc.OidcVerifier`, on the
+    event loop; its session is made on first use, so nothing connects at start."""
+
+    def __init__(self, timeout_s: float = 5.0) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __call__(self, url: str) -> Any:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        try:
+            async with self._session.get(url, headers={"Accept": "application/json"}) as r:
+                if r.status != 200:
+                    raise KeysUnavailable(f"{url}: HTTP {r.status}")
+                return await r.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise KeysUnavailable(f"{url}: {exc!r}") from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def _refused(request: web.Request, reason: str, exc: ApiError) -> ApiError:
+    # By reason, never by source or account: those would be unbounded label values.
+    request.app[REGISTRATIONS].labels(result=reason).inc()
+    return exc
+
+
+async def _count_registration(request: web.Request, account: str) -> None:
+    """Refuse (429) an account's device past ``registrations_per_account`` per window."""
+    settings = request.app[SETTINGS]
+    limit = settings.registrations_per_account
+    if limit <= 0:
+        return
+    key = f"{request.app[KEYS].prefix}:reg:acc:{account_key(account)}"
+    try:
+        pipe = request.app[REDIS].pipeline(transaction=True)
+        pipe.incr(key)
+        # NX: the window starts with the first registration and is not pushed back by
+        # later ones, so a refused account gets in again when it ends.
+        pipe.expire(key, settings.registration_window_s, nx=True)
+        pipe.ttl(key)
+        used, _, ttl = await pipe.execute()
+    except (RedisError, OSError) as exc:
+        raise ApiError(
+            503, "unavailable", "redis unavailable", headers={"Retry-After": "1"}
+        ) from exc
+    if int(used) > limit:
+        raise _refused(
+            request,
+            "account_limit",
+            ApiError(
+                429,
+                "registration_limit",
+                f"account registered its {limit} devices for now",
+                field="id_token",
+                headers={"Retry-After": str(max(1, int(ttl)))},
+            ),
+        )
+
+
 async def post_device(request: web.Request) -> web.Response:
-    issued = request.app[TOKEN_SERVICE].issue()
+    app = request.app
+    settings = app[SETTINGS]
+    raw = await request.read()
+    # An empty body is an anonymous device, as before accounts existed.
+    body = decode_body(raw, request.content_type, DeviceIn) if raw.strip() else DeviceIn()
+    account: str | None = None
+    if body.id_token is None:
+        if settings.require_account:
+            raise _refused(
+                request,
+                "account_required",
+                ApiError(
+                    401, "account_required", "this deployment needs an id_token", field="id_token"
+                ),
+            )
+    else:
+        verifier = app[OIDC]
+        if not verifier.enabled:
+            raise _refused(
+                request,
+                "accounts_off",
+                ApiError(
+                    422,
+                    "accounts_not_enabled",
+                    "this deployment trusts no ID token issuer",
+                    field="id_token",
+                ),
+            )
+        try:
+            account = (await verifier.verify(body.id_token, body.nonce)).id
+        except IdTokenError as exc:
+            raise _refused(
+                request,
+                "invalid_id_token",
+                ApiError(401, "invalid_id_token", exc.reason, field="id_token"),
+            ) from exc
+        except KeysUnavailable as exc:
+            log.warning("issuer keys unavailable", extra={"error": str(exc)})
+            raise _refused(
+                request,
+                "issuer_unavailable",
+                ApiError(
+                    503,
+                    "unavailable",
+                    "the ID token's issuer cannot be reached, retry",
+                    headers={"Retry-After": "5"},
+                ),
+            ) from exc
+        await _count_registration(request, account)
+    issued = app[TOKEN_SERVICE].issue(account=account)
+    app[REGISTRATIONS].labels(result="account" if account else "anonymous").inc()
     return json_response(
         DeviceIssued(device_id=issued.device_id, token=issued.token, expires_at=issued.expires_at),
         201,

@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 
 from services.common.api import (
+    DeviceIn,
     DeviceIssued,
     ErrorBody,
     PollIn,
@@ -32,7 +33,8 @@ def _json(name: str, description: str) -> dict[str, Any]:
 
 _ERRORS = {
     400: "Malformed JSON or a field of the wrong type or range",
-    401: "Missing, forged, expired or wrong-audience token",
+    401: "Missing, forged, expired or wrong-audience token (or ID token)",
+    403: "The device token is not bound to the viewer account this poll or deployment needs",
     404: "Unknown poll, option or show",
     409: "Poll not in a state that allows this",
     413: "Body too large",
@@ -73,6 +75,7 @@ def build() -> dict[str, Any]:
             VoteRequest,
             VoteAccepted,
             VoteStatus,
+            DeviceIn,
             DeviceIssued,
             ErrorBody,
             PollDef,
@@ -92,9 +95,12 @@ def build() -> dict[str, Any]:
         "/v1/devices": {
             "post": _op(
                 "registerDevice",
-                "Register a device; returns its bearer token",
-                {"201": _json("DeviceIssued", "Token issued")},
+                "Register a device; returns its bearer token. With an id_token the device is "
+                "bound to the viewer's account (an empty body registers an anonymous device "
+                "where the deployment allows it).",
+                {"201": _json("DeviceIssued", "Token issued"), **_errors(400, 401, 422, 429, 503)},
                 security=[],
+                requestBody={**_body("DeviceIn"), "required": False},
             )
         },
         "/v1/polls/{poll}/votes": {
@@ -104,7 +110,7 @@ def build() -> dict[str, Any]:
                 "a retry with the same vote_id gets the same answer and counts once.",
                 {
                     "202": _json("VoteAccepted", "Accepted"),
-                    **_errors(400, 401, 404, 409, 413, 415, 422, 429, 503),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 429, 503),
                 },
                 parameters=[_POLL],
                 requestBody=_body("VoteRequest"),

@@ -20,7 +20,7 @@ def field_of(exc: msgspec.ValidationError) -> str | None:
     m = _FIELD.search(str(exc))
     if m:
         return m.group(1)
-    m = re.search(r"required field `([A-Za-z0-9_]+)`", str(exc))
+    m = re.search(r"(?:required|unknown) field `([A-Za-z0-9_]+)`", str(exc))
     return m.group(1) if m else None
 
 

@@ -11,7 +11,9 @@ from redis.exceptions import RedisError
 
 from services.common.api import VoteStatus
 from services.common.archive import find_vote
-from services.ingest.gateway.auth import device_of
+from services.common.oidc import account_key
+from services.common.scripts import vote_partition
+from services.ingest.gateway.auth import caller_of
 from services.ingest.gateway.errors import ApiError
 from services.ingest.gateway.schemas import json_response
 from services.ingest.keys import KEYS, PG, REDIS
@@ -20,7 +22,8 @@ _RETRY = {"Retry-After": "1"}
 
 
 async def get_vote(request: web.Request) -> web.Response:
-    device = device_of(request)
+    caller = caller_of(request)
+    device = caller.device
     poll = request.match_info["poll"]
     try:
         # Votes are stored under the canonical form of their UUID.
@@ -48,7 +51,12 @@ async def get_vote(request: web.Request) -> web.Response:
     try:
         # The key is the device's own: another device's vote id never matches.
         fp = await request.app[REDIS].get(
-            keys.dedupe(keys.partition_of(device), poll, device, vote_id)
+            keys.dedupe(
+                vote_partition(keys, device, account_key(caller.account) if caller.account else ""),
+                poll,
+                device,
+                vote_id,
+            )
         )
     except (RedisError, OSError) as exc:
         raise ApiError(503, "unavailable", "redis unavailable", headers=_RETRY) from exc

@@ -308,6 +308,13 @@
     if (p.state === "closed") {
       box.append(button("CSV", () => download(p, "csv"), "secondary"), button("JSON", () => download(p, "json"), "secondary"));
     }
+    if (p.archive_digest) {
+      const digest = document.createElement("div");
+      digest.className = "muted small digest";
+      digest.title = `SHA-256 of the archived votes (buzzer audit export / recount): ${p.archive_digest}`;
+      digest.textContent = `archive sha256 ${p.archive_digest}`;
+      box.append(digest);
+    }
     return td;
   }
 
@@ -334,8 +341,10 @@
     const wanted = polls.map((p) => {
       const tr = rows.get(p.id) || pollRow(p);
       const st = stateText(p);
-      if (tr.dataset.state !== st) {
-        tr.dataset.state = st;
+      // The digest arrives after the freeze (once the archive is complete): redraw then too.
+      const seen = p.archive_digest ? `${st} ${p.archive_digest}` : st;
+      if (tr.dataset.state !== seen) {
+        tr.dataset.state = seen;
         const state = tr.querySelector(".state");
         state.textContent = st;
         state.dataset.state = p.final ? "final" : p.state;
