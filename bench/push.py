@@ -29,6 +29,7 @@ import tempfile
 import time
 import uuid
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -37,6 +38,7 @@ from bench.tools.rounds import summarise
 from buzzer.ports import free_port
 
 LAT_BUCKETS_MS = 10_000
+PUSH_PROFILE = Path(__file__).resolve().parents[1] / "lb" / "profiles" / "push.json"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,10 +55,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument("--port", type=int, default=0, help="push port (default: a free one)")
     p.add_argument("--rounds", type=int, default=5, help="slices of the update window judged apart")
+    p.add_argument(
+        "--profile-out",
+        type=Path,
+        default=PUSH_PROFILE,
+        help=f"where `bench cost` reads push's CPU per viewer (default {PUSH_PROFILE})",
+    )
+    p.add_argument("--no-profile", action="store_true", help="do not write the profile")
 
 
 def run(args: argparse.Namespace) -> int:
     result = asyncio.run(_bench(args))
+    if result.get("error") is None and not args.no_profile and result.get("connections_held"):
+        profile = {
+            "bench": "push",
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "viewers": result["connections_held"],
+            "updates_per_s": args.rate,
+            "push_cpu_pct": result["push_cpu_pct"],
+            "delay_to_all_ms_p99": result["delay_to_all_ms_p99"],
+            # One push process is one core: the share of it these viewers used, scaled.
+            "cores_per_1m_viewers": round(
+                result["push_cpu_pct"] / 100 * 1_000_000 / result["connections_held"], 2
+            ),
+        }
+        args.profile_out.parent.mkdir(parents=True, exist_ok=True)
+        args.profile_out.write_text(json.dumps(profile, indent=2, sort_keys=True) + "\n")
+        print(f"profile written to {args.profile_out}", file=sys.stderr)
     print(json.dumps(result, sort_keys=True))
     return 0 if result.get("error") is None else 1
 

@@ -270,7 +270,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"ceiling    redis-benchmark XADD   {ceil['per_cpu_s']:>10,.0f} entries/CPU-s")
             # Alternating rounds with and without WAIT: this machine's other load shifts
             # over seconds, and a ratio of medians taken side by side is what it can give.
-            plains, waits = [], []
+            plains: list[dict[str, float]] = []
+            waits: list[dict[str, float]] = []
             for _, kind in order(args.rounds, ("plain", "wait")):
                 (plains if kind == "plain" else waits).append(
                     asyncio.run(one_node(primary, seconds / 2, wait=kind == "wait"))

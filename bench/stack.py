@@ -8,12 +8,23 @@ when the votes accepted per second in the steady part reach 95% of it, their p99
 the limit and, for the stack, the audit is exact. Rates grow by ``--factor`` until one
 fails, then one bisection step. Vote-to-screen p99 is the prober's at the highest
 sustained rate. The last line is one JSON object.
+
+Then, at the stack's highest sustained rate, ``--rounds`` confirming rounds measure the
+bare ceiling and the stack back to back in alternating order (bench.tools.rounds), and
+the stack's p99 is judged on their median and spread. Last, the open-loop generator
+(bench.tools.openloop) offers votes at fixed rates, 50 % and 80 % of that maximum,
+sending on schedule whether or not answers came back and timing each vote from when it
+was due, so queueing shows (locust, like wrk, waits for answers and hides it): vote
+p50/p99/p99.9 and vote-to-screen p99 per rate. Targets at 80 %: vote p99 < 100 ms,
+vote-to-screen p99 < 250 ms.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -27,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.tools.rounds import order, summarise
 from buzzer.ports import free_ports
 
 BAREFILE = Path(__file__).resolve().parent / "tools" / "barefile.py"
@@ -45,6 +57,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="locust workers (0: one process), the same for both sides",
     )
     p.add_argument("--budget", type=float, default=480.0, help="seconds for the whole search")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="bare/stack confirming rounds at the maximum"
+    )
+    p.add_argument(
+        "--fixed-seconds", type=float, default=15.0, help="length of each open-loop fixed rate"
+    )
+    p.add_argument(
+        "--fixed-rates",
+        type=float,
+        nargs="*",
+        default=[0.5, 0.8],
+        help="open-loop rates as shares of the maximum found (none: skip)",
+    )
 
 
 @dataclass
@@ -179,6 +204,9 @@ def run(args: argparse.Namespace) -> int:
     bare_lb: Any = None
     deadline = time.monotonic() + args.budget
     started = time.monotonic()
+    confirm: dict[str, list[Level]] = {"bare": [], "stack": []}
+    runs = itertools.count()
+    fixed: list[dict[str, Any]] = []
     stack.plan()
     try:
         stack.start()
@@ -204,7 +232,9 @@ def run(args: argparse.Namespace) -> int:
         )
 
         def measure_stack(rate: float) -> Level:
-            out = tmp / f"stack-{rate:.0f}"
+            # A directory per run: a rate measured twice (the confirming rounds) must not
+            # read the first run's client records.
+            out = tmp / f"stack-{rate:.0f}-{next(runs)}"
             ns = argparse.Namespace(
                 profile=f"rate:{rate:.0f}",
                 duration=args.level_seconds,
@@ -251,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
             )
 
         def measure_bare(rate: float) -> Level:
-            out = tmp / f"bare-{rate:.0f}"
+            out = tmp / f"bare-{rate:.0f}-{next(runs)}"
             out.mkdir(parents=True, exist_ok=True)
             argv = [
                 sys.executable,
@@ -307,6 +337,24 @@ def run(args: argparse.Namespace) -> int:
         stack_search = _search(measure_stack, args, started + args.budget * 0.6, "stack")
         print("bare aiohttp (through HAProxy, the ceiling):", flush=True)
         bare_search = _search(measure_bare, args, deadline, "bare")
+        best = stack_search.best
+        if best is not None and args.rounds > 0:
+            print(f"confirming rounds at {best.rate:.0f} votes/s, alternating:", flush=True)
+            for rnd, side in order(args.rounds, ("bare", "stack")):
+                lv = (measure_bare if side == "bare" else measure_stack)(best.rate)
+                confirm[side].append(lv)
+                print(f"r{rnd}{lv.line(side)}", flush=True)
+        if best is not None and args.fixed_rates:
+            rates = [max(1.0, round(best.rate * f)) for f in args.fixed_rates]
+            print(f"open loop at fixed rates {rates} votes/s:", flush=True)
+            fixed = asyncio.run(
+                _fixed_rates(
+                    stack_url, admin, env["BUZZER_TOKEN_SECRET"], rates, args.fixed_seconds
+                )
+            )
+            for share, row in zip(args.fixed_rates, fixed, strict=True):
+                row["share_of_max"] = share
+                print(_fixed_line(row), flush=True)
     finally:
         if bare_lb is not None:
             bare_lb.stop()
@@ -340,6 +388,27 @@ def run(args: argparse.Namespace) -> int:
     if sb and bb:
         print(f"ratio stack/bare: {sb.rate / bb.rate:.2f}")
     all_exact = all(lv.audit_ok for lv in stack_search.levels if lv.ok)
+    all_exact = all_exact and all(lv.audit_ok for lv in confirm["stack"])
+    confirmed: dict[str, Any] = {}
+    if confirm["stack"] and confirm["bare"]:
+        p99 = summarise([lv.p99_ms for lv in confirm["stack"]])
+        achieved = summarise(
+            [
+                st.achieved / ba.achieved if ba.achieved else 0.0
+                for ba, st in zip(confirm["bare"], confirm["stack"], strict=True)
+            ]
+        )
+        print(p99.line("stack p99 at the maximum, ms", ".1f"))
+        print(achieved.line("stack/bare accepted votes/s at the maximum"))
+        confirmed = {"stack_p99_ms": p99.as_dict(), "stack_bare_achieved": achieved.as_dict()}
+    at80 = next((r for r in fixed if r.get("share_of_max") == 0.8), None)
+    if at80 is not None:
+        v2s = at80.get("vote_to_screen_p99_ms")
+        ok = (at80["p99_ms"] or 1e9) < 100 and v2s is not None and v2s < 250
+        print(
+            f"targets at 80 %: vote p99 {at80['p99_ms']} ms (< 100), vote-to-screen p99"
+            f" {v2s} ms (< 250) -> {'met' if ok else 'NOT met'}"
+        )
     summary = {
         "bench": "stack",
         "stack_rate": round(sb.rate, 1) if sb else 0,
@@ -367,10 +436,21 @@ def run(args: argparse.Namespace) -> int:
                 for lv in bare_search.levels
             ],
         },
+        "confirm": confirmed,
+        "fixed_rate": fixed,
         "seconds": round(time.monotonic() - started),
     }
     print(json.dumps(summary))
     return 0 if sb is not None and all_exact else 1
+
+
+def _fixed_line(row: dict[str, Any]) -> str:
+    return (
+        f"  fixed {row['rate']:7.0f}/s ({row['share_of_max']:.0%} of max)  ok {row['ok']}"
+        f"  failed {row['failed']}  vote p50 {row['p50_ms']} p99 {row['p99_ms']}"
+        f" p99.9 {row['p999_ms']} ms  vote-to-screen p99 {row['vote_to_screen_p99_ms']} ms"
+        f" ({row['vote_to_screen_probes']} probes)  generator lag max {row['max_lag_ms']} ms"
+    )
 
 
 def _drop_prefix(redis_url: str, prefix: str) -> None:
@@ -383,3 +463,105 @@ def _drop_prefix(redis_url: str, prefix: str) -> None:
             r.delete(*batch[i : i + 1000])
     finally:
         r.close()
+
+
+async def _fixed_rates(
+    base: str, admin: str, secret: str, rates: list[float], seconds: float, devices: int = 5000
+) -> list[dict[str, Any]]:
+    """Votes at each fixed rate from the open-loop generator, with a prober beside it.
+
+    The prober votes on an option the load never uses, one tap at a time, and times from
+    its send until a live message on the poll's websocket counts it: vote-to-screen.
+    """
+    import aiohttp
+    from pydantic import SecretStr
+
+    from bench.tools.openloop import open_loop, percentile
+    from buzzer.http import api
+    from services.common.tokens import TokenService
+
+    issuer = TokenService(SecretStr(secret))
+    tokens = [issuer.issue().token for _ in range(devices)]
+    show = await asyncio.to_thread(
+        api, "POST", f"{base}/v1/admin/shows", admin, {"name": "bench open loop"}
+    )
+    poll = await asyncio.to_thread(
+        api,
+        "POST",
+        f"{base}/v1/admin/polls",
+        admin,
+        {
+            "show_id": show["id"],
+            "title": "open loop",
+            "options": [{"key": f"o{i}", "label": f"O{i}"} for i in range(8)],
+            "max_votes_per_device": None,
+            "max_count": 100,
+        },
+    )
+    await asyncio.to_thread(api, "POST", f"{base}/v1/admin/polls/{poll['id']}/open", admin)
+    votes_url = f"{base}/v1/polls/{poll['id']}/votes"
+    out: list[dict[str, Any]] = []
+    conn = aiohttp.TCPConnector(limit=2000)
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+
+        async def vote(option: str, token: str) -> int:
+            body = {"option": option, "count": 1, "vote_id": str(uuid.uuid4())}
+            headers = {"Authorization": f"Bearer {token}"}
+            async with session.post(votes_url, json=body, headers=headers) as resp:
+                await resp.read()
+                return resp.status
+
+        async def send(i: int) -> bool:
+            return await vote(f"o{i % 7}", tokens[i % len(tokens)]) == 202
+
+        # Probe taps the websocket has counted, and taps accepted: across every rate, as
+        # the poll's count of the probe option only grows.
+        shown = {"n": 0}
+        mine = {"n": 0}
+        changed = asyncio.Event()
+
+        async def watch(ws: aiohttp.ClientWebSocketResponse) -> None:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                data = json.loads(msg.data)
+                n = (data.get("counts") or {}).get("o7")
+                if n is not None and int(n) > shown["n"]:
+                    shown["n"] = int(n)
+                    changed.set()
+
+        async def probe(until: float, delays: list[float], probe_token: str) -> None:
+            while time.perf_counter() < until:
+                t0 = time.perf_counter()
+                if await vote("o7", probe_token) == 202:
+                    mine["n"] += 1
+                    while shown["n"] < mine["n"] and time.perf_counter() - t0 < 5:
+                        changed.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(changed.wait(), 0.5)
+                    shown_in_time = shown["n"] >= mine["n"]
+                    delays.append((time.perf_counter() - t0) * 1000 if shown_in_time else 5000.0)
+                await asyncio.sleep(max(0.0, t0 + 0.2 - time.perf_counter()))
+
+        live = base.replace("http", "ws", 1) + f"/v1/polls/{poll['id']}/live"
+        async with session.ws_connect(live) as ws:
+            watcher = asyncio.ensure_future(watch(ws))
+            probe_token = issuer.issue().token
+            try:
+                for rate in rates:
+                    delays: list[float] = []
+                    prober = asyncio.ensure_future(
+                        probe(time.perf_counter() + seconds, delays, probe_token)
+                    )
+                    r = await open_loop(send, rate, seconds)
+                    await prober
+                    delays.sort()
+                    row = r.as_dict()
+                    v2s = percentile(delays, 0.99)
+                    row["vote_to_screen_p99_ms"] = None if v2s is None else round(v2s, 1)
+                    row["vote_to_screen_probes"] = len(delays)
+                    out.append(row)
+            finally:
+                watcher.cancel()
+    return out

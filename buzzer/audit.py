@@ -32,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     exp.add_argument("-o", "--output", type=Path, required=True, help="CSV file to write")
     exp.add_argument("--database-url", help="PostgreSQL URL (default: DATABASE_URL)")
     exp.set_defaults(func=_export)
+    from buzzer import audit_devices
+
+    audit_devices.add_parser(asub)
 
 
 def _dsn(args: argparse.Namespace) -> str:

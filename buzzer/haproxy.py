@@ -10,7 +10,7 @@ from pathlib import Path
 from buzzer.certs import make_cert
 from lb.inventory import Server
 from lb.process import HaproxyProcess
-from lb.render import RateLimit, RenderParams, RenderSettings, render
+from lb.render import RateLimit, RegistrationLimit, RenderParams, RenderSettings, render
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,9 @@ def local_settings(stack: LocalFront) -> RenderSettings:
         # Every local client shares 127.0.0.1, so the per-source table must not stand
         # in for the per-device limits that load tests exercise: keep it, set high.
         rate_limit=RateLimit(requests=int(os.environ.get("BUZZER_LB_SOURCE_LIMIT", "1000000"))),
+        registration_limit=RegistrationLimit(
+            registrations=int(os.environ.get("BUZZER_LB_REGISTRATION_LIMIT", "1000000"))
+        ),
     )
 
 
@@ -96,6 +99,9 @@ def compose_config() -> str:
         backend_ports={"ingest": 8081, "push": 8085},
         server_state_file=None,
         init_addr="last,libc,none",
+        # The demo's clients (and its load tests) all come through one Docker gateway
+        # address: the per-source registration bound would stop them, not a script.
+        registration_limit=RegistrationLimit(registrations=1_000_000),
     )
     inventory = {
         "ingest": [Server("ingest1", 8081), Server("ingest2", 8081)],

@@ -331,6 +331,16 @@ def alerts(b: Bounds) -> list[Alert]:
             " push delivery: the 200 ms target of `buzzer bench push`",
         ),
         Alert(
+            "BuzzerRegistrationStorm",
+            'sum(rate(buzzer_device_registrations_total{result!~"anonymous|account"}[5m])) > 1',
+            300,
+            "warning",
+            "Ingest refuses more than one device registration per second: a script is farming"
+            " device tokens (or the ID token issuer is away)",
+            "one refusal per second: an app registers once per install, so a steady stream of"
+            " refused registrations is a script or a broken sign-in",
+        ),
+        Alert(
             "BuzzerHaproxyServerDown",
             'sum by (instance, proxy) (haproxy_server_status{proxy=~"ingest|push",state="DOWN"}) > 0',
             30,

@@ -193,6 +193,13 @@ def _render_arguments(p: argparse.ArgumentParser) -> None:
         default=2000,
         help="requests per source per 10 s, 0 for none (default: %(default)s)",
     )
+    g.add_argument(
+        "--registration-limit",
+        type=int,
+        default=300,
+        help="POST /v1/devices per source per 10 min, sized for carrier NAT"
+        " (docs/operations.md), 0 for none (default: %(default)s)",
+    )
     g.add_argument("--maxconn", type=int, help="instead of the plan's maxconn per node")
 
 
@@ -234,7 +241,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> str:
     from lb.inventory import LocalInventory
-    from lb.render import RateLimit, RenderParams, RenderSettings, render
+    from lb.render import RateLimit, RegistrationLimit, RenderParams, RenderSettings, render
 
     settings = RenderSettings(
         runtime_socket=args.runtime_socket,
@@ -250,6 +257,11 @@ def _render(args: argparse.Namespace) -> str:
         nbthread=args.nbthread,
         slots=args.slots,
         rate_limit=RateLimit(requests=args.rate_limit) if args.rate_limit > 0 else None,
+        registration_limit=(
+            RegistrationLimit(registrations=args.registration_limit)
+            if args.registration_limit > 0
+            else None
+        ),
     )
     inventory = LocalInventory(args.inventory).inventory() if args.inventory else {}
     params = RenderParams(args.maxconn) if args.maxconn else RenderParams.from_plan(_plan(args))

@@ -42,6 +42,29 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
+class RegistrationLimit:
+    """``POST /v1/devices`` per source, in a table of its own: a script that farms device
+    tokens registers far more often than it votes, so this bound can be much tighter
+    than the one on all requests.
+
+    Sizing (docs/operations.md, "Registration storm"): a carrier NAT address fronts up
+    to a few thousand phones, and a phone registers once per install and once per token
+    lifetime (30 days), so even a show start where a tenth of them install the app
+    within ``period_s`` stays under the default. Lower it where sources are homes and
+    offices; the app's per-account and per-attested-key limits are the finer ones."""
+
+    registrations: int = 300
+    """Registrations per source per ``period_s`` before 429."""
+    period_s: int = 600
+    table_size: str = "1m"
+
+    @property
+    def expire_s(self) -> int:
+        # An entry must outlive its rate window, or an attacker's count would reset.
+        return self.period_s
+
+
+@dataclass(frozen=True)
 class RenderSettings:
     runtime_socket: str = "/run/buzzer/haproxy.sock"
     bind_host: str = "*"
@@ -69,6 +92,7 @@ class RenderSettings:
     """``server-template`` slots per backend, for nodes added at runtime."""
     backend_ports: dict[str, int] = field(default_factory=tiers.backend_ports)
     rate_limit: RateLimit | None = field(default_factory=RateLimit)
+    registration_limit: RegistrationLimit | None = field(default_factory=RegistrationLimit)
     health_path: str = "/readyz"
     server_state_file: str | None = None
     """Where ``lb.apply`` saves runtime server changes before a reload, so that nodes
@@ -182,6 +206,25 @@ def _frontend(params: RenderParams, s: RenderSettings) -> list[str]:
             f" string '{body}' hdr Retry-After {rl.period_s}"
             f" if {{ sc_http_req_rate(0) gt {rl.requests} }}"
         )
+    reg = s.registration_limit
+    if reg is not None:
+        body = (
+            '{"error":"registration_limited","message":"too many device registrations'
+            ' from this address","field":null,'
+            f'"retry_after_s":{reg.period_s}}}'
+        )
+        register = "{ path /v1/devices } METH_POST"
+        out += [
+            # Its own table (in backend "registrations"), so that votes never use up a
+            # source's registrations nor the other way round.
+            f"    # POST /v1/devices: at most {reg.registrations} per source per"
+            f" {reg.period_s}s, sized for carrier NAT"
+            ' (docs/operations.md, "Sizing the registration limits")',
+            f"    http-request track-sc1 src table registrations if {register}",
+            f"    http-request return status 429 content-type application/json"
+            f" string '{body}' hdr Retry-After {reg.period_s}"
+            f" if {register} {{ sc_http_req_rate(1,registrations) gt {reg.registrations} }}",
+        ]
     if s.https_port is not None:
         out.append("    http-request set-header X-Forwarded-Proto https if { ssl_fc }")
         out.append("    http-request set-header X-Forwarded-Proto http unless { ssl_fc }")
@@ -231,6 +274,16 @@ def _backend(name: str, servers: Sequence[Server], s: RenderSettings) -> list[st
     return out
 
 
+def _registrations(reg: RegistrationLimit) -> list[str]:
+    # A backend with no servers: only the home of the per-source registration table
+    # (a frontend has one table of its own, already the per-source request rate).
+    return [
+        "backend registrations",
+        f"    stick-table type ipv6 size {reg.table_size} expire {reg.expire_s}s"
+        f" store http_req_rate({reg.period_s}s)",
+    ]
+
+
 def _stats(s: RenderSettings) -> list[str]:
     return [
         "frontend stats",
@@ -258,6 +311,7 @@ def render(
         _frontend(params, settings),
         _backend("ingest", inventory.get("ingest", ()), settings),
         _backend("push", inventory.get("push", ()), settings),
+        *([_registrations(settings.registration_limit)] if settings.registration_limit else []),
         _stats(settings),
     ]
     return "\n\n".join("\n".join(sec) for sec in sections) + "\n"

@@ -53,6 +53,13 @@ class DeviceIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """An OpenID Connect ID token of one of the deployment's issuers."""
     nonce: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
     """The nonce the app put in its sign-in request; the ID token must carry it."""
+    platform: Annotated[str, msgspec.Meta(min_length=1, max_length=16)] | None = None
+    """``ios``, ``android``...: which attestation verifier reads ``attestation``."""
+    key_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+    """The attested key's id (App Attest) or the install's id (Play Integrity)."""
+    attestation: Annotated[str, msgspec.Meta(min_length=1, max_length=12_000)] | None = None
+    """The platform's evidence, base64: an App Attest attestation object, or a Play
+    Integrity token's bytes; its challenge is ``nonce``."""
 
 
 class DeviceIssued(msgspec.Struct, frozen=True):

@@ -37,7 +37,16 @@ _SELECT = (
 _FETCH = 5000
 
 
+_SPECIAL = frozenset(',"\r\n')
+
+
 def csv_line(values: tuple[object, ...]) -> bytes:
+    """One CSV row as ``csv.writer`` (minimal quoting, ``\\n``) writes it."""
+    texts = [str(v) for v in values]
+    # The common case (ids, option keys, numbers) needs no quoting: joined directly,
+    # it is the same bytes as the csv module's, at a fraction of the cost per vote.
+    if not any(_SPECIAL.intersection(t) for t in texts):
+        return (",".join(texts) + "\n").encode()
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerow(values)
     return buf.getvalue().encode()

@@ -37,6 +37,8 @@ class Keys:
     def partition_of(self, device_id: str) -> int:
         # By device, so that one device's retries, its one-vote marker and its rate
         # counter all live in one slot and one atomic script can check them together.
+        # A vote of a device bound to an account passes the account's hash instead
+        # (scripts.vote_partition), so that all the account's devices share one slot.
         return zlib.crc32(device_id.encode()) % self.partitions
 
     def tag(self, p: int) -> str:

@@ -11,6 +11,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import tiers
+from services.common.attest import Policy
 from services.common.messages import Keys
 from services.common.oidc import OidcIssuer
 
@@ -43,6 +44,9 @@ class CommonSettings(BaseSettings):
     """How long WAIT may take; past it votes get 503 (the client retries) and the
     PostgreSQL writer retries its batch."""
 
+    hash_accounts: bool = False
+    """Privacy: reports (``buzzer audit devices``) show viewer accounts hashed."""
+
     def keys(self) -> Keys:
         return Keys(prefix=self.key_prefix, partitions=self.partitions)
 
@@ -72,6 +76,19 @@ class IngestSettings(CommonSettings):
     jwks_cache_s: float = Field(3600.0, gt=0)
     jwks_min_refetch_s: float = Field(30.0, ge=0)
     """An unknown key id refetches an issuer's keys at most this often."""
+    attestation_policy: dict[str, Policy] = Field(default_factory=dict)
+    """Per platform (``ios``, ``android``): ``required``, ``optional`` or ``off``; a
+    platform not named is refused once any is named (services/common/attest.py)."""
+    app_attest_app_id: str = ""
+    """Team id and bundle id of the iOS app, ``ABCDE12345.tv.example.vote``."""
+    app_attest_root: Path | None = None
+    """PEM of Apple's App Attest root CA (a test passes its own)."""
+    app_attest_allow_development: bool = False
+    registrations_per_attested_key: int = Field(3, ge=0)
+    """Devices one attested app instance may register per ``registration_window_s``."""
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    """Peers whose X-Forwarded-For names the client (HAProxy): the source a device's
+    registration is recorded with."""
     registrations_per_account: int = Field(10, ge=0)
     """Devices one account may register per ``registration_window_s``; 0: no limit."""
     registration_window_s: int = Field(24 * 3600, ge=1)

@@ -10,9 +10,11 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from cryptography import x509
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import redisconn
+from services.common.attest import AppAttestVerifier, Attestation, AttestationVerifier
 from services.common.db import LazyPool
 from services.common.observability import OBS, setup_observability
 from services.common.oidc import OidcVerifier
@@ -25,6 +27,7 @@ from services.ingest.gateway.edge import edge_middleware
 from services.ingest.gateway.limits import HANDLER_ARGS
 from services.ingest.keys import (
     APPENDER,
+    ATTESTATION,
     BACKLOG,
     KEYS,
     OIDC,
@@ -127,6 +130,22 @@ async def pg_ctx(app: web.Application) -> AsyncIterator[None]:
         await pg.close(timeout=5)
 
 
+def _attestation(settings: IngestSettings) -> Attestation:
+    verifiers: list[AttestationVerifier] = []
+    if settings.app_attest_root is not None:
+        root = x509.load_pem_x509_certificate(settings.app_attest_root.read_bytes())
+        verifiers.append(
+            AppAttestVerifier(
+                settings.app_attest_app_id,
+                root,
+                allow_development=settings.app_attest_allow_development,
+            )
+        )
+    # Play Integrity needs Google's decodeIntegrityToken, which a deployment plugs in
+    # (services/common/attest.py); until then a policy naming android fails at start.
+    return Attestation(verifiers, settings.attestation_policy)
+
+
 def create_app(settings: IngestSettings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes, handler_args=HANDLER_ARGS)
     app[SETTINGS] = settings
@@ -167,6 +186,8 @@ def create_app(settings: IngestSettings) -> web.Application:
         ttl_s=settings.jwks_cache_s,
         min_refetch_s=settings.jwks_min_refetch_s,
     )
+
+    app[ATTESTATION] = _attestation(settings)
 
     async def oidc_ctx(app: web.Application) -> AsyncIterator[None]:
         yield

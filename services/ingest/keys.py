@@ -8,6 +8,7 @@ from aiohttp import web
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
+from services.common.attest import Attestation
 from services.common.messages import Keys
 from services.common.oidc import OidcVerifier
 from services.common.scripts import Scripts
@@ -27,5 +28,6 @@ PG = web.AppKey("pg", asyncpg.Pool)
 TOKEN_SERVICE = web.AppKey("token_service", TokenService)
 OPERATORS = web.AppKey("operators", Operators)
 OIDC = web.AppKey("oidc", OidcVerifier)
+ATTESTATION = web.AppKey("attestation", Attestation)
 REGISTRATIONS = web.AppKey("registrations", Counter)
 """Device registrations by result (``anonymous``, ``account``, or why refused)."""

@@ -24,7 +24,8 @@ log = logging.getLogger("buzzer.tally")
 
 
 class Tally:
-    """Consumers, PostgreSQL writers, publisher, trimmer and reconciler of one process.
+    """Consumers, PostgreSQL writers, archivers, publisher, trimmer, reconciler and the
+    archive's sealer of one process.
 
     :param redis: client for every partition
     :param pg: PostgreSQL pool holder

@@ -4,16 +4,23 @@ all through the real verification code, real Redis and PostgreSQL."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient
+from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
+from buzzer.audit_devices import devices_report, print_report
+from services.common.archive import ensure_partition
+from services.common.attest import Policy
 from services.common.oidc import IdTokenError, OidcIssuer, OidcVerifier
 from services.common.settings import IngestSettings
 from services.ingest.gateway.auth import JwksFetcher
@@ -27,6 +34,7 @@ from tests.support.oidc import (
     local_issuer,
     unsigned_token,
 )
+from tests.unit.test_attest import APP_ID, AttestCa, attestation, make_ca, new_device
 
 pytestmark = pytest.mark.integration
 
@@ -250,3 +258,144 @@ async def test_required_accounts_refuse_old_anonymous_tokens(
     required = await make_client(aiohttp_client, account_settings)
     r = await required.post(f"/v1/polls/{poll['id']}/votes", json=vote(), headers=headers)
     await expect_error(r, 403, "account_required", "Authorization")
+
+
+# ------------------------------------------------------------------- attestation
+
+
+@pytest.fixture
+def attest_settings(
+    ingest_settings: IngestSettings, tmp_path: Path
+) -> tuple[IngestSettings, AttestCa]:
+    ca = make_ca()
+    root = tmp_path / "root.pem"
+    root.write_bytes(ca.root.public_bytes(serialization.Encoding.PEM))
+    settings = ingest_settings.model_copy(
+        update={
+            "attestation_policy": {"ios": Policy.REQUIRED, "web": Policy.OFF},
+            "app_attest_app_id": APP_ID,
+            "app_attest_root": root,
+            "registrations_per_attested_key": 2,
+        }
+    )
+    return settings, ca
+
+
+def attested(ca: AttestCa, dev: Any, nonce: str = "n-1") -> dict[str, str]:
+    obj = attestation(ca, dev, challenge=nonce.encode())
+    return {
+        "platform": "ios",
+        "key_id": dev.key_id.hex(),
+        "attestation": base64.b64encode(obj).decode(),
+        "nonce": nonce,
+    }
+
+
+async def test_an_attested_key_registers_at_most_its_devices(
+    aiohttp_client: Any, attest_settings: tuple[IngestSettings, AttestCa]
+) -> None:
+    settings, ca = attest_settings
+    client = await make_client(aiohttp_client, settings)
+    dev = new_device()
+    body = attested(ca, dev)
+    for _ in range(2):
+        assert (await client.post("/v1/devices", json=body)).status == 201
+    # The same attestation replayed by a script names the same key: counted, refused.
+    r = await client.post("/v1/devices", json=body)
+    await expect_error(r, 429, "registration_limit", "attestation")
+    # Another genuine app instance is not affected.
+    assert (await client.post("/v1/devices", json=attested(ca, new_device()))).status == 201
+
+
+async def test_attestation_refusals_name_the_field(
+    aiohttp_client: Any, attest_settings: tuple[IngestSettings, AttestCa]
+) -> None:
+    settings, ca = attest_settings
+    client = await make_client(aiohttp_client, settings)
+    dev = new_device()
+    r = await client.post("/v1/devices", json={"platform": "ios"})
+    body = await expect_error(r, 401, "invalid_attestation", "attestation")
+    assert "required" in body["message"]
+    await expect_error(await client.post("/v1/devices"), 400, "invalid_field", "platform")
+    # Evidence made by another CA, or for another challenge, is refused.
+    forged = attested(make_ca(), dev)
+    r = await client.post("/v1/devices", json=forged)
+    await expect_error(r, 401, "invalid_attestation", "attestation")
+    r = await client.post("/v1/devices", json={**attested(ca, dev), "nonce": "other"})
+    body = await expect_error(r, 401, "invalid_attestation", "attestation")
+    assert "challenge" in body["message"]
+    r = await client.post("/v1/devices", json={**attested(ca, dev), "attestation": "%%"})
+    await expect_error(r, 400, "invalid_field", "attestation")
+    # A platform the deployment lets go unattested registers without evidence.
+    assert (await client.post("/v1/devices", json={"platform": "web"})).status == 201
+
+
+# ------------------------------------------------------------ buzzer audit devices
+
+
+async def test_audit_devices_ranks_accounts_and_sources(
+    aiohttp_client: Any,
+    account_settings: IngestSettings,
+    issuer: Issuer,
+    pg: Any,
+    pg_dsn: str,
+) -> None:
+    client = await make_client(aiohttp_client, account_settings)
+    poll = await new_poll(client)
+    devices: dict[str, str] = {}
+    for i, (sub, source) in enumerate(
+        [("farm", "198.51.100.7")] * 3 + [("alice", "203.0.113.1"), ("bob", "198.51.100.7")]
+    ):
+        r = await client.post(
+            "/v1/devices",
+            json={"id_token": issuer.id_token(sub=sub)},
+            # The test client is 127.0.0.1, a trusted proxy: its X-Forwarded-For counts.
+            headers={"X-Forwarded-For": f"10.9.9.9, {source}"},
+        )
+        assert r.status == 201, await r.text()
+        devices[f"d{i}"] = (await r.json())["device_id"]
+    await ensure_partition(pg, poll["id"])
+    for i, device in enumerate(devices.values()):
+        await pg.execute(
+            "INSERT INTO vote_archive(poll_id, device, vote_id, stream_id, option_key, count,"
+            " client_ts, recv_ts, partition, row_hash) VALUES ($1,$2,$3,$4,'o0',$5,0,0,0,'')",
+            poll["id"],
+            device,
+            f"v{i}",
+            f"{i}-0",
+            1 + i,
+        )
+    # A device whose registration record is gone (token expired) still counts.
+    await pg.execute(
+        "INSERT INTO vote_archive(poll_id, device, vote_id, stream_id, option_key, count,"
+        " client_ts, recv_ts, partition, row_hash) VALUES ($1,'gone','v9','9-0','o0',1,0,0,0,'')",
+        poll["id"],
+    )
+    prefix = account_settings.key_prefix
+    report = await devices_report(
+        pg_dsn, account_settings.redis_url, prefix, poll["id"], top=10, hash_accounts=False
+    )
+    assert report is not None
+    assert (report.devices, report.votes, report.unrecorded) == (6, 16, 1)
+    assert [(r.name, r.devices, r.votes) for r in report.accounts[:2]] == [
+        (f"{ISSUER} farm", 3, 6),
+        (f"{ISSUER} bob", 1, 5),
+    ]
+    assert [(r.name, r.devices) for r in report.sources[:2]] == [
+        ("198.51.100.7", 4),
+        ("203.0.113.1", 1),
+    ]
+    hashed = await devices_report(
+        pg_dsn, account_settings.redis_url, prefix, poll["id"], top=10, hash_accounts=True
+    )
+    assert hashed is not None
+    out = io.StringIO()
+    print_report(hashed, out)
+    assert "farm" not in out.getvalue() and "alice" not in out.getvalue()
+    assert hashed.accounts[0].name.startswith("sha256:") and hashed.accounts[0].devices == 3
+    assert (
+        await devices_report(
+            pg_dsn, account_settings.redis_url, prefix, "nope", top=10, hash_accounts=False
+        )
+        is None
+    )

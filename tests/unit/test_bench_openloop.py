@@ -45,16 +45,11 @@ async def test_a_stuck_answer_holds_back_no_later_request() -> None:
         sent_at[i] = clock()
         if i == 0:
             await release.wait()
+        if i == 9:
+            release.set()
         return True
 
-    async def release_after_last() -> None:
-        while len(sent_at) < 10:
-            await asyncio.sleep(0)
-        release.set()
-
-    releaser = asyncio.ensure_future(release_after_last())
     r = await open_loop(send, 10, 1, clock=clock, sleep=clock.sleep)
-    await releaser
     assert [round(sent_at[i] - 100.0, 6) for i in range(10)] == [i / 10 for i in range(10)]
     assert (r.sent, r.ok, r.failed) == (10, 10, 0)
     # The stuck request answered after the last was sent, 0.9 s after it was due.
@@ -85,15 +80,16 @@ async def test_failures_and_the_in_flight_cap_are_counted() -> None:
             raise ConnectionError("reset")
         return True
 
-    task = asyncio.ensure_future(
-        open_loop(send, 10, 1, max_in_flight=2, clock=clock, sleep=clock.sleep)
-    )
-    while clock.now < 100.85:  # the last request is due at 100.9
-        await asyncio.sleep(0)
-    for _ in range(5):
-        await asyncio.sleep(0)
-    assert not task.done()
-    never.set()
+    sleeps = 0
+
+    async def sleep(seconds: float) -> None:
+        nonlocal sleeps
+        await clock.sleep(seconds)
+        sleeps += 1
+        if sleeps == 9:  # the wait for the last request: 0 and 1 answer only after it
+            never.set()
+
+    task = asyncio.ensure_future(open_loop(send, 10, 1, max_in_flight=2, clock=clock, sleep=sleep))
     r = await task
     # 0 and 1 never answer before the end: every later one finds the cap full.
     assert (r.sent, r.over_cap) == (2, 8)

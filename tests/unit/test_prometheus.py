@@ -317,6 +317,38 @@ CASES = [
         [],
     ),
     case(
+        "BuzzerRegistrationStorm",
+        [
+            {
+                "series": 'buzzer_device_registrations_total{instance="a",result="account_limit"}',
+                "values": "0+600x40",
+            },
+            {
+                "series": 'buzzer_device_registrations_total{instance="a",result="account"}',
+                "values": "0+60x40",
+            },
+        ],
+        "9m",
+        [{}],
+    ),
+    case(
+        # Many genuine sign-ins and a few refusals (expired ID tokens) are not a storm.
+        "BuzzerRegistrationStorm",
+        [
+            {
+                "series": 'buzzer_device_registrations_total{instance="a",result="account"}',
+                "values": "0+6000x40",
+            },
+            {
+                "series": 'buzzer_device_registrations_total{instance="a",'
+                'result="invalid_id_token"}',
+                "values": "0+6x40",
+            },
+        ],
+        "9m",
+        [],
+    ),
+    case(
         "BuzzerTargetDown",
         [{"series": 'up{job="tally",instance="127.0.0.1:8090"}', "values": "1 0x20"}],
         "3m",

@@ -4,7 +4,9 @@ the viewer's ID token (docs/guarantees.md, "One vote per viewer")."""
 
 from __future__ import annotations
 
+import base64
 import logging
+import time
 from typing import Any
 
 import aiohttp
@@ -12,12 +14,15 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from services.common.api import DeviceIn, DeviceIssued
+from services.common.attest import AttestationError
+from services.common.devices import device_key
 from services.common.oidc import IdTokenError, KeysUnavailable, account_key
 from services.common.tokens import Caller, InvalidToken, bearer_token
 from services.ingest.gateway.audit import OPERATOR
 from services.ingest.gateway.errors import ApiError
 from services.ingest.gateway.schemas import decode_body, json_response
 from services.ingest.keys import (
+    ATTESTATION,
     KEYS,
     OIDC,
     OPERATORS,
@@ -112,13 +117,15 @@ def _refused(request: web.Request, reason: str, exc: ApiError) -> ApiError:
     return exc
 
 
-async def _count_registration(request: web.Request, account: str) -> None:
-    """Refuse (429) an account's device past ``registrations_per_account`` per window."""
-    settings = request.app[SETTINGS]
-    limit = settings.registrations_per_account
+async def _count_registration(
+    request: web.Request, what: str, name: str, limit: int, field: str
+) -> None:
+    """Refuse (429) the registration past ``limit`` per window of one account or one
+    attested key (``what``: ``account`` or ``attested_key``)."""
     if limit <= 0:
         return
-    key = f"{request.app[KEYS].prefix}:reg:acc:{account_key(account)}"
+    settings = request.app[SETTINGS]
+    key = f"{request.app[KEYS].prefix}:reg:{what}:{name}"
     try:
         pipe = request.app[REDIS].pipeline(transaction=True)
         pipe.incr(key)
@@ -134,24 +141,19 @@ async def _count_registration(request: web.Request, account: str) -> None:
     if int(used) > limit:
         raise _refused(
             request,
-            "account_limit",
+            f"{what}_limit",
             ApiError(
                 429,
                 "registration_limit",
-                f"account registered its {limit} devices for now",
-                field="id_token",
+                f"this {what.replace('_', ' ')} registered its {limit} devices for now",
+                field=field,
                 headers={"Retry-After": str(max(1, int(ttl)))},
             ),
         )
 
 
-async def post_device(request: web.Request) -> web.Response:
-    app = request.app
-    settings = app[SETTINGS]
-    raw = await request.read()
-    # An empty body is an anonymous device, as before accounts existed.
-    body = decode_body(raw, request.content_type, DeviceIn) if raw.strip() else DeviceIn()
-    account: str | None = None
+async def _account_of(request: web.Request, body: DeviceIn) -> str | None:
+    settings = request.app[SETTINGS]
     if body.id_token is None:
         if settings.require_account:
             raise _refused(
@@ -161,41 +163,128 @@ async def post_device(request: web.Request) -> web.Response:
                     401, "account_required", "this deployment needs an id_token", field="id_token"
                 ),
             )
-    else:
-        verifier = app[OIDC]
-        if not verifier.enabled:
-            raise _refused(
-                request,
-                "accounts_off",
-                ApiError(
-                    422,
-                    "accounts_not_enabled",
-                    "this deployment trusts no ID token issuer",
-                    field="id_token",
-                ),
-            )
-        try:
-            account = (await verifier.verify(body.id_token, body.nonce)).id
-        except IdTokenError as exc:
-            raise _refused(
-                request,
-                "invalid_id_token",
-                ApiError(401, "invalid_id_token", exc.reason, field="id_token"),
-            ) from exc
-        except KeysUnavailable as exc:
-            log.warning("issuer keys unavailable", extra={"error": str(exc)})
-            raise _refused(
-                request,
-                "issuer_unavailable",
-                ApiError(
-                    503,
-                    "unavailable",
-                    "the ID token's issuer cannot be reached, retry",
-                    headers={"Retry-After": "5"},
-                ),
-            ) from exc
-        await _count_registration(request, account)
+        return None
+    verifier = request.app[OIDC]
+    if not verifier.enabled:
+        raise _refused(
+            request,
+            "accounts_off",
+            ApiError(
+                422,
+                "accounts_not_enabled",
+                "this deployment trusts no ID token issuer",
+                field="id_token",
+            ),
+        )
+    try:
+        return (await verifier.verify(body.id_token, body.nonce)).id
+    except IdTokenError as exc:
+        raise _refused(
+            request,
+            "invalid_id_token",
+            ApiError(401, "invalid_id_token", exc.reason, field="id_token"),
+        ) from exc
+    except KeysUnavailable as exc:
+        log.warning("issuer keys unavailable", extra={"error": str(exc)})
+        raise _refused(
+            request,
+            "issuer_unavailable",
+            ApiError(
+                503,
+                "unavailable",
+                "the ID token's issuer cannot be reached, retry",
+                headers={"Retry-After": "5"},
+            ),
+        ) from exc
+
+
+async def _attested_key_of(request: web.Request, body: DeviceIn) -> str | None:
+    attestation = request.app[ATTESTATION]
+    if not attestation.enabled:
+        return None
+    if body.platform is None:
+        raise _refused(
+            request,
+            "invalid_attestation",
+            ApiError(400, "invalid_field", "platform is required here", field="platform"),
+        )
+    try:
+        evidence = base64.b64decode(body.attestation, validate=True) if body.attestation else None
+    except ValueError as exc:
+        raise ApiError(
+            400, "invalid_field", "attestation must be base64", field="attestation"
+        ) from exc
+    # The challenge is the app's nonce, also bound into its ID token: an attestation
+    # replayed with another registration names the same key, which the per-key limit
+    # then counts.
+    challenge = (body.nonce or "").encode()
+    try:
+        key = await attestation.check(body.platform, body.key_id, evidence, challenge)
+    except AttestationError as exc:
+        raise _refused(
+            request,
+            "invalid_attestation",
+            ApiError(401, "invalid_attestation", exc.reason, field="attestation"),
+        ) from exc
+    return None if key is None else f"{key.platform}:{key.key_id}"
+
+
+def client_address(request: web.Request) -> str:
+    peer = request.remote or ""
+    if peer in request.app[SETTINGS].trusted_proxies:
+        # Only the hop our own proxy appended is trustworthy; earlier ones are the client's.
+        last = request.headers.get("X-Forwarded-For", "").rsplit(",", 1)[-1].strip()
+        if last:
+            return last
+    return peer
+
+
+async def _record_device(
+    request: web.Request, device: str, account: str | None, expires_at: int
+) -> None:
+    """Who registered the device, from where: what ``buzzer audit devices`` reports. Kept
+    as long as the token is valid; a device's votes outlive it only in the archive."""
+    key = device_key(request.app[KEYS], device)
+    try:
+        pipe = request.app[REDIS].pipeline(transaction=True)
+        pipe.hset(
+            key,
+            mapping={
+                "account": account or "",
+                "source": client_address(request),
+                "at": int(time.time()),
+            },
+        )
+        pipe.expireat(key, expires_at)
+        await pipe.execute()
+    except (RedisError, OSError) as exc:
+        raise ApiError(
+            503, "unavailable", "redis unavailable", headers={"Retry-After": "1"}
+        ) from exc
+
+
+async def post_device(request: web.Request) -> web.Response:
+    app = request.app
+    settings = app[SETTINGS]
+    raw = await request.read()
+    # An empty body is an anonymous device, as before accounts existed.
+    body = decode_body(raw, request.content_type, DeviceIn) if raw.strip() else DeviceIn()
+    account = await _account_of(request, body)
+    attested = await _attested_key_of(request, body)
+    if account is not None:
+        await _count_registration(
+            request, "account", account_key(account), settings.registrations_per_account, "id_token"
+        )
+    if attested is not None:
+        await _count_registration(
+            request,
+            "attested_key",
+            account_key(attested),
+            settings.registrations_per_attested_key,
+            "attestation",
+        )
     issued = app[TOKEN_SERVICE].issue(account=account)
+    await _record_device(request, issued.device_id, account, issued.expires_at)
     app[REGISTRATIONS].labels(result="account" if account else "anonymous").inc()
     return json_response(
         DeviceIssued(device_id=issued.device_id, token=issued.token, expires_at=issued.expires_at),

@@ -98,7 +98,10 @@ def build() -> dict[str, Any]:
                 "Register a device; returns its bearer token. With an id_token the device is "
                 "bound to the viewer's account (an empty body registers an anonymous device "
                 "where the deployment allows it).",
-                {"201": _json("DeviceIssued", "Token issued"), **_errors(400, 401, 422, 429, 503)},
+                {
+                    "201": _json("DeviceIssued", "Token issued"),
+                    **_errors(400, 401, 413, 415, 422, 429, 503),
+                },
                 security=[],
                 requestBody={**_body("DeviceIn"), "required": False},
             )
