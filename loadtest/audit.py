@@ -135,6 +135,13 @@ class ServerState:
     final: dict[str, bool]
     states: dict[str, str]
     backlog: int
+    # Counted from the vote archive alone (the scrutineer's recount), per poll and option.
+    archive: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Per poll: the digest stored with the frozen result (None until sealed), the digest
+    # the recount computed, and how many archived rows no longer match their hash.
+    sealed_digest: dict[str, str | None] = field(default_factory=dict)
+    recount_digest: dict[str, str] = field(default_factory=dict)
+    changed_rows: dict[str, int] = field(default_factory=dict)
 
 
 def read_server(plan: Plan, redis_url: str, dsn: str, prefix: str, partitions: int) -> ServerState:
@@ -168,25 +175,36 @@ def read_server(plan: Plan, redis_url: str, dsn: str, prefix: str, partitions: i
     finally:
         r.close()
 
-    async def pg() -> tuple[dict[str, dict[str, int]], dict[str, bool], dict[str, str]]:
+    state = ServerState(redis=live, postgres={}, final={}, states={}, backlog=backlog)
+
+    async def pg() -> None:
         import asyncpg
+
+        from services.common.archive import recount
 
         conn = await asyncpg.connect(dsn)
         try:
             ids = [p.id for p in plan.polls]
             rows = await conn.fetch(
                 "SELECT poll_id, option_key, count FROM totals WHERE poll_id = ANY($1)", ids)
-            polls = await conn.fetch("SELECT id, state, final FROM polls WHERE id = ANY($1)", ids)
+            polls = await conn.fetch(
+                "SELECT id, state, final, archive_digest FROM polls WHERE id = ANY($1)", ids)
+            for p in plan.polls:
+                counted = await recount(conn, p.id)
+                state.archive[p.id] = {o: counted.counts.get(o, 0) for o in p.options}
+                state.recount_digest[p.id] = counted.digest
+                state.changed_rows[p.id] = len(counted.changed)
         finally:
             await conn.close()
-        totals: dict[str, dict[str, int]] = {p.id: dict.fromkeys(p.options, 0) for p in plan.polls}
+        state.postgres = {p.id: dict.fromkeys(p.options, 0) for p in plan.polls}
         for row in rows:
-            totals[row["poll_id"]][row["option_key"]] = int(row["count"])
-        return (totals, {r["id"]: bool(r["final"]) for r in polls},
-                {r["id"]: r["state"] for r in polls})
+            state.postgres[row["poll_id"]][row["option_key"]] = int(row["count"])
+        state.final = {r["id"]: bool(r["final"]) for r in polls}
+        state.states = {r["id"]: r["state"] for r in polls}
+        state.sealed_digest = {r["id"]: r["archive_digest"] for r in polls}
 
-    totals, final, states = asyncio.run(pg())
-    return ServerState(redis=live, postgres=totals, final=final, states=states, backlog=backlog)
+    asyncio.run(pg())
+    return state
 
 
 def drain(plan: Plan, redis_url: str, dsn: str, prefix: str, partitions: int,
@@ -199,7 +217,8 @@ def drain(plan: Plan, redis_url: str, dsn: str, prefix: str, partitions: int,
         s = read_server(plan, redis_url, dsn, prefix, partitions)
         opened = [p for p, st in s.states.items() if st != "draft"]
         settled = (s.backlog == 0 and prev is not None and prev.redis == s.redis
-                   and prev.postgres == s.postgres and all(s.final.get(p) for p in opened))
+                   and prev.postgres == s.postgres and prev.archive == s.archive
+                   and all(s.final.get(p) and s.sealed_digest.get(p) for p in opened))
         if settled:
             return s, True
         if time.monotonic() > deadline:
@@ -241,7 +260,7 @@ def audit(plan: Plan, clients: Clients, server: ServerState, settled: bool) -> A
     problems: list[str] = []
     table: list[dict[str, Any]] = []
     lines = [f"{'poll':<14} {'option':<10} {'clients':>9} {'redis':>9} {'postgres':>9} "
-             f"{'viewers':>11}  verdict"]
+             f"{'archive':>9} {'viewers':>11}  verdict"]
     for p in plan.polls:
         seen, all_final, regressions = _viewer_last(clients.viewers, p.id)
         state = server.states.get(p.id, "?")
@@ -249,6 +268,7 @@ def audit(plan: Plan, clients: Clients, server: ServerState, settled: bool) -> A
             a = clients.accepted.get(p.id, {}).get(opt, 0)
             r = server.redis[p.id].get(opt, 0)
             g = server.postgres[p.id].get(opt, 0)
+            arc = server.archive.get(p.id, {}).get(opt, 0)
             v = seen.get(opt, {0})
             vtxt = str(next(iter(v))) if len(v) == 1 else f"{min(v)}..{max(v)}"
             diffs = []
@@ -256,18 +276,29 @@ def audit(plan: Plan, clients: Clients, server: ServerState, settled: bool) -> A
                 diffs.append(f"redis {r - a:+d}")
             if g != a:
                 diffs.append(f"postgres {g - a:+d}")
+            if arc != a:
+                diffs.append(f"archive {arc - a:+d}")
             if v != {a}:
                 diffs.append("viewers " + ", ".join(f"{n - a:+d}" for n in sorted(v)))
             verdict = "ok" if not diffs else "MISMATCH " + "; ".join(diffs)
             if diffs:
                 problems.append(f"poll {p.id} option {opt}: clients accepted {a}, "
                                 + "; ".join(diffs) + " (relative to the clients)")
-            lines.append(f"{p.id:<14} {opt:<10} {a:>9} {r:>9} {g:>9} {vtxt:>11}  {verdict}")
+            lines.append(
+                f"{p.id:<14} {opt:<10} {a:>9} {r:>9} {g:>9} {arc:>9} {vtxt:>11}  {verdict}")
             table.append({"poll": p.id, "option": opt, "clients": a, "redis": r, "postgres": g,
-                          "viewers": sorted(v), "ok": not diffs})
+                          "archive": arc, "viewers": sorted(v), "ok": not diffs})
         if state != "draft":
             if not server.final.get(p.id):
                 problems.append(f"poll {p.id}: the PostgreSQL result is not final")
+            sealed = server.sealed_digest.get(p.id)
+            if not sealed:
+                problems.append(f"poll {p.id}: no archive digest is stored with the result")
+            elif sealed != server.recount_digest.get(p.id):
+                problems.append(f"poll {p.id}: the recount's digest differs from the sealed one")
+            if server.changed_rows.get(p.id):
+                problems.append(f"poll {p.id}: {server.changed_rows[p.id]} archived rows "
+                                "no longer match their hash")
             if not all_final:
                 problems.append(f"poll {p.id}: not every viewer saw the final result")
         if regressions:

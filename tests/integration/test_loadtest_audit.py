@@ -18,6 +18,13 @@ import redis as redis_sync
 from loadtest.audit import Clients, audit, drain
 from loadtest.cli import parse_duration
 from loadtest.plan import PROBE, Plan, PollPlan, offered, show_units
+from services.common.archive import (
+    ARCHIVE_COLUMNS,
+    ArchivedVote,
+    digest_of,
+    ensure_partition,
+    partition_table,
+)
 from services.common.db import migrate
 from services.common.messages import Keys
 from tests.conftest import PG_ADMIN_DSN, REDIS_URL
@@ -61,6 +68,16 @@ async def _pg_poll(poll: PollPlan, totals: dict[str, int]) -> None:
                                poll.id, opt, i)
             await conn.execute("INSERT INTO totals(poll_id, option_key, count) VALUES ($1, $2, $3)",
                                poll.id, opt, totals[opt])
+        # The archive holds the same votes, one row per option, and the digest is sealed
+        # with the result, as the tally's archiver and sealer leave a closed poll.
+        await ensure_partition(conn, poll.id)
+        votes = [ArchivedVote(poll.id, str(uuid.uuid4()), f"d{i}", opt, n, 0, 0, 0, f"1-{i}")
+                 for i, (opt, n) in enumerate(totals.items())]
+        await conn.copy_records_to_table(
+            "vote_archive", records=[v.record() for v in votes], columns=ARCHIVE_COLUMNS)
+        async with conn.transaction():
+            digest, _, _ = await digest_of(conn, poll.id)
+        await conn.execute("UPDATE polls SET archive_digest = $2 WHERE id = $1", poll.id, digest)
     finally:
         await conn.close()
 
@@ -68,6 +85,7 @@ async def _pg_poll(poll: PollPlan, totals: dict[str, int]) -> None:
 async def _pg_drop(poll: str) -> None:
     conn = await asyncpg.connect(DSN)
     try:
+        await conn.execute(f'DROP TABLE IF EXISTS "{partition_table(poll)}"')
         await conn.execute("DELETE FROM polls WHERE id = $1", poll)
         await conn.execute("DELETE FROM shows WHERE id = $1", poll)
     finally:
@@ -105,12 +123,34 @@ def test_every_difference_is_reported_exactly(setup: tuple[Plan, Keys, str]) -> 
     result = audit(plan, clients, server, settled)
     assert not result.ok
     assert f"poll {poll} option clap: clients accepted 7, redis -1 (relative to the clients)" in result.problems
-    assert (f"poll {poll} option boo: clients accepted 4, redis -1; postgres -1; viewers -1"
+    assert (f"poll {poll} option boo: clients accepted 4, redis -1; postgres -1; archive -1; viewers -1"
             " (relative to the clients)") in result.problems
     assert f"poll {poll} option {PROBE}: clients accepted 2, viewers -1, +0 (relative to the clients)" in result.problems
     assert "1 votes never got a definite answer" in result.problems
     line = next(ln for ln in result.lines if " clap " in ln)
     assert line.split()[2:5] == ["7", "6", "7"] and "MISMATCH redis -1" in line
+
+
+def test_a_tampered_archive_fails_the_audit(setup: tuple[Plan, Keys, str]) -> None:
+    plan, keys, prefix = setup
+    poll = plan.polls[0].id
+    asyncio.run(_tamper(poll))
+    server, settled = drain(plan, REDIS_URL, DSN, prefix, keys.partitions, timeout=2)
+    want = {"clap": 7, "boo": 3, PROBE: 2}
+    result = audit(plan, _clients(poll, want, [want]), server, settled)
+    assert not result.ok
+    assert f"poll {poll} option boo: clients accepted 3, archive +1 (relative to the clients)" in result.problems
+    assert f"poll {poll}: the recount's digest differs from the sealed one" in result.problems
+    assert f"poll {poll}: 1 archived rows no longer match their hash" in result.problems
+
+
+async def _tamper(poll: str) -> None:
+    conn = await asyncpg.connect(DSN)
+    try:
+        await conn.execute(
+            "UPDATE vote_archive SET count = count + 1 WHERE poll_id = $1 AND option_key = 'boo'", poll)
+    finally:
+        await conn.close()
 
 
 def test_rate_curves() -> None:
