@@ -29,21 +29,39 @@ STATE_DIR = Path(os.environ.get("BUZZER_STATE_DIR", ".buzzer"))
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     up = sub.add_parser("up", help="run the whole local stack (HAProxy, ingest x2, tally, push)")
     up.add_argument("--http-port", type=int, default=int(os.environ.get("BUZZER_HTTP_PORT", 8080)))
-    up.add_argument("--https-port", type=int, default=int(os.environ.get("BUZZER_HTTPS_PORT", 8443)))
+    up.add_argument(
+        "--https-port", type=int, default=int(os.environ.get("BUZZER_HTTPS_PORT", 8443))
+    )
     up.add_argument("--ingest", type=int, default=2, help="ingest processes")
-    up.add_argument("--no-haproxy", action="store_true", help="serve ingest directly on --http-port")
-    up.add_argument("--monitoring", action="store_true",
-                    help="also run a local Prometheus with the alerting rules (deploy/prometheus)")
-    up.add_argument("--prometheus-port", type=int,
-                    default=int(os.environ.get("BUZZER_PROMETHEUS_PORT", 9090)))
-    up.add_argument("--redis-cluster", action="store_true",
-                    help="run on a local Redis Cluster (3 primaries, 3 replicas) with replica "
-                         "acknowledgement, instead of the Redis at REDIS_URL")
-    up.add_argument("--for", dest="duration", type=float, default=0,
-                    help="stop by itself after this many seconds (0: until Ctrl-C/SIGTERM)")
+    up.add_argument(
+        "--no-haproxy", action="store_true", help="serve ingest directly on --http-port"
+    )
+    up.add_argument(
+        "--monitoring",
+        action="store_true",
+        help="also run a local Prometheus with the alerting rules (deploy/prometheus)",
+    )
+    up.add_argument(
+        "--prometheus-port", type=int, default=int(os.environ.get("BUZZER_PROMETHEUS_PORT", 9090))
+    )
+    up.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="run on a local Redis Cluster (3 primaries, 3 replicas) with replica "
+        "acknowledgement, instead of the Redis at REDIS_URL",
+    )
+    up.add_argument(
+        "--for",
+        dest="duration",
+        type=float,
+        default=0,
+        help="stop by itself after this many seconds (0: until Ctrl-C/SIGTERM)",
+    )
     up.set_defaults(func=_up)
 
-    demo = sub.add_parser("demo", help="create a show with open polls; print the curl lines to vote")
+    demo = sub.add_parser(
+        "demo", help="create a show with open polls; print the curl lines to vote"
+    )
     demo.add_argument("--url", default=os.environ.get("BUZZER_URL", "http://127.0.0.1:8080"))
     demo.set_defaults(func=_demo)
 
@@ -85,7 +103,9 @@ class Child:
 
     def start(self, log_dir: Path) -> None:
         with (log_dir / f"{self.name}.log").open("ab") as log:
-            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -117,13 +137,31 @@ class Stack:
         base = self.http_port if not self.haproxy else self.ingest_base_port
         self.ingest_ports = [base + i for i in range(self.ingest)]
         for i, port in enumerate(self.ingest_ports):
-            self.children.append(Child(f"ingest-{i + 1}", self._py("serve", "ingest", "--port", str(port)),
-                                       self.env, f"http://127.0.0.1:{port}/readyz"))
-        self.children.append(Child("tally", self._py("serve", "tally", "--port", str(self.tally_port)),
-                                   self.env, f"http://127.0.0.1:{self.tally_port}/readyz"))
+            self.children.append(
+                Child(
+                    f"ingest-{i + 1}",
+                    self._py("serve", "ingest", "--port", str(port)),
+                    self.env,
+                    f"http://127.0.0.1:{port}/readyz",
+                )
+            )
+        self.children.append(
+            Child(
+                "tally",
+                self._py("serve", "tally", "--port", str(self.tally_port)),
+                self.env,
+                f"http://127.0.0.1:{self.tally_port}/readyz",
+            )
+        )
         if self.with_push:
-            self.children.append(Child("push", self._py("serve", "push", "--port", str(self.push_port)),
-                                       self.env, f"http://127.0.0.1:{self.push_port}/readyz"))
+            self.children.append(
+                Child(
+                    "push",
+                    self._py("serve", "push", "--port", str(self.push_port)),
+                    self.env,
+                    f"http://127.0.0.1:{self.push_port}/readyz",
+                )
+            )
 
     def ports(self) -> list[int]:
         ports = [*self.ingest_ports, self.tally_port]
@@ -135,8 +173,9 @@ class Stack:
         # Fail before starting anything, rather than health-check another stack's process.
         taken = [p for p in self.ports() if not bindable(p)]
         if taken:
-            raise RuntimeError(f"port(s) {', '.join(map(str, taken))} already in use "
-                               "(another `buzzer up`?)")
+            raise RuntimeError(
+                f"port(s) {', '.join(map(str, taken))} already in use (another `buzzer up`?)"
+            )
         log_dir = self.state_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         for child in self.children:
@@ -201,8 +240,10 @@ def wait_ready(child: Child, timeout: float) -> None:
     assert child.health is not None
     while time.monotonic() < deadline:
         if not child.alive():
-            raise RuntimeError(f"{child.name} exited with {child.proc and child.proc.returncode}; "
-                               f"see {STATE_DIR / 'logs' / (child.name + '.log')}")
+            raise RuntimeError(
+                f"{child.name} exited with {child.proc and child.proc.returncode}; "
+                f"see {STATE_DIR / 'logs' / (child.name + '.log')}"
+            )
         try:
             with urllib.request.urlopen(child.health, timeout=1) as r:
                 if r.status == 200:
@@ -231,8 +272,13 @@ def _up(args: argparse.Namespace) -> int:
         except Exception as exc:
             print(f"buzzer up: redis cluster: {exc}", file=sys.stderr)
             return 1
-    stack = Stack(env=env, http_port=args.http_port, https_port=args.https_port, ingest=args.ingest,
-                  haproxy=not args.no_haproxy)
+    stack = Stack(
+        env=env,
+        http_port=args.http_port,
+        https_port=args.https_port,
+        ingest=args.ingest,
+        haproxy=not args.no_haproxy,
+    )
     stack.plan()
     stopping = False
 
@@ -288,15 +334,27 @@ def _demo(args: argparse.Namespace) -> int:
     url = args.url.rstrip("/")
     show = api("POST", f"{url}/v1/admin/shows", token, {"name": "Demo night"})
     polls: list[dict[str, Any]] = [
-        {"title": "Buzz act 3", "options": [{"key": "buzz", "label": "Buzz"},
-                                            {"key": "golden", "label": "Golden buzzer"}],
-         "max_votes_per_device": None, "max_count": 100},
-        {"title": "Clap or boo", "options": [{"key": "clap", "label": "Clap"},
-                                             {"key": "boo", "label": "Boo"}],
-         "max_votes_per_device": None, "max_count": 100},
-        {"title": "Your favourite act", "options": [
-            {"key": f"act-{i}", "label": f"Act {i}"} for i in range(1, 9)],
-         "max_votes_per_device": 1, "max_count": 1},
+        {
+            "title": "Buzz act 3",
+            "options": [
+                {"key": "buzz", "label": "Buzz"},
+                {"key": "golden", "label": "Golden buzzer"},
+            ],
+            "max_votes_per_device": None,
+            "max_count": 100,
+        },
+        {
+            "title": "Clap or boo",
+            "options": [{"key": "clap", "label": "Clap"}, {"key": "boo", "label": "Boo"}],
+            "max_votes_per_device": None,
+            "max_count": 100,
+        },
+        {
+            "title": "Your favourite act",
+            "options": [{"key": f"act-{i}", "label": f"Act {i}"} for i in range(1, 9)],
+            "max_votes_per_device": 1,
+            "max_count": 1,
+        },
     ]
     created = []
     for spec in polls:
@@ -310,9 +368,11 @@ def _demo(args: argparse.Namespace) -> int:
     first = created[1]
     print("\n# vote (a new vote_id per vote; a retry reuses it):")
     print(f"TOKEN={device['token']}")
-    print(f"curl -s -X POST {url}/v1/polls/{first['id']}/votes -H \"Authorization: Bearer $TOKEN\" "
-          f"-H 'Content-Type: application/json' "
-          f"-d '{{\"option\": \"clap\", \"count\": 7, \"vote_id\": \"'$(python3 -c 'import uuid;print(uuid.uuid4())')'\"}}'")
+    print(
+        f'curl -s -X POST {url}/v1/polls/{first["id"]}/votes -H "Authorization: Bearer $TOKEN" '
+        f"-H 'Content-Type: application/json' "
+        f'-d \'{{"option": "clap", "count": 7, "vote_id": "\'$(python3 -c \'import uuid;print(uuid.uuid4())\')\'"}}\''
+    )
     print("\n# read the live tally:")
     print(f"curl -s {url}/v1/polls/{first['id']}/tally")
     print("\n# watch it live:")

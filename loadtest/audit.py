@@ -78,11 +78,15 @@ def collect(out: Path) -> Clients:
 
 
 def _post_vote(host: str, vote: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    body = json.dumps({"option": vote["option"], "count": vote["count"],
-                       "vote_id": vote["vote_id"]}).encode()
-    req = urllib.request.Request(f"{host.rstrip('/')}/v1/polls/{vote['poll']}/votes", data=body,
-                                 method="POST", headers={"Content-Type": "application/json",
-                                                         "Authorization": f"Bearer {vote['token']}"})
+    body = json.dumps(
+        {"option": vote["option"], "count": vote["count"], "vote_id": vote["vote_id"]}
+    ).encode()
+    req = urllib.request.Request(
+        f"{host.rstrip('/')}/v1/polls/{vote['poll']}/votes",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {vote['token']}"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             return r.status, json.loads(r.read())
@@ -186,9 +190,11 @@ def read_server(plan: Plan, redis_url: str, dsn: str, prefix: str, partitions: i
         try:
             ids = [p.id for p in plan.polls]
             rows = await conn.fetch(
-                "SELECT poll_id, option_key, count FROM totals WHERE poll_id = ANY($1)", ids)
+                "SELECT poll_id, option_key, count FROM totals WHERE poll_id = ANY($1)", ids
+            )
             polls = await conn.fetch(
-                "SELECT id, state, final, archive_digest FROM polls WHERE id = ANY($1)", ids)
+                "SELECT id, state, final, archive_digest FROM polls WHERE id = ANY($1)", ids
+            )
             for p in plan.polls:
                 counted = await recount(conn, p.id)
                 state.archive[p.id] = {o: counted.counts.get(o, 0) for o in p.options}
@@ -207,8 +213,9 @@ def read_server(plan: Plan, redis_url: str, dsn: str, prefix: str, partitions: i
     return state
 
 
-def drain(plan: Plan, redis_url: str, dsn: str, prefix: str, partitions: int,
-          timeout: float = 60.0) -> tuple[ServerState, bool]:
+def drain(
+    plan: Plan, redis_url: str, dsn: str, prefix: str, partitions: int, timeout: float = 60.0
+) -> tuple[ServerState, bool]:
     """Wait until nothing is left to apply: backlog 0, counts steady, every opened poll
     final. Returns the state and whether it settled before the deadline."""
     deadline = time.monotonic() + timeout
@@ -216,9 +223,14 @@ def drain(plan: Plan, redis_url: str, dsn: str, prefix: str, partitions: int,
     while True:
         s = read_server(plan, redis_url, dsn, prefix, partitions)
         opened = [p for p, st in s.states.items() if st != "draft"]
-        settled = (s.backlog == 0 and prev is not None and prev.redis == s.redis
-                   and prev.postgres == s.postgres and prev.archive == s.archive
-                   and all(s.final.get(p) and s.sealed_digest.get(p) for p in opened))
+        settled = (
+            s.backlog == 0
+            and prev is not None
+            and prev.redis == s.redis
+            and prev.postgres == s.postgres
+            and prev.archive == s.archive
+            and all(s.final.get(p) and s.sealed_digest.get(p) for p in opened)
+        )
         if settled:
             return s, True
         if time.monotonic() > deadline:
@@ -259,8 +271,10 @@ def _viewer_last(viewers: list[dict[str, Any]], poll: str) -> tuple[dict[str, se
 def audit(plan: Plan, clients: Clients, server: ServerState, settled: bool) -> AuditResult:
     problems: list[str] = []
     table: list[dict[str, Any]] = []
-    lines = [f"{'poll':<14} {'option':<10} {'clients':>9} {'redis':>9} {'postgres':>9} "
-             f"{'archive':>9} {'viewers':>11}  verdict"]
+    lines = [
+        f"{'poll':<14} {'option':<10} {'clients':>9} {'redis':>9} {'postgres':>9} "
+        f"{'archive':>9} {'viewers':>11}  verdict"
+    ]
     for p in plan.polls:
         seen, all_final, regressions = _viewer_last(clients.viewers, p.id)
         state = server.states.get(p.id, "?")
@@ -282,12 +296,26 @@ def audit(plan: Plan, clients: Clients, server: ServerState, settled: bool) -> A
                 diffs.append("viewers " + ", ".join(f"{n - a:+d}" for n in sorted(v)))
             verdict = "ok" if not diffs else "MISMATCH " + "; ".join(diffs)
             if diffs:
-                problems.append(f"poll {p.id} option {opt}: clients accepted {a}, "
-                                + "; ".join(diffs) + " (relative to the clients)")
+                problems.append(
+                    f"poll {p.id} option {opt}: clients accepted {a}, "
+                    + "; ".join(diffs)
+                    + " (relative to the clients)"
+                )
             lines.append(
-                f"{p.id:<14} {opt:<10} {a:>9} {r:>9} {g:>9} {arc:>9} {vtxt:>11}  {verdict}")
-            table.append({"poll": p.id, "option": opt, "clients": a, "redis": r, "postgres": g,
-                          "archive": arc, "viewers": sorted(v), "ok": not diffs})
+                f"{p.id:<14} {opt:<10} {a:>9} {r:>9} {g:>9} {arc:>9} {vtxt:>11}  {verdict}"
+            )
+            table.append(
+                {
+                    "poll": p.id,
+                    "option": opt,
+                    "clients": a,
+                    "redis": r,
+                    "postgres": g,
+                    "archive": arc,
+                    "viewers": sorted(v),
+                    "ok": not diffs,
+                }
+            )
         if state != "draft":
             if not server.final.get(p.id):
                 problems.append(f"poll {p.id}: the PostgreSQL result is not final")
@@ -297,12 +325,16 @@ def audit(plan: Plan, clients: Clients, server: ServerState, settled: bool) -> A
             elif sealed != server.recount_digest.get(p.id):
                 problems.append(f"poll {p.id}: the recount's digest differs from the sealed one")
             if server.changed_rows.get(p.id):
-                problems.append(f"poll {p.id}: {server.changed_rows[p.id]} archived rows "
-                                "no longer match their hash")
+                problems.append(
+                    f"poll {p.id}: {server.changed_rows[p.id]} archived rows "
+                    "no longer match their hash"
+                )
             if not all_final:
                 problems.append(f"poll {p.id}: not every viewer saw the final result")
         if regressions:
-            problems.append(f"poll {p.id}: viewers saw the version go backwards {regressions} times")
+            problems.append(
+                f"poll {p.id}: viewers saw the version go backwards {regressions} times"
+            )
     if clients.unresolved:
         problems.append(f"{len(clients.unresolved)} votes never got a definite answer")
     if not settled:

@@ -25,7 +25,9 @@ from tests.support.stack import api
 pytestmark = pytest.mark.e2e
 
 
-async def scenario(port: int, proc: subprocess.Popen[bytes], env: dict[str, str]) -> tuple[set[str], list[int]]:
+async def scenario(
+    port: int, proc: subprocess.Popen[bytes], env: dict[str, str]
+) -> tuple[set[str], list[int]]:
     base = f"http://127.0.0.1:{port}"
     admin = {"Authorization": f"Bearer {env['BUZZER_ADMIN_TOKEN']}"}
     async with aiohttp.ClientSession() as s:
@@ -38,13 +40,27 @@ async def scenario(port: int, proc: subprocess.Popen[bytes], env: dict[str, str]
                 return False
 
         await eventually(up, timeout=20)
-        show = await api(s, "POST", f"{base}/v1/admin/shows", headers=admin, json={"name": "x"}, expect=201)
-        poll = await api(s, "POST", f"{base}/v1/admin/polls", headers=admin, expect=201, json={
-            "show_id": show["id"], "title": "t", "options": [{"key": "a", "label": "A"},
-                                                              {"key": "b", "label": "B"}],
-            "max_votes_per_device": None, "max_count": 10})
+        show = await api(
+            s, "POST", f"{base}/v1/admin/shows", headers=admin, json={"name": "x"}, expect=201
+        )
+        poll = await api(
+            s,
+            "POST",
+            f"{base}/v1/admin/polls",
+            headers=admin,
+            expect=201,
+            json={
+                "show_id": show["id"],
+                "title": "t",
+                "options": [{"key": "a", "label": "A"}, {"key": "b", "label": "B"}],
+                "max_votes_per_device": None,
+                "max_count": 10,
+            },
+        )
         await api(s, "POST", f"{base}/v1/admin/polls/{poll['id']}/open", headers=admin)
-        tokens = [(await api(s, "POST", f"{base}/v1/devices", expect=201))["token"] for _ in range(50)]
+        tokens = [
+            (await api(s, "POST", f"{base}/v1/devices", expect=201))["token"] for _ in range(50)
+        ]
 
     accepted: set[str] = set()
     statuses: list[int] = []
@@ -55,9 +71,11 @@ async def scenario(port: int, proc: subprocess.Popen[bytes], env: dict[str, str]
             while not stop.is_set():
                 vid = str(uuid.uuid4())
                 try:
-                    async with s.post(f"{base}/v1/polls/{poll['id']}/votes",
-                                      json={"option": "a", "vote_id": vid},
-                                      headers={"Authorization": f"Bearer {tokens[i]}"}) as r:
+                    async with s.post(
+                        f"{base}/v1/polls/{poll['id']}/votes",
+                        json={"option": "a", "vote_id": vid},
+                        headers={"Authorization": f"Bearer {tokens[i]}"},
+                    ) as r:
                         statuses.append(r.status)
                         if r.status == 202:
                             accepted.add(vid)
@@ -77,14 +95,23 @@ async def scenario(port: int, proc: subprocess.Popen[bytes], env: dict[str, str]
 def test_sigterm_answers_in_flight_votes_and_loses_none(tmp_path: Path) -> None:
     port = free_port()
     prefix = f"e{uuid.uuid4().hex[:10]}"
-    env = {**os.environ, "BUZZER_KEY_PREFIX": prefix, "BUZZER_ADMIN_TOKEN": uuid.uuid4().hex,
-           "BUZZER_TOKEN_SECRET": uuid.uuid4().hex * 2, "REDIS_URL": REDIS_URL,
-           "DATABASE_URL": PG_ADMIN_DSN.rsplit("/", 1)[0] + "/buzzer_test",
-           "BUZZER_DEVICE_RATE_PER_S": "100000"}
+    env = {
+        **os.environ,
+        "BUZZER_KEY_PREFIX": prefix,
+        "BUZZER_ADMIN_TOKEN": uuid.uuid4().hex,
+        "BUZZER_TOKEN_SECRET": uuid.uuid4().hex * 2,
+        "REDIS_URL": REDIS_URL,
+        "DATABASE_URL": PG_ADMIN_DSN.rsplit("/", 1)[0] + "/buzzer_test",
+        "BUZZER_DEVICE_RATE_PER_S": "100000",
+    }
     log = tmp_path / "ingest.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "buzzer", "serve", "ingest", "--port", str(port)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "buzzer", "serve", "ingest", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         accepted, statuses = asyncio.run(scenario(port, proc, env))
     finally:

@@ -33,8 +33,14 @@ class Run:
 
 
 def _buzzer(rs: RunningStack, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "buzzer", *args], env=rs.env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "buzzer", *args],
+        env=rs.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +49,32 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     # Through HAProxy, as `buzzer loadtest run` is used: votes and websockets on one port.
     with local_stack(tmp, database="buzzer_test_loadtest", ingest=2, push=True, haproxy=True) as rs:
         out = tmp / "out"
-        proc = _buzzer(rs, "loadtest", "run", "--profile", "show", "--duration", "8s",
-                       "--scale", "0.3", "--viewers", "2", "--tail", "10",
-                       "--host", rs.url,
-                       "--admin-token", rs.admin, "--out", str(out), "--drain-timeout", "20")
-        audit = json.loads((out / "audit.json").read_text()) if (out / "audit.json").exists() else {}
+        proc = _buzzer(
+            rs,
+            "loadtest",
+            "run",
+            "--profile",
+            "show",
+            "--duration",
+            "8s",
+            "--scale",
+            "0.3",
+            "--viewers",
+            "2",
+            "--tail",
+            "10",
+            "--host",
+            rs.url,
+            "--admin-token",
+            rs.admin,
+            "--out",
+            str(out),
+            "--drain-timeout",
+            "20",
+        )
+        audit = (
+            json.loads((out / "audit.json").read_text()) if (out / "audit.json").exists() else {}
+        )
         yield Run(rs=rs, out=out, proc=proc, audit=audit)
 
 
@@ -68,7 +95,9 @@ def test_each_user_class_did_its_part(run: Run) -> None:
     assert {p["id"] for p in plan["polls"]} <= {p for p, n in accepted.items() if n > 0}
     # Operator: opened and closed every poll on its schedule.
     actions = [(a["action"], a["poll"]) for c in clients for a in c["operator"]]
-    assert sorted(actions) == sorted([(w, p["id"]) for p in plan["polls"] for w in ("open", "close")])
+    assert sorted(actions) == sorted(
+        [(w, p["id"]) for p in plan["polls"] for w in ("open", "close")]
+    )
     # Viewers: followed every poll to its final result, versions never going back.
     viewers = [v for c in clients for v in c["viewers"] if v["kind"] == "viewer"]
     assert len(viewers) == 2
@@ -88,10 +117,14 @@ def test_audit_reports_a_vote_removed_behind_the_systems_back(run: Run) -> None:
     asyncio.run(_remove_one_vote(run.rs, poll, option))
     proc = _buzzer(run.rs, "loadtest", "audit", "--out", str(run.out), "--drain-timeout", "3")
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(f"{poll} ") and f" {option} " in ln)
+    line = next(
+        ln for ln in proc.stdout.splitlines() if ln.startswith(f"{poll} ") and f" {option} " in ln
+    )
     assert "MISMATCH redis -1; postgres -1" in line, line
-    assert (f"AUDIT FAILED: poll {poll} option {option}: clients accepted {row['clients']}, "
-            "redis -1; postgres -1") in proc.stdout
+    assert (
+        f"AUDIT FAILED: poll {poll} option {option}: clients accepted {row['clients']}, "
+        "redis -1; postgres -1"
+    ) in proc.stdout
 
 
 async def _remove_one_vote(rs: RunningStack, poll: str, option: str) -> None:
@@ -111,8 +144,11 @@ async def _remove_one_vote(rs: RunningStack, poll: str, option: str) -> None:
         await client.aclose()
     conn = await asyncpg.connect(rs.dsn)
     try:
-        await conn.execute("UPDATE totals SET count = count - 1 WHERE poll_id = $1 AND option_key = $2",
-                           poll, option)
+        await conn.execute(
+            "UPDATE totals SET count = count - 1 WHERE poll_id = $1 AND option_key = $2",
+            poll,
+            option,
+        )
     finally:
         await conn.close()
 
@@ -121,14 +157,38 @@ def test_refused_votes_are_retried_with_the_same_id_and_stay_exact(tmp_path: Pat
     # One vote per second per device and a tiny backlog bound: voters get 429s and 503s
     # with Retry-After, and must retry each with the same vote id without double counting.
     env = {"BUZZER_DEVICE_RATE_PER_S": "1", "BUZZER_MAX_BACKLOG": "10"}
-    with local_stack(tmp_path, database="buzzer_test_loadtest", ingest=1, push=True,
-                     extra_env=env) as rs:
+    with local_stack(
+        tmp_path, database="buzzer_test_loadtest", ingest=1, push=True, extra_env=env
+    ) as rs:
         out = tmp_path / "out"
-        proc = _buzzer(rs, "loadtest", "run", "--profile", "soak", "--duration", "6s",
-                       "--scale", "1", "--user-rate", "3", "--viewers", "1", "--tail", "10",
-                       "--host", rs.url, "--ws-host", f"ws://127.0.0.1:{rs.stack.push_port}",
-                       "--admin-token", rs.admin, "--out", str(out), "--drain-timeout", "20",
-                       "--no-chart")
+        proc = _buzzer(
+            rs,
+            "loadtest",
+            "run",
+            "--profile",
+            "soak",
+            "--duration",
+            "6s",
+            "--scale",
+            "1",
+            "--user-rate",
+            "3",
+            "--viewers",
+            "1",
+            "--tail",
+            "10",
+            "--host",
+            rs.url,
+            "--ws-host",
+            f"ws://127.0.0.1:{rs.stack.push_port}",
+            "--admin-token",
+            rs.admin,
+            "--out",
+            str(out),
+            "--drain-timeout",
+            "20",
+            "--no-chart",
+        )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     audit = json.loads((out / "audit.json").read_text())
     assert audit["retries"] > 0 and audit["accepted_votes"] > 0

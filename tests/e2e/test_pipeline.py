@@ -80,17 +80,28 @@ async def drive(urls: list[str], poll: str, tokens: list[str]) -> tuple[Counter[
     queue: asyncio.Queue[tuple[str, dict[str, Any], dict[str, str], str]] = asyncio.Queue()
     for i in range(VOTES):
         token = tokens[i % len(tokens)]
-        body = {"option": f"o{rng.randrange(8)}", "count": rng.randint(1, 5),
-                "vote_id": str(uuid.uuid4())}
+        body = {
+            "option": f"o{rng.randrange(8)}",
+            "count": rng.randint(1, 5),
+            "vote_id": str(uuid.uuid4()),
+        }
         queue.put_nowait(("vote", body, {"Authorization": f"Bearer {token}"}, urls[i % len(urls)]))
         if i % 25 == 0:  # bad requests, mixed in: none of them may count
-            bad = rng.choice([
-                ({**body, "option": "nope", "vote_id": str(uuid.uuid4())}, 404),
-                ({**body, "count": "three", "vote_id": str(uuid.uuid4())}, 400),
-                ({**body, "count": 101, "vote_id": str(uuid.uuid4())}, 422),
-            ])
-            queue.put_nowait(("bad:" + str(bad[1]), bad[0], {"Authorization": f"Bearer {token}"},
-                              urls[i % len(urls)]))
+            bad = rng.choice(
+                [
+                    ({**body, "option": "nope", "vote_id": str(uuid.uuid4())}, 404),
+                    ({**body, "count": "three", "vote_id": str(uuid.uuid4())}, 400),
+                    ({**body, "count": 101, "vote_id": str(uuid.uuid4())}, 422),
+                ]
+            )
+            queue.put_nowait(
+                (
+                    "bad:" + str(bad[1]),
+                    bad[0],
+                    {"Authorization": f"Bearer {token}"},
+                    urls[i % len(urls)],
+                )
+            )
         if i % 40 == 0:
             queue.put_nowait(("bad:401", body, {}, urls[i % len(urls)]))
 
@@ -101,8 +112,9 @@ async def drive(urls: list[str], poll: str, tokens: list[str]) -> tuple[Counter[
             except asyncio.QueueEmpty:
                 return
             for _attempt in range(50):
-                async with session.post(f"{url}/v1/polls/{poll}/votes", json=body,
-                                        headers=headers) as r:
+                async with session.post(
+                    f"{url}/v1/polls/{poll}/votes", json=body, headers=headers
+                ) as r:
                     statuses[r.status] += 1
                     data = await r.json()
                     if r.status in (429, 503):  # retry the same vote id, as the app does
@@ -137,8 +149,11 @@ async def run_pipeline(rs: RunningStack) -> None:
             poll = await create_open_poll(session, rs)
             tokens = []
             for _ in range(DEVICES):
-                tokens.append((await api(session, "POST", f"{rs.ingest_urls[0]}/v1/devices",
-                                         expect=201))["token"])
+                tokens.append(
+                    (await api(session, "POST", f"{rs.ingest_urls[0]}/v1/devices", expect=201))[
+                        "token"
+                    ]
+                )
         accepted, statuses = await drive(rs.ingest_urls, poll["id"], tokens)
         assert sum(accepted.values()) > VOTES  # counts of 1..5 per vote
         assert statuses[400] and statuses[401] and statuses[404] and statuses[422]
@@ -156,8 +171,12 @@ async def run_pipeline(rs: RunningStack) -> None:
             assert Counter({k: v for k, v in tally["counts"].items() if v}) == accepted
             assert await redis_counts(rs.prefix, poll["id"], url=rs.env["REDIS_URL"]) == accepted
 
-            await api(session, "POST", f"{rs.ingest_urls[0]}/v1/admin/polls/{poll['id']}/close",
-                      headers=rs.admin_headers)
+            await api(
+                session,
+                "POST",
+                f"{rs.ingest_urls[0]}/v1/admin/polls/{poll['id']}/close",
+                headers=rs.admin_headers,
+            )
 
             async def final_in_pg() -> bool:
                 return (await pg_totals(rs.dsn, poll["id"]))[1]
@@ -166,9 +185,12 @@ async def run_pipeline(rs: RunningStack) -> None:
             totals, final = await pg_totals(rs.dsn, poll["id"])
             assert final
             assert totals == accepted
-            result = await api(session, "GET",
-                               f"{rs.ingest_urls[0]}/v1/admin/polls/{poll['id']}/result.json",
-                               headers=rs.admin_headers)
+            result = await api(
+                session,
+                "GET",
+                f"{rs.ingest_urls[0]}/v1/admin/polls/{poll['id']}/result.json",
+                headers=rs.admin_headers,
+            )
             assert result["final"] is True
             assert result["total"] == expected_total
             tally = await api(session, "GET", tally_url)
@@ -186,9 +208,12 @@ async def run_pipeline(rs: RunningStack) -> None:
             out = io.StringIO()
             assert await audit.recount(rs.dsn, poll["id"], out) == 0, out.getvalue()
             assert f"digest of the archive: {digest}" in out.getvalue()
-            result = await api(session, "GET",
-                               f"{rs.ingest_urls[0]}/v1/admin/polls/{poll['id']}/result.json",
-                               headers=rs.admin_headers)
+            result = await api(
+                session,
+                "GET",
+                f"{rs.ingest_urls[0]}/v1/admin/polls/{poll['id']}/result.json",
+                headers=rs.admin_headers,
+            )
             assert result["archive_digest"] == digest
 
 

@@ -29,11 +29,21 @@ def tls_context() -> ssl.SSLContext:
     return ctx
 
 
-async def vote(session: aiohttp.ClientSession, base: str, poll: str, token: str, option: str,
-               ssl_ctx: ssl.SSLContext | None = None) -> dict[str, Any]:
+async def vote(
+    session: aiohttp.ClientSession,
+    base: str,
+    poll: str,
+    token: str,
+    option: str,
+    ssl_ctx: ssl.SSLContext | None = None,
+) -> dict[str, Any]:
     body = {"option": option, "vote_id": str(uuid.uuid4()), "count": 2}
-    async with session.post(f"{base}/v1/polls/{poll}/votes", json=body, ssl=ssl_ctx,
-                            headers={"Authorization": f"Bearer {token}"}) as r:
+    async with session.post(
+        f"{base}/v1/polls/{poll}/votes",
+        json=body,
+        ssl=ssl_ctx,
+        headers={"Authorization": f"Bearer {token}"},
+    ) as r:
         assert r.status == 202, await r.text()
         return dict(await r.json())
 
@@ -58,8 +68,9 @@ async def plain_tls_and_websocket(rs: RunningStack) -> None:
                 last = await ws.receive_json(timeout=15)
             assert last["counts"] == {"o0": 2, "o1": 2}
         # The same websocket through the TLS frontend.
-        async with s.ws_connect(f"wss://127.0.0.1:{rs.stack.https_port}/v1/polls/{pid}/live",
-                                ssl=ctx) as ws:
+        async with s.ws_connect(
+            f"wss://127.0.0.1:{rs.stack.https_port}/v1/polls/{pid}/live", ssl=ctx
+        ) as ws:
             snap = await ws.receive_json(timeout=10)
             assert snap["total"] == 4
         async with s.get(f"{https}/v1/polls/{pid}/tally", ssl=ctx) as r:
@@ -75,7 +86,9 @@ async def kill_under_load(rs: RunningStack) -> None:
     base = rs.url
     async with aiohttp.ClientSession() as s:
         poll = await create_open_poll(s, rs, options=4)
-        tokens = [(await api(s, "POST", f"{base}/v1/devices", expect=201))["token"] for _ in range(64)]
+        tokens = [
+            (await api(s, "POST", f"{base}/v1/devices", expect=201))["token"] for _ in range(64)
+        ]
     pid = poll["id"]
     accepted: Counter[str] = Counter()
     failures_seen = Counter[str]()
@@ -91,8 +104,11 @@ async def kill_under_load(rs: RunningStack) -> None:
                 body = {"option": f"o{(i + n) % 4}", "vote_id": str(uuid.uuid4()), "count": 1}
                 for attempt in range(40):
                     try:
-                        async with s.post(f"{base}/v1/polls/{pid}/votes", json=body,
-                                          headers={"Authorization": f"Bearer {tokens[i]}"}) as r:
+                        async with s.post(
+                            f"{base}/v1/polls/{pid}/votes",
+                            json=body,
+                            headers={"Authorization": f"Bearer {tokens[i]}"},
+                        ) as r:
                             if r.status == 202:
                                 data = await r.json()
                                 # A replay answers a retry whose first attempt was
@@ -128,7 +144,9 @@ async def kill_under_load(rs: RunningStack) -> None:
         return not victim_rows[0].up
 
     while not marked_down():
-        assert time.monotonic() - killed_at < 3.0, "HAProxy did not mark the killed server down in 3 s"
+        assert time.monotonic() - killed_at < 3.0, (
+            "HAProxy did not mark the killed server down in 3 s"
+        )
         await asyncio.sleep(0.05)
     down_after = time.monotonic() - killed_at
     await asyncio.sleep(2)  # keep voting on the survivor
@@ -151,11 +169,18 @@ async def kill_under_load(rs: RunningStack) -> None:
         await eventually(final, timeout=60)
     totals, _ = await pg_totals(rs.dsn, pid)
     assert totals == accepted
-    print(f"killed server marked down after {down_after:.2f}s; failures seen and retried: "
-          f"{dict(failures_seen)}; retries answered as replays: {replays[0]}")
+    print(
+        f"killed server marked down after {down_after:.2f}s; failures seen and retried: "
+        f"{dict(failures_seen)}; retries answered as replays: {replays[0]}"
+    )
 
 
 def test_sigkilled_ingest_is_marked_down_and_retries_lose_nothing(tmp_path: Path) -> None:
-    with local_stack(tmp_path, database="buzzer_test_lb", ingest=2, haproxy=True,
-                     extra_env={"BUZZER_DEVICE_RATE_PER_S": "1000"}) as rs:
+    with local_stack(
+        tmp_path,
+        database="buzzer_test_lb",
+        ingest=2,
+        haproxy=True,
+        extra_env={"BUZZER_DEVICE_RATE_PER_S": "1000"},
+    ) as rs:
         asyncio.run(kill_under_load(rs))

@@ -30,15 +30,20 @@ HTTP_REQUEST_TIMEOUT_S = 10  # lb/render.py: `timeout http-request 10s`
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    with local_stack(tmp_path_factory.mktemp("hostile"), database="buzzer_test_faults",
-                     ingest=1, haproxy=True,
-                     extra_env={"BUZZER_DEVICE_RATE_PER_S": "100000"}) as rs:
+    with local_stack(
+        tmp_path_factory.mktemp("hostile"),
+        database="buzzer_test_faults",
+        ingest=1,
+        haproxy=True,
+        extra_env={"BUZZER_DEVICE_RATE_PER_S": "100000"},
+    ) as rs:
         asyncio.run(_wait_front(rs))
         yield rs
 
 
 async def _wait_front(rs: RunningStack) -> None:
     async with aiohttp.ClientSession() as s:
+
         async def up() -> bool:
             try:
                 async with s.get(f"{rs.url}/v1/openapi.json") as r:
@@ -90,9 +95,11 @@ async def slow_attack(rs: RunningStack) -> None:
         tokens = await new_devices(s, rs.url, 10)
     ingest_port = rs.stack.ingest_ports[0]
     loris = (b"POST /v1/polls/" + poll.encode() + b"/votes HTTP/1.1\r\nHost: x\r\n", b"X-a: b\r\n")
-    body_head = (b"POST /v1/polls/" + poll.encode() + b"/votes HTTP/1.1\r\nHost: x\r\n"
-                 b"Authorization: Bearer " + tokens[0].encode() + b"\r\n"
-                 b"Content-Type: application/json\r\nContent-Length: 300\r\n\r\n{")
+    body_head = (
+        b"POST /v1/polls/" + poll.encode() + b"/votes HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer " + tokens[0].encode() + b"\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 300\r\n\r\n{"
+    )
     front = [Slow(rs.stack.http_port, *loris) for _ in range(60)]
     front_bodies = [Slow(rs.stack.http_port, body_head, b" ") for _ in range(30)]
     direct = [Slow(ingest_port, *loris) for _ in range(30)]
@@ -107,6 +114,7 @@ async def slow_attack(rs: RunningStack) -> None:
         # Normal clients, through HAProxy and straight at ingest, are served as usual.
         log = VoteLog()
         async with aiohttp.ClientSession() as s:
+
             async def one(i: int) -> None:
                 base = rs.url if i % 2 else f"http://127.0.0.1:{ingest_port}"
                 assert await post_vote(s, base, poll, tokens[i % 10], str(uuid.uuid4()), log) == 202
@@ -124,7 +132,10 @@ async def slow_attack(rs: RunningStack) -> None:
         await eventually(front_closed, timeout=HTTP_REQUEST_TIMEOUT_S + 10)
         for a in front + front_bodies:
             assert a.answer.startswith(b"HTTP/1.1 408"), a.answer[:100]
-        assert max(a.closed_at or 0 for a in front + front_bodies) - opened < HTTP_REQUEST_TIMEOUT_S + 5
+        assert (
+            max(a.closed_at or 0 for a in front + front_bodies) - opened
+            < HTTP_REQUEST_TIMEOUT_S + 5
+        )
         # Still responsive afterwards.
         async with aiohttp.ClientSession() as s:
             assert await post_vote(s, rs.url, poll, tokens[1], str(uuid.uuid4()), log) == 202
@@ -166,18 +177,46 @@ async def oversized(rs: RunningStack) -> None:
     for port in (rs.stack.http_port, rs.stack.ingest_ports[0]):
         # Headers over the limits: a 4xx from the HTTP parser (aiohttp 8 KiB per line,
         # HAProxy its buffer), before any application code runs.
-        for header in (b"X-Big: " + b"a" * 9_000 + b"\r\n", b"X-Big: " + b"a" * 40_000 + b"\r\n",
-                       b"".join(b"X-H%d: v\r\n" % i for i in range(300))):
-            status, _, _ = split(await raw(port, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n" + auth
-                                           + header + b"Content-Length: 2\r\n\r\n{}"))
+        for header in (
+            b"X-Big: " + b"a" * 9_000 + b"\r\n",
+            b"X-Big: " + b"a" * 40_000 + b"\r\n",
+            b"".join(b"X-H%d: v\r\n" % i for i in range(300)),
+        ):
+            status, _, _ = split(
+                await raw(
+                    port,
+                    b"POST "
+                    + path
+                    + b" HTTP/1.1\r\nHost: x\r\n"
+                    + auth
+                    + header
+                    + b"Content-Length: 2\r\n\r\n{}",
+                )
+            )
             assert status in (400, 413, 431), status
         # Bodies over the 4 KiB limit: 413, JSON naming the field, with or without a length.
-        big = b'{"option": "o0", "vote_id": "' + str(uuid.uuid4()).encode() + b'", "x": "' + b"a" * 100_000 + b'"}'
-        for framing in (b"Content-Length: %d\r\n\r\n" % len(big) + big,
-                        b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(big) + big + b"\r\n0\r\n\r\n"):
-            status, headers, body = split(await raw(
-                port, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n" + auth
-                + b"Content-Type: application/json\r\n" + framing))
+        big = (
+            b'{"option": "o0", "vote_id": "'
+            + str(uuid.uuid4()).encode()
+            + b'", "x": "'
+            + b"a" * 100_000
+            + b'"}'
+        )
+        for framing in (
+            b"Content-Length: %d\r\n\r\n" % len(big) + big,
+            b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(big) + big + b"\r\n0\r\n\r\n",
+        ):
+            status, headers, body = split(
+                await raw(
+                    port,
+                    b"POST "
+                    + path
+                    + b" HTTP/1.1\r\nHost: x\r\n"
+                    + auth
+                    + b"Content-Type: application/json\r\n"
+                    + framing,
+                )
+            )
             assert status == 413, (status, body[:200])
             assert headers["content-type"].startswith("application/json")
             assert b'"error":"body_too_large"' in body and b'"field":"body"' in body

@@ -90,6 +90,10 @@ async def scenario(rs: RunningStack) -> None:
 
 
 def test_ingest_sigkill_in_flight_no_acked_vote_lost_retry_counted_once(tmp_path: Path) -> None:
-    with local_stack(tmp_path, database="buzzer_test_faults", ingest=2,
-                     extra_env={"BUZZER_DEVICE_RATE_PER_S": "100000"}) as rs:
+    with local_stack(
+        tmp_path,
+        database="buzzer_test_faults",
+        ingest=2,
+        extra_env={"BUZZER_DEVICE_RATE_PER_S": "100000"},
+    ) as rs:
         asyncio.run(scenario(rs))

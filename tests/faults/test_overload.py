@@ -56,9 +56,19 @@ async def scenario(rs: RunningStack) -> None:
             for i in range(OFFERED):
                 # Open loop: requests go out on schedule whatever the answers are.
                 await asyncio.sleep(max(0.0, start + i / RATE_PER_S - time.monotonic()))
-                tasks.append(asyncio.create_task(post_vote(
-                    s, rs.ingest_urls[i % 2], poll, tokens[i % len(tokens)], str(uuid.uuid4()),
-                    log, timeout=CLIENT_TIMEOUT_S)))
+                tasks.append(
+                    asyncio.create_task(
+                        post_vote(
+                            s,
+                            rs.ingest_urls[i % 2],
+                            poll,
+                            tokens[i % len(tokens)],
+                            str(uuid.uuid4()),
+                            log,
+                            timeout=CLIENT_TIMEOUT_S,
+                        )
+                    )
+                )
                 if i % 50 == 0:
                     for pid in ingest_pids:
                         rss_peak[pid] = max(rss_peak[pid], rss_kb(pid))
@@ -87,15 +97,22 @@ async def scenario(rs: RunningStack) -> None:
     await eventually(drained, timeout=30)
     after = VoteLog()
     async with aiohttp.ClientSession() as s:
+
         async def takes_votes() -> bool:
             # Each process sees the drained backlog at its next 250 ms refresh.
-            return all([await post_vote(s, url, poll, tokens[0], str(uuid.uuid4()), after) == 202
-                        for url in rs.ingest_urls])
+            return all(
+                [
+                    await post_vote(s, url, poll, tokens[0], str(uuid.uuid4()), after) == 202
+                    for url in rs.ingest_urls
+                ]
+            )
 
         await eventually(takes_votes, timeout=10)
         for i in range(20):
-            assert await post_vote(s, rs.ingest_urls[i % 2], poll, tokens[i], str(uuid.uuid4()),
-                                   after) == 202
+            assert (
+                await post_vote(s, rs.ingest_urls[i % 2], poll, tokens[i], str(uuid.uuid4()), after)
+                == 202
+            )
     total = accepted + len(after.acked)
 
     async def exact() -> bool:
@@ -107,7 +124,13 @@ async def scenario(rs: RunningStack) -> None:
 
 
 def test_overload_three_times_capacity_sheds_fast_and_recovers(tmp_path: Path) -> None:
-    with local_stack(tmp_path, database="buzzer_test_faults", ingest=2, extra_env={
-        "BUZZER_MAX_BACKLOG": str(MAX_BACKLOG), "BUZZER_DEVICE_RATE_PER_S": "100000",
-    }) as rs:
+    with local_stack(
+        tmp_path,
+        database="buzzer_test_faults",
+        ingest=2,
+        extra_env={
+            "BUZZER_MAX_BACKLOG": str(MAX_BACKLOG),
+            "BUZZER_DEVICE_RATE_PER_S": "100000",
+        },
+    ) as rs:
         asyncio.run(scenario(rs))

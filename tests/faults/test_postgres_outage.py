@@ -40,8 +40,11 @@ CLIENTS = 4
 async def pg_total(dsn: str, poll: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
-        return int(await conn.fetchval(
-            "SELECT coalesce(sum(count), 0) FROM totals WHERE poll_id = $1", poll))
+        return int(
+            await conn.fetchval(
+                "SELECT coalesce(sum(count), 0) FROM totals WHERE poll_id = $1", poll
+            )
+        )
     finally:
         await conn.close()
 
@@ -72,8 +75,12 @@ async def scenario(rs: RunningStack, proxy: TcpProxy) -> None:
             while not stop.is_set():
                 vid = str(uuid.uuid4())
                 for _ in range(1000):  # resend the same vote id until a 202
-                    if await post_vote(s, rs.ingest_urls[i % 2], poll, tokens[i], vid, log,
-                                       option=f"o{i % 2}") == 202:
+                    if (
+                        await post_vote(
+                            s, rs.ingest_urls[i % 2], poll, tokens[i], vid, log, option=f"o{i % 2}"
+                        )
+                        == 202
+                    ):
                         break
                     await asyncio.sleep(0.1)
                 await asyncio.sleep(0.02)  # a modest, steady flow
@@ -88,11 +95,15 @@ async def scenario(rs: RunningStack, proxy: TcpProxy) -> None:
     proxy.cut()
     cut_at = time.monotonic()
     async with aiohttp.ClientSession() as s:
+
         async def degraded() -> bool:
             st, body = await get_json(s, f"{tally}/readyz")
-            return (st == 200 and body["status"] == "degraded"
-                    and body["checks"]["postgres"].startswith("unavailable")
-                    and body["checks"]["redis"] == "ok")
+            return (
+                st == 200
+                and body["status"] == "degraded"
+                and body["checks"]["postgres"].startswith("unavailable")
+                and body["checks"]["redis"] == "ok"
+            )
 
         await eventually(degraded, timeout=10)
         pg_at_cut = await pg_total(rs.dsn, poll)
@@ -104,8 +115,9 @@ async def scenario(rs: RunningStack, proxy: TcpProxy) -> None:
             # Still ready for the load balancer, and it says what is degraded.
             assert st == 200 and body["status"] == "degraded", body
             assert body["checks"]["postgres"].startswith("unavailable"), body
-            samples.append((await counted(REDIS_URL, rs.prefix, poll),
-                            await pg_total(rs.dsn, poll)))
+            samples.append(
+                (await counted(REDIS_URL, rs.prefix, poll), await pg_total(rs.dsn, poll))
+            )
         # The live counts kept moving in Redis the whole time; PostgreSQL did not move.
         lives = [live for live, _ in samples]
         assert lives == sorted(lives) and lives[-1] > live_at_cut + 50, (live_at_cut, samples)
@@ -145,8 +157,11 @@ def test_postgres_unreachable_live_counts_move_and_totals_catch_up_exactly(tmp_p
     host, port = host_port.rsplit(":", 1)
     with TcpProxy(host, int(port)) as proxy:
         proxied = PG_ADMIN_DSN.split("@", 1)[0] + f"@127.0.0.1:{proxy.port}/{DATABASE}"
-        with local_stack(tmp_path, database=DATABASE, ingest=2,
-                         extra_env={"DATABASE_URL": proxied,
-                                    "BUZZER_DEVICE_RATE_PER_S": "100000"}) as rs:
+        with local_stack(
+            tmp_path,
+            database=DATABASE,
+            ingest=2,
+            extra_env={"DATABASE_URL": proxied, "BUZZER_DEVICE_RATE_PER_S": "100000"},
+        ) as rs:
             asyncio.run(scenario(rs, proxy))
         assert proxy.connections > 0

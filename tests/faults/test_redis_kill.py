@@ -84,8 +84,9 @@ async def scenario(rs: RunningStack, redis: PrivateRedis) -> dict[str, Any]:
         assert st == 503 and tally_ready["checks"]["redis"].startswith("unavailable"), tally_ready
         probe = VoteLog()
         t0 = time.monotonic()
-        status = await post_vote(s, bases[1], poll, tokens[0], "00000000-0000-4000-8000-0000000000ff",
-                                 probe)
+        status = await post_vote(
+            s, bases[1], poll, tokens[0], "00000000-0000-4000-8000-0000000000ff", probe
+        )
         assert status == 503 and probe.missing_retry_after == 0, probe.statuses
         assert time.monotonic() - t0 < 3.0
     await asyncio.sleep(max(0.0, AWAY_S - (time.monotonic() - kill_at)))
@@ -123,9 +124,15 @@ async def scenario(rs: RunningStack, redis: PrivateRedis) -> dict[str, Any]:
 
     await eventually(all_counted, timeout=30)
     return {
-        "log": log, "lost": lost, "in_redis": in_redis, "kill_at": kill_at,
-        "acked_before": acked_before, "statuses_before": statuses_before, "during": during,
-        "acked_while_away": acked_while_away, "recovered_in": recovered_in,
+        "log": log,
+        "lost": lost,
+        "in_redis": in_redis,
+        "kill_at": kill_at,
+        "acked_before": acked_before,
+        "statuses_before": statuses_before,
+        "during": during,
+        "acked_while_away": acked_while_away,
+        "recovered_in": recovered_in,
     }
 
 
@@ -134,10 +141,15 @@ def _diff(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
 
 
 def run(tmp_path: Path, fsync: str) -> dict[str, Any]:
-    with private_redis(tmp_path / "redis", fsync) as redis, local_stack(
-        tmp_path, database="buzzer_test_faults", ingest=2,
-        extra_env={"REDIS_URL": redis.url, "BUZZER_DEVICE_RATE_PER_S": "100000"},
-    ) as rs:
+    with (
+        private_redis(tmp_path / "redis", fsync) as redis,
+        local_stack(
+            tmp_path,
+            database="buzzer_test_faults",
+            ingest=2,
+            extra_env={"REDIS_URL": redis.url, "BUZZER_DEVICE_RATE_PER_S": "100000"},
+        ) as rs,
+    ):
         result = asyncio.run(scenario(rs, redis))
     log: VoteLog = result["log"]
     # Nothing was answered 202 while Redis was down.
@@ -162,9 +174,11 @@ def test_redis_sigkill_appendfsync_everysec_loss_window_is_bounded(tmp_path: Pat
     kill_at = result["kill_at"]
     window = kill_at - min((log.acked[v] for v in lost), default=kill_at)
     rate = result["acked_before"] / FLOW_BEFORE_KILL_S
-    print(f"everysec: {len(lost)} acknowledged votes lost of {len(log.acked)}; "
-          f"window {window:.3f}s before the kill; ack rate ~{rate:.0f}/s; "
-          f"recovered in {result['recovered_in']:.2f}s")
+    print(
+        f"everysec: {len(lost)} acknowledged votes lost of {len(log.acked)}; "
+        f"window {window:.3f}s before the kill; ack rate ~{rate:.0f}/s; "
+        f"recovered in {result['recovered_in']:.2f}s"
+    )
     # Redis writes the AOF buffer before it answers; a killed process loses only what
     # a postponed write (fsync still running) held, at most ~2 s of acknowledged votes.
     assert window <= 2.0

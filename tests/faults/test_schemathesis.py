@@ -35,8 +35,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
 MIN_CASES = 1_000
 PER_OPERATION = {GenerationMode.POSITIVE: 100, GenerationMode.NEGATIVE: 60}
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_headers_conformance, response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 
 
 def auth_for(operation: Any, device: str, admin: str) -> dict[str, str]:
@@ -50,14 +55,22 @@ def auth_for(operation: Any, device: str, admin: str) -> dict[str, str]:
 
 
 def run_operation(
-    run: Callable[..., None], operation: Any, mode: GenerationMode, examples: int,
+    run: Callable[..., None],
+    operation: Any,
+    mode: GenerationMode,
+    examples: int,
     **fixed: Any,
 ) -> None:
     strategy = operation.as_strategy(generation_mode=mode, **fixed)
 
-    @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-              phases=[Phase.explicit, Phase.generate],  # a failure is reported unshrunk
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],  # a failure is reported unshrunk
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=strategy)
     def test(case: Any) -> None:
         run(case)
@@ -88,7 +101,9 @@ def fuzz(rs: RunningStack) -> Counter[str]:
             operation = result.ok()
             headers = auth_for(operation, device, rs.admin)
 
-            def run(case: Any, headers: dict[str, str] = headers, path: str = operation.path) -> None:
+            def run(
+                case: Any, headers: dict[str, str] = headers, path: str = operation.path
+            ) -> None:
                 response = case.call(base_url=base, session=session, headers=headers, timeout=10)
                 seen["cases"] += 1
                 seen[f"{response.status_code}"] += 1
@@ -101,22 +116,31 @@ def fuzz(rs: RunningStack) -> Counter[str]:
                     # The same operation on a real, open poll, so the deeper answers
                     # (202, 409, 422, ...) are exercised too.
                     poll = managed if operation.path.startswith("/v1/admin/") else voted
-                    run_operation(run, operation, mode, examples // 2,
-                                  path_parameters={"poll": poll})
+                    run_operation(
+                        run, operation, mode, examples // 2, path_parameters={"poll": poll}
+                    )
             if operation.path == "/v1/polls/{poll}/votes":
                 # A valid vote too (generated options never name a real one): 202 conforms.
-                run_operation(run, operation, GenerationMode.POSITIVE, 5,
-                              path_parameters={"poll": voted},
-                              body={"option": "o1", "vote_id": str(uuid.uuid4()), "count": 1})
+                run_operation(
+                    run,
+                    operation,
+                    GenerationMode.POSITIVE,
+                    5,
+                    path_parameters={"poll": voted},
+                    body={"option": "o1", "vote_id": str(uuid.uuid4()), "count": 1},
+                )
         # Ids no generator thought of: a NUL byte (PostgreSQL refuses it as text), an
         # encoded lone surrogate, a huge id. Each is a declared 4xx, never a 5xx.
         for bad in ("a%00b", "%ED%A0%80", "x" * 5000, "..%2F..%2Fetc"):
-            for method, path in (("POST", f"/v1/admin/polls/{bad}/open"),
-                                 ("GET", f"/v1/admin/polls/{bad}/result.json"),
-                                 ("GET", f"/v1/admin/polls?show_id={bad}"),
-                                 ("GET", f"/v1/polls/{bad}/tally")):
-                r = session.request(method, base + path, timeout=10,
-                                    headers={"Authorization": f"Bearer {rs.admin}"})
+            for method, path in (
+                ("POST", f"/v1/admin/polls/{bad}/open"),
+                ("GET", f"/v1/admin/polls/{bad}/result.json"),
+                ("GET", f"/v1/admin/polls?show_id={bad}"),
+                ("GET", f"/v1/polls/{bad}/tally"),
+            ):
+                r = session.request(
+                    method, base + path, timeout=10, headers={"Authorization": f"Bearer {rs.admin}"}
+                )
                 seen["cases"] += 1
                 seen[f"{method} {path.split('?')[0][:40]} {r.status_code}"] += 1
                 # Past the URL limit the edge answers 414 before routing.
@@ -127,13 +151,19 @@ def fuzz(rs: RunningStack) -> Counter[str]:
 
 
 def test_schemathesis_thousand_cases_no_5xx_all_conform_to_openapi(tmp_path: Path) -> None:
-    with local_stack(tmp_path, database="buzzer_test_faults", ingest=1,
-                     extra_env={"BUZZER_DEVICE_RATE_PER_S": "100000"}) as rs:
+    with local_stack(
+        tmp_path,
+        database="buzzer_test_faults",
+        ingest=1,
+        extra_env={"BUZZER_DEVICE_RATE_PER_S": "100000"},
+    ) as rs:
         start = time.monotonic()
         seen = fuzz(rs)
         took = time.monotonic() - start
-    print(f"schemathesis: {seen['cases']} cases in {took:.1f}s; statuses "
-          f"{sorted((k, v) for k, v in seen.items() if k != 'cases')}")
+    print(
+        f"schemathesis: {seen['cases']} cases in {took:.1f}s; statuses "
+        f"{sorted((k, v) for k, v in seen.items() if k != 'cases')}"
+    )
     assert seen["cases"] >= MIN_CASES, seen
     assert seen["POST /v1/polls/{poll}/votes 202"] >= 1, seen
     assert not [k for k in seen if k.startswith("5") or k.endswith(("500", "502", "503"))], seen

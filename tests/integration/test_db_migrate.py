@@ -25,17 +25,35 @@ async def test_migrate_creates_the_database_and_is_idempotent() -> None:
         assert await migrate(dsn) == []
         conn = await asyncpg.connect(dsn)
         try:
-            versions = [r["version"] for r in await conn.fetch(
-                "SELECT version FROM schema_migrations ORDER BY version")]
+            versions = [
+                r["version"]
+                for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
+            ]
             assert versions == first
-            tables = {r["tablename"] for r in await conn.fetch(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-            assert {"shows", "polls", "options", "totals", "rate_buckets", "applied_outbox"} <= tables
+            tables = {
+                r["tablename"]
+                for r in await conn.fetch(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                )
+            }
+            assert {
+                "shows",
+                "polls",
+                "options",
+                "totals",
+                "rate_buckets",
+                "applied_outbox",
+            } <= tables
         finally:
             await conn.close()
         out = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "buzzer", "db", "migrate"], capture_output=True,
-            text=True, env={"DATABASE_URL": dsn, "PATH": ""}, check=True)
+            subprocess.run,
+            [sys.executable, "-m", "buzzer", "db", "migrate"],
+            capture_output=True,
+            text=True,
+            env={"DATABASE_URL": dsn, "PATH": ""},
+            check=True,
+        )
         assert "up to date" in out.stdout
     finally:
         admin = await asyncpg.connect(PG_ADMIN_DSN)

@@ -39,11 +39,27 @@ def setup() -> Iterator[tuple[Plan, Keys, str]]:
     asyncio.run(migrate(DSN))
     prefix = f"lt{uuid.uuid4().hex[:10]}"
     keys = Keys(prefix=prefix, partitions=4)
-    poll = PollPlan(id=f"p{uuid.uuid4().hex[:10]}", title="t", kind="buzz",
-                    options=["clap", "boo", PROBE], max_count=10, open_at=0, close_at=1)
-    plan = Plan(host="http://127.0.0.1:9", ws_host="ws://127.0.0.1:9", admin_token="x",
-                profile="show", duration_s=10, scale=1, user_rate=2, viewers=2, out_dir="/tmp",
-                polls=[poll])
+    poll = PollPlan(
+        id=f"p{uuid.uuid4().hex[:10]}",
+        title="t",
+        kind="buzz",
+        options=["clap", "boo", PROBE],
+        max_count=10,
+        open_at=0,
+        close_at=1,
+    )
+    plan = Plan(
+        host="http://127.0.0.1:9",
+        ws_host="ws://127.0.0.1:9",
+        admin_token="x",
+        profile="show",
+        duration_s=10,
+        scale=1,
+        user_rate=2,
+        viewers=2,
+        out_dir="/tmp",
+        polls=[poll],
+    )
     asyncio.run(_pg_poll(poll, {"clap": 7, "boo": 3, PROBE: 2}))
     r = redis_sync.Redis.from_url(REDIS_URL)
     r.hset(keys.counts(0, poll.id), mapping={"clap": 4, "boo": 3})
@@ -61,20 +77,33 @@ async def _pg_poll(poll: PollPlan, totals: dict[str, int]) -> None:
     conn = await asyncpg.connect(DSN)
     try:
         await conn.execute("INSERT INTO shows(id, name) VALUES ($1, 'lt')", poll.id)
-        await conn.execute("INSERT INTO polls(id, show_id, title, state, final) VALUES ($1, $1, 't', 'closed', true)",
-                           poll.id)
+        await conn.execute(
+            "INSERT INTO polls(id, show_id, title, state, final) VALUES ($1, $1, 't', 'closed', true)",
+            poll.id,
+        )
         for i, opt in enumerate(poll.options):
-            await conn.execute("INSERT INTO options(poll_id, key, label, position) VALUES ($1, $2, $2, $3)",
-                               poll.id, opt, i)
-            await conn.execute("INSERT INTO totals(poll_id, option_key, count) VALUES ($1, $2, $3)",
-                               poll.id, opt, totals[opt])
+            await conn.execute(
+                "INSERT INTO options(poll_id, key, label, position) VALUES ($1, $2, $2, $3)",
+                poll.id,
+                opt,
+                i,
+            )
+            await conn.execute(
+                "INSERT INTO totals(poll_id, option_key, count) VALUES ($1, $2, $3)",
+                poll.id,
+                opt,
+                totals[opt],
+            )
         # The archive holds the same votes, one row per option, and the digest is sealed
         # with the result, as the tally's archiver and sealer leave a closed poll.
         await ensure_partition(conn, poll.id)
-        votes = [ArchivedVote(poll.id, str(uuid.uuid4()), f"d{i}", opt, n, 0, 0, 0, f"1-{i}")
-                 for i, (opt, n) in enumerate(totals.items())]
+        votes = [
+            ArchivedVote(poll.id, str(uuid.uuid4()), f"d{i}", opt, n, 0, 0, 0, f"1-{i}")
+            for i, (opt, n) in enumerate(totals.items())
+        ]
         await conn.copy_records_to_table(
-            "vote_archive", records=[v.record() for v in votes], columns=ARCHIVE_COLUMNS)
+            "vote_archive", records=[v.record() for v in votes], columns=ARCHIVE_COLUMNS
+        )
         async with conn.transaction():
             digest, _, _ = await digest_of(conn, poll.id)
         await conn.execute("UPDATE polls SET archive_digest = $2 WHERE id = $1", poll.id, digest)
@@ -95,7 +124,8 @@ async def _pg_drop(poll: str) -> None:
 def _clients(poll: str, accepted: dict[str, int], seen: list[dict[str, int]]) -> Clients:
     viewers: list[dict[str, Any]] = [
         {"kind": "viewer", "polls": {poll: {"counts": c, "final": True, "regressions": 0}}}
-        for c in seen]
+        for c in seen
+    ]
     return Clients(accepted={poll: accepted}, viewers=viewers, processes=1)
 
 
@@ -122,10 +152,18 @@ def test_every_difference_is_reported_exactly(setup: tuple[Plan, Keys, str]) -> 
     clients.unresolved = [{"poll": poll, "option": "clap", "count": 1, "vote_id": "v"}]
     result = audit(plan, clients, server, settled)
     assert not result.ok
-    assert f"poll {poll} option clap: clients accepted 7, redis -1 (relative to the clients)" in result.problems
-    assert (f"poll {poll} option boo: clients accepted 4, redis -1; postgres -1; archive -1; viewers -1"
-            " (relative to the clients)") in result.problems
-    assert f"poll {poll} option {PROBE}: clients accepted 2, viewers -1, +0 (relative to the clients)" in result.problems
+    assert (
+        f"poll {poll} option clap: clients accepted 7, redis -1 (relative to the clients)"
+        in result.problems
+    )
+    assert (
+        f"poll {poll} option boo: clients accepted 4, redis -1; postgres -1; archive -1; viewers -1"
+        " (relative to the clients)"
+    ) in result.problems
+    assert (
+        f"poll {poll} option {PROBE}: clients accepted 2, viewers -1, +0 (relative to the clients)"
+        in result.problems
+    )
     assert "1 votes never got a definite answer" in result.problems
     line = next(ln for ln in result.lines if " clap " in ln)
     assert line.split()[2:5] == ["7", "6", "7"] and "MISMATCH redis -1" in line
@@ -139,7 +177,10 @@ def test_a_tampered_archive_fails_the_audit(setup: tuple[Plan, Keys, str]) -> No
     want = {"clap": 7, "boo": 3, PROBE: 2}
     result = audit(plan, _clients(poll, want, [want]), server, settled)
     assert not result.ok
-    assert f"poll {poll} option boo: clients accepted 3, archive +1 (relative to the clients)" in result.problems
+    assert (
+        f"poll {poll} option boo: clients accepted 3, archive +1 (relative to the clients)"
+        in result.problems
+    )
     assert f"poll {poll}: the recount's digest differs from the sealed one" in result.problems
     assert f"poll {poll}: 1 archived rows no longer match their hash" in result.problems
 
@@ -148,7 +189,9 @@ async def _tamper(poll: str) -> None:
     conn = await asyncpg.connect(DSN)
     try:
         await conn.execute(
-            "UPDATE vote_archive SET count = count + 1 WHERE poll_id = $1 AND option_key = 'boo'", poll)
+            "UPDATE vote_archive SET count = count + 1 WHERE poll_id = $1 AND option_key = 'boo'",
+            poll,
+        )
     finally:
         await conn.close()
 
@@ -160,4 +203,6 @@ def test_rate_curves() -> None:
     assert offered("show", 0.6, 0.5) == 150
     assert offered("rate:700", 0.5, 1) == 700 and offered("rate:700", 0.95, 1) == 0
     assert offered("step", 0.0, 1) == 30 and offered("step", 0.89, 1) == 270
-    assert parse_duration("3m") == 180 and parse_duration("1m30s") == 90 and parse_duration("45") == 45
+    assert (
+        parse_duration("3m") == 180 and parse_duration("1m30s") == 90 and parse_duration("45") == 45
+    )

@@ -22,11 +22,15 @@ def test_functions(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     names: set[str] = set()
     for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith(
+            "test"
+        ):
             names.add(node.name)
         elif isinstance(node, ast.ClassDef) and node.name.startswith("Test"):
             for item in node.body:
-                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.name.startswith("test"):
+                if isinstance(
+                    item, (ast.FunctionDef, ast.AsyncFunctionDef)
+                ) and item.name.startswith("test"):
                     names.add(item.name)
     return names
 
@@ -65,5 +69,7 @@ def test_every_promise_names_a_test() -> None:
 
 def test_the_checker_catches_a_missing_test(tmp_path: Path) -> None:
     sample = tmp_path / "t.py"
-    sample.write_text("def test_a():\n    pass\nclass TestB:\n    async def test_c(self):\n        pass\n")
+    sample.write_text(
+        "def test_a():\n    pass\nclass TestB:\n    async def test_c(self):\n        pass\n"
+    )
     assert test_functions(sample) == {"test_a", "test_c"}
