@@ -7,6 +7,7 @@ import resource
 from dataclasses import dataclass
 from pathlib import Path
 
+import tiers
 from buzzer.certs import make_cert
 from lb.inventory import Server
 from lb.process import HaproxyProcess
@@ -90,13 +91,13 @@ def compose_config() -> str:
     settings = RenderSettings(
         runtime_socket="/tmp/haproxy.sock",
         bind_host="*",
-        http_port=8080,
+        http_port=tiers.HAPROXY_HTTP_PORT,
         https_port=None,
         redirect_to_https=False,
         stats_host="*",
-        stats_port=8404,
+        stats_port=tiers.HAPROXY_STATS_PORT,
         log_target="stdout",
-        backend_ports={"ingest": 8081, "push": 8085},
+        backend_ports=tiers.backend_ports(),
         server_state_file=None,
         init_addr="last,libc,none",
         # The demo's clients (and its load tests) all come through one Docker gateway
@@ -104,8 +105,8 @@ def compose_config() -> str:
         registration_limit=RegistrationLimit(registrations=1_000_000),
     )
     inventory = {
-        "ingest": [Server("ingest1", 8081), Server("ingest2", 8081)],
-        "push": [Server("push", 8085)],
+        "ingest": [Server("ingest1", tiers.INGEST.port), Server("ingest2", tiers.INGEST.port)],
+        "push": [Server("push", tiers.PUSH.port)],
     }
     return render(RenderParams(maxconn=20_000), inventory, settings)
 

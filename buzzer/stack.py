@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tiers
 from buzzer.haproxy import LocalFront, start_local_haproxy
 from buzzer.http import api
 from buzzer.ports import bindable
@@ -28,9 +29,15 @@ STATE_DIR = Path(os.environ.get("BUZZER_STATE_DIR", ".buzzer"))
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     up = sub.add_parser("up", help="run the whole local stack (HAProxy, ingest x2, tally, push)")
-    up.add_argument("--http-port", type=int, default=int(os.environ.get("BUZZER_HTTP_PORT", 8080)))
     up.add_argument(
-        "--https-port", type=int, default=int(os.environ.get("BUZZER_HTTPS_PORT", 8443))
+        "--http-port",
+        type=int,
+        default=int(os.environ.get("BUZZER_HTTP_PORT", tiers.HAPROXY_HTTP_PORT)),
+    )
+    up.add_argument(
+        "--https-port",
+        type=int,
+        default=int(os.environ.get("BUZZER_HTTPS_PORT", tiers.HAPROXY_HTTPS_PORT)),
     )
     up.add_argument("--ingest", type=int, default=2, help="ingest processes")
     up.add_argument(
@@ -62,7 +69,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     demo = sub.add_parser(
         "demo", help="create a show with open polls; print the curl lines to vote"
     )
-    demo.add_argument("--url", default=os.environ.get("BUZZER_URL", "http://127.0.0.1:8080"))
+    demo.add_argument(
+        "--url", default=os.environ.get("BUZZER_URL", f"http://127.0.0.1:{tiers.HAPROXY_HTTP_PORT}")
+    )
     demo.set_defaults(func=_demo)
 
 
@@ -116,18 +125,18 @@ class Stack:
     """Processes of the local stack, started in dependency order, stopped in reverse."""
 
     env: dict[str, str]
-    http_port: int = 8080
-    https_port: int = 8443
+    http_port: int = tiers.HAPROXY_HTTP_PORT
+    https_port: int = tiers.HAPROXY_HTTPS_PORT
     ingest: int = 2
     haproxy: bool = True
     state_dir: Path = STATE_DIR
     children: list[Child] = field(default_factory=list)
     haproxy_proc: Any = None
     ingest_ports: list[int] = field(default_factory=list)
-    ingest_base_port: int = 8081
-    push_port: int = 8085
-    tally_port: int = 8090
-    stats_port: int = 8404
+    ingest_base_port: int = tiers.INGEST.port
+    push_port: int = tiers.PUSH.port
+    tally_port: int = tiers.TALLY.port
+    stats_port: int = tiers.HAPROXY_STATS_PORT
     with_push: bool = True
 
     def _py(self, *args: str) -> list[str]:
