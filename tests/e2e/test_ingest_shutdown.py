@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from buzzer.ports import free_port
 from services.common.messages import Keys, VoteEntry
-from tests.conftest import PG_ADMIN_DSN, REDIS_URL
+from tests.conftest import REDIS_URL
 from tests.support import delete_prefix, eventually
 from tests.support.stack import api
 
@@ -92,7 +92,7 @@ async def scenario(
     return accepted, statuses
 
 
-def test_sigterm_answers_in_flight_votes_and_loses_none(tmp_path: Path) -> None:
+def test_sigterm_answers_in_flight_votes_and_loses_none(tmp_path: Path, pg_dsn: str) -> None:
     port = free_port()
     prefix = f"e{uuid.uuid4().hex[:10]}"
     env = {
@@ -101,7 +101,8 @@ def test_sigterm_answers_in_flight_votes_and_loses_none(tmp_path: Path) -> None:
         "BUZZER_ADMIN_TOKEN": uuid.uuid4().hex,
         "BUZZER_TOKEN_SECRET": uuid.uuid4().hex * 2,
         "REDIS_URL": REDIS_URL,
-        "DATABASE_URL": PG_ADMIN_DSN.rsplit("/", 1)[0] + "/buzzer_test",
+        # The session's migrated test database: admin calls write to it.
+        "DATABASE_URL": pg_dsn,
         "BUZZER_DEVICE_RATE_PER_S": "100000",
     }
     log = tmp_path / "ingest.log"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import random
 import signal
@@ -22,9 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from services.common.messages import PG_GROUP, TALLY_GROUP
+from buzzer import audit
+from services.common.messages import ARCHIVE_GROUP, PG_GROUP, TALLY_GROUP
 from services.common.polls import close_poll_redis
 from tests.support import eventually
+from tests.support.archive import archive_counts, duplicated_votes
 from tests.support.tally import (
     TallyEnv,
     cast_vote,
@@ -181,7 +184,29 @@ async def test_sigkill_at_random_moments_totals_exact(env: TallyEnv, tmp_path: P
         assert kills == 5 and producer.sent == 20_000
         await eventually(lambda: _converged(env, pdef.id, producer.accepted), timeout=40)
         assert sum(producer.accepted.values()) > 20_000  # counts of 1-3, minus retries
+
+        # The archiver dies with the tally (it is one of its loops): its archive is as
+        # exact as the totals, no vote missing and none twice.
+        async def archived() -> bool:
+            for p in range(env.keys.partitions):
+                if await pending(env, env.keys.votes(p), ARCHIVE_GROUP):
+                    return False
+            return await archive_counts(env.pool, pdef.id) == producer.accepted
+
+        await eventually(archived, timeout=40)
+        assert await duplicated_votes(env.pool, pdef.id) == 0
         await _close_and_check_final(env, pdef.id, producer.accepted)
+
+        # Archive = frozen result = the accepted votes, and the scrutineer's recount agrees.
+        async def sealed() -> bool:
+            digest = await env.pool.fetchval(
+                "SELECT archive_digest FROM polls WHERE id = $1", pdef.id
+            )
+            return digest is not None
+
+        await eventually(sealed, timeout=20)
+        out = io.StringIO()
+        assert await audit.recount(env.dsn, pdef.id, out) == 0, out.getvalue()
         assert await tally.signal(signal.SIGTERM) == 0
     finally:
         await tally.ensure_dead()

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import PG_ADMIN_DSN, REDIS_URL
 from tests.support import eventually
+from tests.support.archive import archive_caught_up
 from tests.support.faults import (
     TcpProxy,
     VoteLog,
@@ -164,4 +165,6 @@ def test_postgres_unreachable_live_counts_move_and_totals_catch_up_exactly(tmp_p
             extra_env={"DATABASE_URL": proxied, "BUZZER_DEVICE_RATE_PER_S": "100000"},
         ) as rs:
             asyncio.run(scenario(rs, proxy))
+            # The archive fell behind with the totals and caught up as exactly.
+            asyncio.run(archive_caught_up(rs.dsn))
         assert proxy.connections > 0

@@ -41,7 +41,9 @@ class LiveClient {
   }
 
   _connect() {
-    this.onStatus("connecting", this.attempt ? `reconnecting (attempt ${this.attempt})` : "connecting");
+    // A retry after a drop is still "reconnecting": the page keeps saying so until live.
+    if (this.attempt) this.onStatus("reconnecting", `reconnecting (attempt ${this.attempt})`);
+    else this.onStatus("connecting", "connecting");
     const ws = new WebSocket(this.url);
     this.ws = ws;
     ws.onopen = () => { for (const poll of this.polls.keys()) this._subscribe(poll); };
