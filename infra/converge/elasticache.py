@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from infra.converge.runner import REMOVAL_ORDER, Change, Run
+from infra.converge.runner import REMOVAL_ORDER, Change, Run, error_code
 from infra.desired import REDIS_PORT, SHOW_TAG, CacheSpec, cache_group_id, resource_name
 from infra.userdata import cluster_url
 
@@ -34,12 +34,6 @@ def converge(run: Run) -> None:
         _update(run, spec, live)
 
 
-def _not_found(exc: Exception, *codes: str) -> bool:
-    from botocore.exceptions import ClientError
-
-    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in codes
-
-
 def _live_group(run: Run, group_id: str) -> dict[str, Any] | None:
     ec = run.aws.elasticache
     run.read(f"ElastiCache replication group {group_id}")
@@ -48,7 +42,7 @@ def _live_group(run: Run, group_id: str) -> dict[str, Any] | None:
             "ReplicationGroups"
         ][0]
     except Exception as exc:
-        if _not_found(exc, "ReplicationGroupNotFoundFault"):
+        if error_code(exc) == "ReplicationGroupNotFoundFault":
             return None
         raise
     tags = run.tags_of({"Tags": ec.list_tags_for_resource(ResourceName=group["ARN"])["TagList"]})
@@ -69,7 +63,7 @@ def _subnet_group(run: Run, spec: CacheSpec) -> None:
             "CacheSubnetGroups"
         ][0]
     except Exception as exc:
-        if not _not_found(exc, "CacheSubnetGroupNotFoundFault"):
+        if error_code(exc) != "CacheSubnetGroupNotFoundFault":
             raise
         run.do(
             Change("create", "cache-subnet-group", spec.subnet_group, ", ".join(subnets)),
@@ -247,7 +241,7 @@ def _remove(run: Run, live: dict[str, Any] | None) -> None:
     try:
         run.aws.elasticache.describe_cache_subnet_groups(CacheSubnetGroupName=name)
     except Exception as exc:
-        if _not_found(exc, "CacheSubnetGroupNotFoundFault"):
+        if error_code(exc) == "CacheSubnetGroupNotFoundFault":
             return
         raise
     run.later(

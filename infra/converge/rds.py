@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from infra.converge.runner import REMOVAL_ORDER, Change, Run
+from infra.converge.runner import REMOVAL_ORDER, Change, Run, error_code
 from infra.desired import POSTGRES_PORT, SHOW_TAG, DatabaseSpec, resource_name
 
 
@@ -32,14 +32,6 @@ def converge(run: Run) -> None:
         _update(run, spec, live)
 
 
-def _code(exc: Exception) -> str | None:
-    from botocore.exceptions import ClientError
-
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code"))
-    return None
-
-
 def _live_instance(run: Run, identifier: str) -> dict[str, Any] | None:
     run.read(f"RDS instance {identifier}")
     try:
@@ -47,7 +39,7 @@ def _live_instance(run: Run, identifier: str) -> dict[str, Any] | None:
             "DBInstances"
         ][0]
     except Exception as exc:
-        if _code(exc) == "DBInstanceNotFound":
+        if error_code(exc) == "DBInstanceNotFound":
             return None
         raise
     if run.tags_of({"Tags": db.get("TagList", [])}).get(SHOW_TAG) != run.want.show:
@@ -67,7 +59,7 @@ def _subnet_group(run: Run, spec: DatabaseSpec) -> None:
             0
         ]
     except Exception as exc:
-        if _code(exc) != "DBSubnetGroupNotFoundFault":
+        if error_code(exc) != "DBSubnetGroupNotFoundFault":
             raise
         run.do(
             Change("create", "db-subnet-group", spec.subnet_group, ", ".join(subnets)),
@@ -194,7 +186,7 @@ def _remove(run: Run, live: dict[str, Any] | None) -> None:
     try:
         rds.describe_db_subnet_groups(DBSubnetGroupName=name)
     except Exception as exc:
-        if _code(exc) == "DBSubnetGroupNotFoundFault":
+        if error_code(exc) == "DBSubnetGroupNotFoundFault":
             return
         raise
     run.later(

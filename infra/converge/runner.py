@@ -196,5 +196,14 @@ class Run:
         }
 
 
+def error_code(exc: Exception) -> str | None:
+    """The AWS error code of a failed call (``DBInstanceNotFound``, ...), else None."""
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code"))
+    return None
+
+
 def now_utc() -> datetime:
     return datetime.now(UTC)
