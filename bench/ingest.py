@@ -5,6 +5,12 @@
 (b) the real vote endpoint (token, validation, idempotency, atomic append to Redis),
 then checks that every 202 is in the stream. The last line is one JSON object.
 
+Ingest writes to a ``redis-server`` of the bench's own with the deployment's durability
+(AOF, ``appendfsync always``: a 202 is on Redis's disk), pinned to core 1 with wrk:
+Redis's CPU is the Redis tier's cost (``bench redis``), and on ingest's core it would
+be charged to ingest. ``--redis-cpu -1`` leaves it unpinned, as the figures before
+2026-12-02 were measured (against the shared Redis, AOF off).
+
 Bare and real are measured in ``--rounds`` rounds, back to back in alternating order
 (bench.tools.rounds); the ratio is the median of the rounds' ratios, with its spread.
 """
@@ -29,6 +35,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--devices", type=int, default=5000)
+    p.add_argument(
+        "--redis-cpu", type=int, default=1, help="core of the bench's Redis; -1: unpinned"
+    )
+    p.add_argument(
+        "--appendfsync",
+        choices=("always", "everysec", "no"),
+        default="always",
+        help="the bench Redis's AOF policy (default always: the deployment's)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     bare_port = free_port()
     bare = subprocess.Popen(pinned(0, [sys.executable, "-m", "bench.tools.bare", str(bare_port)]))
     try:
-        with vote_target(args.devices) as target:
+        redis_cpu = None if args.redis_cpu < 0 else args.redis_cpu
+        with vote_target(args.devices, redis_cpu=redis_cpu, appendfsync=args.appendfsync) as target:
             wait_http(f"http://127.0.0.1:{bare_port}/readyz")
             urls = {"bare": f"http://127.0.0.1:{bare_port}", "real": target.url}
             accepted = 0
@@ -92,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         "ratio": round(ratio, 3),
         "ratio_rounds": ratios.as_dict(),
         "connections": args.connections,
+        "redis": {"cpu": args.redis_cpu, "appendfsync": args.appendfsync},
         "accepted": accepted,
         "in_stream": in_stream,
         "durable": durable,

@@ -28,15 +28,14 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from redis.exceptions import ResponseError
 
+from bench.tools.redisproc import cli as _cli
+from bench.tools.redisproc import redis_server
 from bench.tools.rounds import order, summarise
-from buzzer.ports import free_ports
 from buzzer.rediscluster import LocalCluster
 from services.common.messages import TALLY_GROUP, Keys, VoteEntry, decode_entry
 from services.common.redisconn import connect
@@ -67,46 +66,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=Path("lb/profiles/redis.json"),
         help="where the planner reads the measured figures ('' to skip)",
     )
-
-
-@contextmanager
-def redis_server(tmp: Path, *, replica_of: int | None = None) -> Iterator[int]:
-    port = free_ports(1)
-    d = tmp / str(port)
-    d.mkdir()
-    argv = [
-        "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--dir",
-        str(d),
-    ]
-    if replica_of is not None:
-        argv += ["--replicaof", "127.0.0.1", str(replica_of)]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while _cli(port, "PING") != "PONG":
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"redis-server on {port} did not start")
-            time.sleep(0.05)
-        yield port
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
-def _cli(port: int, *args: str) -> str:
-    out = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, check=False)
-    return out.stdout.decode().strip()
 
 
 def cpu_seconds(port: int) -> float:

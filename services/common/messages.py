@@ -7,8 +7,9 @@ Cluster slot share a hash tag per partition: ``buzzer:{p3}:...``.
 
 from __future__ import annotations
 
+import functools
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import msgspec
@@ -33,6 +34,12 @@ class Keys:
 
     prefix: str = "buzzer"
     partitions: int = 4
+    _tags: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Every key of a vote starts with its partition's tag: built once, not per vote.
+        tags = tuple(f"{self.prefix}:{{p{p}}}" for p in range(self.partitions))
+        object.__setattr__(self, "_tags", tags)
 
     def partition_of(self, device_id: str) -> int:
         # By device, so that one device's retries, its one-vote marker and its rate
@@ -42,7 +49,7 @@ class Keys:
         return zlib.crc32(device_id.encode()) % self.partitions
 
     def tag(self, p: int) -> str:
-        return f"{self.prefix}:{{p{p}}}"
+        return self._tags[p]
 
     def votes(self, p: int) -> str:
         return f"{self.tag(p)}:votes"
@@ -104,8 +111,11 @@ class OptionDef(msgspec.Struct, frozen=True):
     label: str
 
 
-class PollDef(msgspec.Struct, frozen=True):
-    """What ingest needs to validate a vote without asking PostgreSQL."""
+class PollDef(msgspec.Struct, frozen=True, dict=True):
+    """What ingest needs to validate a vote without asking PostgreSQL.
+
+    ``dict=True`` only makes room for :attr:`option_keys`' cache (the encoding is the
+    same): ingest checks every vote's option against the same cached definition."""
 
     id: str
     show_id: str
@@ -122,6 +132,7 @@ class PollDef(msgspec.Struct, frozen=True):
     """Votes all devices of one viewer account may cast; None: no account limit. Devices
     without an account cannot vote in a poll that has one."""
 
+    @functools.cached_property
     def option_keys(self) -> frozenset[str]:
         return frozenset(o.key for o in self.options)
 
@@ -138,6 +149,19 @@ class VoteEntry(msgspec.Struct, frozen=True):
     """Client's clock, ms since the epoch (0 when the app sent none)."""
     recv_ts: int
     """Server's clock when ingest received it, ms since the epoch."""
+
+    def values(self) -> tuple[str | int, ...]:
+        """The field values in the order of :meth:`to_fields` (the vote path's args)."""
+        return (
+            "v",
+            self.poll,
+            self.option,
+            self.count,
+            self.device,
+            self.vote_id,
+            self.client_ts,
+            self.recv_ts,
+        )
 
     def to_fields(self) -> dict[str, str | int]:
         return {

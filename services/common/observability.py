@@ -6,18 +6,16 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from pythonjsonlogger.json import JsonFormatter
 
 Check = Callable[[], Awaitable[None]]
@@ -42,6 +40,61 @@ def configure_logging(level: str = "INFO", service: str = "buzzer") -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class HttpMetrics(Collector):
+    """Requests by route, method and status, and latency by route, counted in plain
+    Python numbers and turned into Prometheus series only when scraped.
+
+    Every request of every process records here, and prometheus-client's Counter and
+    Histogram take a lock and walk the buckets per observation: about 3 µs a request,
+    measured, where this costs a dict update and a bisect. The exposition is the same
+    (``buzzer_http_requests_total``, ``buzzer_http_request_seconds``); the event loop is
+    the only writer and the only reader (``/metrics`` runs on it), so nothing is locked.
+    """
+
+    def __init__(self, service: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.service = service
+        self._bounds = buckets
+        self._requests: dict[tuple[str, str, int], int] = {}
+        # route -> [count per bucket (the last one: above every bound), sum of seconds]
+        self._latency: dict[str, tuple[list[int], list[float]]] = {}
+
+    def record(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        requests = self._requests
+        requests[key] = requests.get(key, 0) + 1
+        lat = self._latency.get(route)
+        if lat is None:
+            lat = self._latency[route] = ([0] * (len(self._bounds) + 1), [0.0])
+        # bisect_left: a value equal to a bound belongs to that bound's bucket (le).
+        lat[0][bisect_left(self._bounds, seconds)] += 1
+        lat[1][0] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "buzzer_http_requests",
+            "HTTP requests by route and status",
+            labels=["service", "route", "method", "status"],
+        )
+        for (route, method, status), n in self._requests.items():
+            requests.add_metric([self.service, route, method, str(status)], n)
+        latency = HistogramMetricFamily(
+            "buzzer_http_request_seconds",
+            "HTTP request latency by route",
+            labels=["service", "route"],
+        )
+        for route, (counts, total) in self._latency.items():
+            cumulative, buckets = 0, []
+            for bound, n in zip((*self._bounds, float("inf")), counts, strict=True):
+                cumulative += n
+                buckets.append((floatToGoString(bound), cumulative))
+            latency.add_metric([self.service, route], buckets, sum_value=total[0])
+        yield requests
+        yield latency
+
+
 @dataclass
 class Observability:
     service: str
@@ -53,34 +106,10 @@ class Observability:
     ready: bool = True
     """False while draining, so load balancers stop sending before we stop listening."""
 
-    def record(self, route: str, method: str, status: int, seconds: float) -> None:
-        # Label lookups cost more than the increments; cache the children per series.
-        key = (route, method, status)
-        series = self._series.get(key)
-        if series is None:
-            series = (
-                self.requests.labels(self.service, route, method, str(status)),
-                self.latency.labels(self.service, route),
-            )
-            self._series[key] = series
-        series[0].inc()
-        series[1].observe(seconds)
-
     def __post_init__(self) -> None:
-        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self.requests = Counter(
-            "buzzer_http_requests_total",
-            "HTTP requests by route and status",
-            ["service", "route", "method", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "buzzer_http_request_seconds",
-            "HTTP request latency by route",
-            ["service", "route"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-            registry=self.registry,
-        )
+        self.http = HttpMetrics(self.service)
+        self.registry.register(self.http)
+        self.record = self.http.record
 
 
 OBS = web.AppKey("observability", Observability)

@@ -87,7 +87,7 @@ async def post_vote(request: web.Request) -> web.Response:
     pdef = await app[POLLS].get(poll_id)
     if pdef is None:
         raise ApiError(404, "poll_not_found", f"no poll {poll_id!r}", field="poll")
-    if vote.option not in pdef.option_keys():
+    if vote.option not in pdef.option_keys:
         raise ApiError(
             404, "option_not_found", f"poll has no option {vote.option!r}", field="option"
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import Any, Protocol
 
 from hiredis import pack_command
@@ -83,16 +84,22 @@ def ack_key(slot_key: str) -> str:
 async def _pipeline(
     conn: Connection, payload: bytes, n: int, *, disconnect_on_error: bool = True
 ) -> list[Any]:
-    """Send ``payload`` (``n`` commands) and read ``n`` replies, error replies kept."""
+    """Send ``payload`` (``n`` commands) and read ``n`` replies, error replies kept.
+
+    One deadline (the connection's socket timeout) for the whole round trip, instead of
+    redis-py's one per reply: a flush reads a reply per partition, and each deadline is
+    a timer armed and cancelled on the event loop. Past it, ``TimeoutError`` (an
+    ``OSError``) is the 503 of a Redis that stopped answering."""
     try:
-        await conn.send_packed_command(payload, check_health=False)
-        out: list[Any] = []
-        for _ in range(n):
-            try:
-                out.append(await conn.read_response())
-            except ResponseError as exc:
-                out.append(exc)
-        return out
+        async with asyncio.timeout(conn.socket_timeout):
+            await conn.send_packed_command(payload, check_health=False)
+            out: list[Any] = []
+            for _ in range(n):
+                try:
+                    out.append(await conn.read_response(timeout=math.inf))
+                except ResponseError as exc:
+                    out.append(exc)
+            return out
     except BaseException:
         if disconnect_on_error:
             # The connection's read position is unknown now: never reuse it.

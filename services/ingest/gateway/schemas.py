@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
+from multidict import CIMultiDict
 
 from services.ingest.gateway.errors import ApiError
 
@@ -51,13 +53,25 @@ async def read_body(request: web.Request, kind: type[T]) -> T:
     return decode_body(raw, request.content_type, kind)
 
 
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+"""On every answer of the API (the edge middleware adds them to answers made elsewhere)."""
+
+_JSON_HEADERS = CIMultiDict({"Content-Type": "application/json", **SECURITY_HEADERS})
+
+
 def json_response(
-    obj: Any, status: int = 200, headers: dict[str, str] | None = None
+    obj: Any, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> web.Response:
-    # The newline keeps a shell prompt after `curl` on a line of its own.
-    return web.Response(
-        body=msgspec.json.encode(obj) + b"\n",
-        status=status,
-        content_type="application/json",
-        headers=headers,
-    )
+    # The newline keeps a shell prompt after `curl` on a line of its own. The headers
+    # are built once: a 202 is the hottest answer of the system.
+    if headers:
+        all_headers = _JSON_HEADERS.copy()
+        all_headers.update(headers)
+    else:
+        all_headers = _JSON_HEADERS
+    return web.Response(body=msgspec.json.encode(obj) + b"\n", status=status, headers=all_headers)
