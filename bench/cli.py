@@ -19,6 +19,7 @@ BENCHES: dict[str, str] = {
     "stack": "bench.stack",
     "redis": "bench.redis",
     "archive": "bench.archive",
+    "tally": "bench.tally",
     "cost": "bench.cost",
 }
 

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from bench.target import vote_target, wait_http
 from bench.tools.rounds import order, summarise
@@ -46,11 +48,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run(args: argparse.Namespace) -> int:
     if not shutil.which("wrk"):
         print("wrk is not installed (scripts/setup installs it)", file=sys.stderr)
         return 2
     results: dict[str, list[WrkResult]] = {"bare": [], "real": []}
+    cpu_pct: dict[str, list[float]] = {"bare": [], "real": []}
+    us_per_req: dict[str, list[float]] = {"bare": [], "real": []}
     bare_port = free_port()
     bare = subprocess.Popen(pinned(0, [sys.executable, "-m", "bench.tools.bare", str(bare_port)]))
     try:
@@ -62,14 +72,22 @@ def run(args: argparse.Namespace) -> int:
             for name, url in urls.items():  # warm up both: caches, pools, token cache
                 r = target.wrk(2, args.connections, url)
                 accepted += r.ok if name == "real" else 0
+            pids = {"bare": bare.pid, "real": target.pid}
             for rnd, name in order(args.rounds, tuple(urls)):
+                cpu0 = process_cpu_s(pids[name])
                 r = target.wrk(args.seconds, args.connections, urls[name])
+                # The server's share of its core: near 100 % it is the limit; well below,
+                # the clients or Redis are, and the ratio says little about the code.
+                busy = 100 * (process_cpu_s(pids[name]) - cpu0) / args.seconds
                 results[name].append(r)
+                cpu_pct[name].append(busy)
+                us_per_req[name].append(busy * 1e4 / r.rps if r.rps else 0.0)
                 if name == "real":
                     accepted += r.ok
                 print(
                     f"  r{rnd} {name:5} {r.rps:9.0f} req/s  p50 {r.p50_ms:6.2f} ms"
-                    f"  p99 {r.p99_ms:6.2f} ms  non-2xx {r.non2xx}"
+                    f"  p99 {r.p99_ms:6.2f} ms  cpu {busy:4.0f} %"
+                    f"  {us_per_req[name][-1]:5.1f} us/req  non-2xx {r.non2xx}"
                     f"  socket errors {r.errors}",
                     flush=True,
                 )
@@ -88,6 +106,12 @@ def run(args: argparse.Namespace) -> int:
         ]
     )
     ratio = ratios.median
+    cost = summarise(
+        [
+            bare / real if real else 0.0
+            for bare, real in zip(us_per_req["bare"], us_per_req["real"], strict=True)
+        ]
+    )
     # wrk stops with requests in flight: those may be appended without wrk counting
     # their 202, so the stream may hold up to one extra entry per connection per run.
     cut_off = args.connections * (args.rounds + 2)
@@ -95,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"bare aiohttp (ceiling): {best['bare'].rps:.0f} req/s, p99 {best['bare'].p99_ms:.2f} ms")
     print(f"vote endpoint:          {best['real'].rps:.0f} req/s, p99 {best['real'].p99_ms:.2f} ms")
     print(ratios.line("ratio real/bare (target >= 0.8)"))
+    print(cost.line("CPU per request, bare/real (what the ratio would be at 100 % CPU)"))
+    for name in ("bare", "real"):
+        print(f"{name} server CPU: {summarise(cpu_pct[name]).line('% of its core', '.0f')}")
     print(
         f"202s: {accepted}, entries in the stream: {in_stream} (+ up to {cut_off} cut off by wrk"
         f" in flight) -> {'every 202 is in the stream' if durable else 'MISMATCH'}"
@@ -107,6 +134,10 @@ def run(args: argparse.Namespace) -> int:
         "vote_p99_ms": best["real"].p99_ms,
         "ratio": round(ratio, 3),
         "ratio_rounds": ratios.as_dict(),
+        "cpu_ratio": round(cost.median, 3),
+        "cpu_ratio_rounds": cost.as_dict(),
+        "us_per_request": {k: round(summarise(v).median, 1) for k, v in us_per_req.items()},
+        "server_cpu_pct": {k: round(summarise(v).median, 1) for k, v in cpu_pct.items()},
         "connections": args.connections,
         "redis": {"cpu": args.redis_cpu, "appendfsync": args.appendfsync},
         "accepted": accepted,

@@ -19,6 +19,14 @@ ratios, with its spread and whether the spread allows a conclusion.
 and ``--h2-streams`` votes in flight on it (HTTP/2). Next to it, ``tls_resumed`` is an
 HTTP/1.1 client that opens a new, resumed, TLS connection per vote. The planner reads
 ``haproxy_h2_req_per_s`` for the votes of clients that keep their connection.
+
+``websockets`` (``--websockets N``, or ``--only websockets``) holds as many websockets as
+the descriptor limit allows, up to N, through the generated config to
+``bench.tools.wsbroadcast``, which pushes ``--ws-rate`` updates a second to every one;
+``bench.tools.wsholder`` processes hold them from several 127.0.x.y addresses. It reports
+HAProxy's RSS per held websocket and its CPU per update forwarded to one socket, which
+the planner sizes ``maxconn`` and the update fan-out from. One round: it is bounded by
+memory and descriptors, not by a rate that other work on the machine would disturb.
 """
 
 from __future__ import annotations
@@ -27,7 +35,9 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -75,8 +85,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-profile", action="store_true", help="do not write the profile")
     p.add_argument(
-        "--only", nargs="*", help="measure only these (new_conns keepalive h2_streams ...)"
+        "--only",
+        nargs="*",
+        help="measure only these (new_conns keepalive h2_streams ... websockets); the"
+        " profile then keeps its other figures",
     )
+    g = p.add_argument_group("websockets held through the generated config")
+    g.add_argument(
+        "--websockets",
+        type=int,
+        default=20_000,
+        metavar="N",
+        help="websockets to hold, as many as the file-descriptor limit allows up to N;"
+        " 0 skips (default %(default)s)",
+    )
+    g.add_argument(
+        "--ws-rate", type=float, default=10.0, help="updates per second pushed to every socket"
+    )
+    g.add_argument(
+        "--ws-seconds", type=float, default=10.0, help="CPU measured over this long (default 10)"
+    )
+    g.add_argument("--ws-clients", type=int, default=2, help="client processes holding them")
 
 
 @dataclass
@@ -265,6 +294,7 @@ def run(args: argparse.Namespace) -> int:
         measures = [m for m in measures if m.name != "h2_streams"]
     if args.only:
         measures = [m for m in measures if m.name in args.only]
+    do_ws = args.websockets > 0 and (not args.only or "websockets" in args.only)
 
     results: dict[str, dict[str, list[Figure]]] = {}
     runs = 0
@@ -321,12 +351,15 @@ def run(args: argparse.Namespace) -> int:
     ingest: float | None = None
     if not args.no_ingest and not args.only:
         ingest = _votes_through_haproxy(args, hcpu)
+    ws = _websockets(args, hcpu, ccpu) if do_ws else None
 
-    summary = _summary(results, ingest, secs)
+    summary = _summary(results, ingest, secs, ws)
     print()
     print(f"{'figure':<16} {'minimal':>10} {'generated':>10} {'ratio':>6}"
           f" {'min/core':>10} {'gen/core':>10} {'ratio':>6}")  # fmt: skip
     for name, r in summary["figures"].items():
+        if name == "websockets":
+            continue
         print(
             f"{name:<16} {r['minimal']:>10,.0f} {r['generated']:>10,.0f} {r['ratio']:>6.2f}"
             f" {r['minimal_per_core']:>10,.0f} {r['generated_per_core']:>10,.0f}"
@@ -348,9 +381,8 @@ def run(args: argparse.Namespace) -> int:
             f" {mobile['haproxy_tls_resumed_per_s']:,.0f}"
         )
     print(f"historical node: {HISTORICAL.haproxy_new_conns_per_s:,.0f} new connections/s")
-    if not args.no_profile and not args.only:
-        args.profile_out.parent.mkdir(parents=True, exist_ok=True)
-        args.profile_out.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if not args.no_profile:
+        write_profile(args.profile_out, summary, merge=bool(args.only))
         print(f"profile written to {args.profile_out}")
     print(json.dumps(summary, sort_keys=True))
     return 0
@@ -427,10 +459,35 @@ def _figure(r: dict[str, list[Figure]]) -> dict[str, Any]:
     }
 
 
+def write_profile(path: Path, summary: dict[str, Any], merge: bool) -> None:
+    """Write the measured profile; with ``merge`` (an ``--only`` run) the figures it
+    measured replace theirs in the file and the rest are kept, so that one figure can be
+    measured again without losing the others."""
+    if merge:
+        try:
+            old = json.loads(path.read_text())
+        except FileNotFoundError:
+            old = {}
+        summary = {
+            **old,
+            # The file's date stays its other figures'; each merged figure has its own.
+            **{k: v for k, v in summary.items() if k not in ("figures", "profile", "measured_at")},
+            "figures": {**old.get("figures", {}), **summary["figures"]},
+            "profile": {**old.get("profile", {}), **summary["profile"]},
+        }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
 def _summary(
-    results: dict[str, dict[str, list[Figure]]], ingest: float | None, secs: float
+    results: dict[str, dict[str, list[Figure]]],
+    ingest: float | None,
+    secs: float,
+    ws: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     figures = {name: _figure(r) for name, r in results.items()}
+    if ws is not None:
+        figures["websockets"] = ws
 
     def gen(name: str) -> float | None:
         return figures[name]["generated_per_core"] if name in figures else None
@@ -443,6 +500,7 @@ def _summary(
         "haproxy_tls_resumed_per_s": gen("tls_resumed"),
         "haproxy_h2_req_per_s": gen("h2_streams"),
         "ingest_votes_per_s": ingest,
+        **({k: ws[k] for k in WS_PROFILE_KEYS if ws.get(k)} if ws else {}),
     }
     return {
         "bench": "lb",
@@ -467,3 +525,250 @@ def _haproxy_version() -> str:
     out = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout
     m = re.search(r"version (\S+)", out)
     return m.group(1) if m else "unknown"
+
+
+# Websockets held through the generated config (--only websockets).
+
+WS_PROFILE_KEYS = (
+    "haproxy_bytes_per_conn",
+    "haproxy_kernel_bytes_per_conn",
+    "haproxy_cpu_per_conn_update",
+)
+"""What ``_websockets`` gives the planner (lb.planner.Profile fields)."""
+
+# Ephemeral ports per (source address, destination) pair: 32768-60999 by default. Each
+# client source address and each backend listener stays well under it.
+_PER_ADDRESS = 20_000
+
+
+def _rss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def _kernel_bytes() -> int:
+    """Slab (socket structures) plus TCP buffer pages, machine-wide: noisy on a busy
+    machine, so it is reported beside HAProxy's own RSS, never mixed into it."""
+    slab = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("Slab:"):
+            slab = int(line.split()[1]) * 1024
+    pages = 0
+    for line in Path("/proc/net/sockstat").read_text().splitlines():
+        if line.startswith("TCP:"):
+            f = line.split()
+            pages = int(f[f.index("mem") + 1])
+    return slab + pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def _haproxy_pids(hap: HaproxyProcess) -> list[int]:
+    return [hap.master_pid, *hap.worker_pids()]
+
+
+class _Clients:
+    """``bench.tools.wsholder`` processes, each asked for its count over stdin."""
+
+    def __init__(self, url: str, count: int, procs: int, cpu: int) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+        per = [count // procs + (1 if i < count % procs else 0) for i in range(procs)]
+        for i, n in enumerate(per):
+            sources = [f"127.0.{10 + i}.{2 + j}" for j in range(max(1, -(-n // _PER_ADDRESS)))]
+            cmd = [sys.executable, "-m", "bench.tools.wsholder", url, "--count", str(n)]
+            for src in sources:
+                cmd += ["--source", src]
+            self.procs.append(
+                subprocess.Popen(
+                    _taskset(cpu, cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+                )
+            )
+
+    def opened(self) -> tuple[int, dict[str, int]]:
+        opened, errors = 0, dict[str, int]()
+        for p in self.procs:
+            assert p.stdout is not None
+            line = p.stdout.readline()
+            if not line:
+                raise RuntimeError("websocket client exited before opening its sockets")
+            r = json.loads(line)
+            opened += r["opened"]
+            for k, v in r["errors"].items():
+                errors[k] = errors.get(k, 0) + v
+        return opened, errors
+
+    def counts(self) -> tuple[int, int]:
+        """(frames received, sockets still open), summed over the processes."""
+        for p in self.procs:
+            assert p.stdin is not None
+            p.stdin.write("\n")
+            p.stdin.flush()
+        received, still = 0, 0
+        for p in self.procs:
+            assert p.stdout is not None
+            r = json.loads(p.stdout.readline())
+            received += r["received"]
+            still += r["open"]
+        return received, still
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.stdin is not None:
+                p.stdin.close()
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def _websockets(args: argparse.Namespace, hcpu: int, ccpu: int) -> dict[str, Any]:
+    """Hold as many websockets as this machine allows, up to ``--websockets``, through
+    the generated config to a backend that pushes ``--ws-rate`` updates a second to all;
+    HAProxy's memory and CPU per held websocket.
+
+    HAProxy holds two descriptors per websocket (client side, server side) and inherits
+    this process's RLIMIT_NOFILE, raised to the hard limit first: that limit, not the
+    request, often sets how many are held. The memory figure is taken after updates
+    have flowed, since forwarding them is what makes HAProxy allocate buffers."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    fd_cap = (hard - 1000) // 2
+    n = min(args.websockets, fd_cap)
+    if n < args.websockets:
+        print(
+            f"websockets: {n:,} of {args.websockets:,} asked: HAProxy needs two descriptors"
+            f" each and the hard RLIMIT_NOFILE here is {hard:,} (raise it: ulimit -Hn)",
+            flush=True,
+        )
+    rate, secs = args.ws_rate, args.ws_seconds
+    with tempfile.TemporaryDirectory(prefix="lb-bench-ws-") as tmp:
+        d = Path(tmp)
+        ports = [free_port() for _ in range(max(1, -(-n // _PER_ADDRESS)))]
+        cmd = [sys.executable, "-m", "bench.tools.wsbroadcast", "--rate", str(rate)]
+        for p in ports:
+            cmd += ["--port", str(p)]
+        backend = subprocess.Popen(
+            _taskset(ccpu, cmd), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        assert backend.stdout is not None
+        backend.stdout.readline()  # listening
+        port = free_port()
+        settings = RenderSettings(
+            runtime_socket=str(d / "admin.sock"),
+            bind_host="127.0.0.1",
+            http_port=port,
+            redirect_to_https=False,
+            stats_port=free_port(),
+            nbthread=1,
+            log_target="stdout",
+            rate_limit=RateLimit(requests=100_000_000),
+        )
+        servers = [Server("127.0.0.1", p) for p in ports]
+        text = render(
+            RenderParams(maxconn=n + 100), {"ingest": servers[:1], "push": servers}, settings
+        )
+        hap = HaproxyProcess(d, runtime_socket=d / "admin.sock", cpu=hcpu, log_path=d / "hap.log")
+        clients: _Clients | None = None
+        try:
+            hap.start(text)
+            _wait_up(hap)
+            worker = hap.worker_pids()[0]
+            time.sleep(0.5)
+            rss0, kern0 = _rss_bytes(_haproxy_pids(hap)), _kernel_bytes()
+            t0 = time.monotonic()
+            clients = _Clients(f"http://127.0.0.1:{port}/v1/live", n, args.ws_clients, ccpu)
+            opened, errors = clients.opened()
+            open_s = time.monotonic() - t0
+            time.sleep(1.0)
+            rss_idle = _rss_bytes(_haproxy_pids(hap))
+            # Held but quiet: what holding costs HAProxy's core with no traffic.
+            idle: dict[str, float] = {}
+            with _cpu_meter(worker, idle):
+                time.sleep(min(3.0, secs / 2))
+            os.kill(backend.pid, signal.SIGUSR1)
+            time.sleep(1.0)
+            busy: dict[str, float] = {}
+            r0, _ = clients.counts()
+            t1 = time.monotonic()
+            with _cpu_meter(worker, busy):
+                time.sleep(secs)
+            r1, still = clients.counts()
+            elapsed = time.monotonic() - t1
+            os.kill(backend.pid, signal.SIGUSR2)
+            time.sleep(0.5)
+            rss1, kern1 = _rss_bytes(_haproxy_pids(hap)), _kernel_bytes()
+        finally:
+            if clients is not None:
+                clients.stop()
+            hap.stop()
+            backend.terminate()
+            backend.wait(timeout=10)
+
+    delivered = r1 - r0
+    held = max(opened, 1)
+    # The held sockets' own cost, above HAProxy's idle core use.
+    fanout_cpu = max(0.0, busy["cpu"] - idle["cpu"]) * elapsed
+    cpu_per = fanout_cpu / delivered if delivered else 0.0
+    # Four sockets per viewer on this machine (client, HAProxy's two, backend); a node
+    # holds two of them.
+    kernel_per = max(0, kern1 - kern0) / held / 2
+    out: dict[str, Any] = {
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "asked": args.websockets,
+        "held": opened,
+        "still_open": still,
+        "errors": errors,
+        "fd_hard_limit": hard,
+        "open_seconds": round(open_s, 1),
+        "update_rate_asked": rate,
+        "update_rate_delivered": round(delivered / held / elapsed, 2) if elapsed else 0.0,
+        "seconds": round(elapsed, 1),
+        "haproxy_rss_before": rss0,
+        "haproxy_rss_held": rss_idle,
+        "haproxy_rss_after_updates": rss1,
+        "haproxy_cpu_idle": round(idle["cpu"], 3),
+        "haproxy_cpu_updates": round(busy["cpu"], 3),
+        "kernel_bytes_delta": kern1 - kern0,
+        "haproxy_bytes_per_conn": round(max(0, max(rss1, rss_idle) - rss0) / held, 1),
+        "haproxy_bytes_per_conn_idle": round(max(0, rss_idle - rss0) / held, 1),
+        "haproxy_kernel_bytes_per_conn": round(kernel_per, 1),
+        "haproxy_cpu_per_conn_update": cpu_per,
+        "basis": "generated config, HAProxy on one core; bytes per held websocket"
+        " (its client and server sides); CPU-seconds per update forwarded to one socket",
+    }
+    per10k = cpu_per * 10_000 * rate
+    print(
+        f"websockets held {opened:,} of {n:,} (errors {errors or 0}, still open {still:,});"
+        f" opened in {open_s:.1f} s",
+        flush=True,
+    )
+    print(
+        f"haproxy rss {rss0 / 2**20:.1f} MiB -> {rss_idle / 2**20:.1f} MiB held"
+        f" -> {rss1 / 2**20:.1f} MiB after updates:"
+        f" {out['haproxy_bytes_per_conn']:,.0f} bytes per websocket"
+        f" (+ kernel about {kernel_per:,.0f}, machine-wide, noisy)"
+    )
+    print(
+        f"updates: {delivered:,} frames in {elapsed:.1f} s"
+        f" ({out['update_rate_delivered']:g}/s per socket of {rate:g} asked);"
+        f" haproxy cpu {idle['cpu']:.0%} held idle, {busy['cpu']:.0%} with updates:"
+        f" {cpu_per * 1e6:.2f} us per update per socket,"
+        f" {per10k:.0%} of a core per 10k viewers at {rate:g} updates/s"
+    )
+    if out["update_rate_delivered"] < 0.9 * rate:
+        print(
+            f"note: the sockets got {out['update_rate_delivered']:g} of {rate:g} updates/s:"
+            " the client and backend core, not HAProxy, set the pace"
+        )
+    if busy["cpu"] < 0.5:
+        # Below saturation HAProxy wakes for fewer events at a time, so each update
+        # costs it more than on a busy core.
+        print(
+            f"note: HAProxy's core was {busy['cpu']:.0%} busy: the CPU per update is an"
+            " upper bound (more sockets or --ws-rate load it further)"
+        )
+    return out

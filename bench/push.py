@@ -1,16 +1,43 @@
 """``buzzer bench push``: how many viewers one push process holds, at what memory and delay.
 
-Starts one push process (pinned to core 0 when there are two or more), connects
-``--viewers`` websockets from load-generator processes pinned to the other cores,
-casts votes and publishes ``--rate`` tally updates per second for ``--seconds`` through
-the real tally code (``bench.tools.tally``: vote_batch.lua, apply.lua, the publisher),
-and measures: sockets held, RSS per socket of the push process, and the delay from
-an update's publication (its ``ts``) to its arrival at every viewer, p50/p99.
+Starts ``--push-procs`` push processes (one by default; several share one port with
+SO_REUSEPORT, ``BUZZER_REUSE_PORT=1``), connects ``--viewers`` websockets from load-generator
+processes, casts votes and publishes ``--rate`` tally updates per second for ``--seconds``
+through the real tally code (``bench.tools.tally``: vote_batch.lua, apply.lua, the
+publisher), and measures: sockets held, RSS per socket of the push processes, and the delay
+from an update's publication (its ``ts``) to its arrival at every viewer, p50/p99.
 The last line printed is one JSON object with the figures.
+
+Cores: on a machine of two or more cores, each push process is pinned to a core of its
+own and the load generators to the others. With as many push processes as cores (two on
+a 2-core machine) the load generators are not pinned and share the push processes'
+cores, and the JSON says so (``shared_cores``): the figure is then a lower bound. Each
+load-generator process reports its CPU (user+sys over the update window, % of one core,
+``client_cpu_pct``), and ``client_cores_busy_pct`` is how busy the cores they were given
+were (with push's share when shared); a line warns when either is over 85 %, because then
+the viewers, not push, may be what is measured. Connect, load-generator and shutdown
+failures (a ``TimeoutError`` among them) are counted in ``errors`` rather than ending the
+run; a run with errors writes no profile and exits 1.
+
+On loopback, push's ``write`` to a viewer's socket also runs the viewer's side of TCP on
+push's core: py-spy puts about three quarters of push's time in that call at 6,000-10,000
+viewers, so the figure is conservative for viewers on a real network.
 
 The update window is judged in ``--rounds`` consecutive slices of the published versions:
 delay-to-all p99 of each slice, their median and spread (bench.tools.rounds), so that a
 single stall or a noisy neighbour shows as spread rather than as the figure.
+
+``--find-max``: the viewers one push process (or ``--push-procs`` of them) holds with
+delay-to-all p99 under ``--p99-ms`` (200) and no error. Each step starts fresh push
+processes and measures ``--step-seconds`` of updates; the count doubles from
+``--start-viewers`` until a step fails or ``--max-viewers``, then is bisected to within
+10 %, within ``--budget-s`` (170 s) overall. Over 20,000 viewers the load generators
+connect from several loopback addresses (127.0.0.2, .3, ...), since one source address
+reaches one port through only ~28,000 ephemeral ports; the file-descriptor limit is raised
+as far as the process may (``ulimit -Hn``; root with CAP_SYS_RESOURCE: fs.nr_open), and
+the search is capped by it (``capped_at``: then the figure is a lower bound). Written to
+``lb/profiles/push.json`` as ``viewers_per_process`` (one process) or
+``viewers_two_processes`` (two sharing a port), next to ``cores_per_1m_viewers``.
 """
 
 from __future__ import annotations
@@ -19,6 +46,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import multiprocessing as mp
 import os
 import resource
@@ -30,7 +58,7 @@ import time
 import uuid
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 
@@ -39,6 +67,12 @@ from buzzer.ports import free_port
 
 LAT_BUCKETS_MS = 10_000
 PUSH_PROFILE = Path(__file__).resolve().parents[1] / "lb" / "profiles" / "push.json"
+CLIENT_CPU_WARN_PCT = 85.0
+"""A load generator above this share of its core may be the limit, not push."""
+PER_SOURCE = 20_000
+"""Viewers per loopback source address (the ephemeral range holds ~28,000)."""
+FD_MARGIN = 1_000
+"""File descriptors a process needs besides its sockets (Redis, logs, pipes)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,42 +82,224 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=20.0, help="how long updates flow (default 20)")
     p.add_argument("--rate", type=float, default=10.0, help="tally updates per second (default 10)")
     p.add_argument("--options", type=int, default=4, help="options in the poll (message size)")
-    p.add_argument("--client-procs", type=int, default=2, help="load-generator processes")
+    p.add_argument(
+        "--client-procs",
+        type=int,
+        default=2,
+        help="load-generator processes (more are added: one per 20,000 viewers at least)",
+    )
     p.add_argument(
         "--connect-concurrency", type=int, default=200, help="handshakes in flight per process"
+    )
+    p.add_argument(
+        "--push-procs",
+        type=int,
+        default=1,
+        help="push processes sharing the port with SO_REUSEPORT (default 1)",
     )
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument("--port", type=int, default=0, help="push port (default: a free one)")
     p.add_argument("--rounds", type=int, default=5, help="slices of the update window judged apart")
     p.add_argument(
+        "--find-max",
+        action="store_true",
+        help="search the most viewers held at delay-to-all p99 under --p99-ms with no error",
+    )
+    p.add_argument("--p99-ms", type=float, default=200.0, help="--find-max: the p99 target")
+    p.add_argument(
+        "--start-viewers", type=int, default=5_000, help="--find-max: first step (default 5000)"
+    )
+    p.add_argument(
+        "--max-viewers", type=int, default=80_000, help="--find-max: largest step (default 80000)"
+    )
+    p.add_argument(
+        "--step-seconds", type=float, default=6.0, help="--find-max: updates per step (default 6)"
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=170.0,
+        help="--find-max: no new step once this much time has gone (default 170)",
+    )
+    p.add_argument(
         "--profile-out",
         type=Path,
         default=PUSH_PROFILE,
-        help=f"where `bench cost` reads push's CPU per viewer (default {PUSH_PROFILE})",
+        help=f"where `bench cost` and the planner read push's figures (default {PUSH_PROFILE})",
     )
     p.add_argument("--no-profile", action="store_true", help="do not write the profile")
 
 
 def run(args: argparse.Namespace) -> int:
-    result = asyncio.run(_bench(args))
-    if result.get("error") is None and not args.no_profile and result.get("connections_held"):
-        profile = {
-            "bench": "push",
-            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "viewers": result["connections_held"],
-            "updates_per_s": args.rate,
-            "push_cpu_pct": result["push_cpu_pct"],
-            "delay_to_all_ms_p99": result["delay_to_all_ms_p99"],
-            # One push process is one core: the share of it these viewers used, scaled.
-            "cores_per_1m_viewers": round(
-                result["push_cpu_pct"] / 100 * 1_000_000 / result["connections_held"], 2
-            ),
-        }
-        args.profile_out.parent.mkdir(parents=True, exist_ok=True)
-        args.profile_out.write_text(json.dumps(profile, indent=2, sort_keys=True) + "\n")
-        print(f"profile written to {args.profile_out}", file=sys.stderr)
+    if args.find_max:
+        result = asyncio.run(_find_max(args))
+        ok = result.get("max_viewers") is not None
+    else:
+        result = asyncio.run(_bench(args, args.viewers, args.seconds))
+        _warn_clients(result)
+        ok = result.get("error") is None and not result.get("errors")
+    if ok and not args.no_profile:
+        _write_profile(args, result)
     print(json.dumps(result, sort_keys=True))
-    return 0 if result.get("error") is None else 1
+    return 0 if ok else 1
+
+
+def _passes(r: dict[str, Any], viewers: int, p99_ms: float) -> bool:
+    p99 = r.get("delay_to_all_ms_p99")
+    return (
+        r.get("error") is None
+        and not r.get("errors")
+        and r.get("connections_held") == viewers
+        and not r.get("versions_partially_received")
+        and p99 is not None
+        and p99 < p99_ms
+    )
+
+
+def _warn_clients(r: dict[str, Any]) -> None:
+    hot = [p for p in r.get("client_cpu_pct") or [] if p > CLIENT_CPU_WARN_PCT]
+    if hot:
+        print(
+            f"WARNING: a load-generator process used {max(hot):.0f} % of a core (over"
+            f" {CLIENT_CPU_WARN_PCT:.0f} %): the viewers may be the limit, not push;"
+            " rerun with more --client-procs or on more cores",
+            file=sys.stderr,
+        )
+    busy = r.get("client_cores_busy_pct")
+    if busy is not None and busy > CLIENT_CPU_WARN_PCT:
+        print(
+            f"WARNING: the load generators' cores were {busy:.0f} % busy (over"
+            f" {CLIENT_CPU_WARN_PCT:.0f} %): the viewers may be the limit, not push;"
+            " rerun on more cores",
+            file=sys.stderr,
+        )
+
+
+def _fd_cap() -> int:
+    """Most viewers one process can hold under the file-descriptor limit it can get
+    (raised as far as allowed: root with CAP_SYS_RESOURCE may go up to fs.nr_open)."""
+    want = 1 << 20
+    with contextlib.suppress(OSError, ValueError):
+        want = int(Path("/proc/sys/fs/nr_open").read_text())
+    _raise_nofile(want)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        return want - FD_MARGIN
+    return hard - FD_MARGIN
+
+
+async def _find_max(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.monotonic()
+    procs = max(1, args.push_procs)
+    cap = min(args.max_viewers, procs * _fd_cap())
+    lo, hi = 0, None  # largest passing count, smallest failing one
+    steps: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    n = min(args.start_viewers, cap)
+    last_s = 0.0
+    while True:
+        t0 = time.monotonic()
+        r = await _bench(args, n, args.step_seconds)
+        last_s = time.monotonic() - t0
+        ok = _passes(r, n, args.p99_ms)
+        _warn_clients(r)
+        steps.append(
+            {
+                "viewers": n,
+                "pass": ok,
+                "held": r.get("connections_held"),
+                "delay_to_all_ms_p50": r.get("delay_to_all_ms_p50"),
+                "delay_to_all_ms_p99": r.get("delay_to_all_ms_p99"),
+                "push_cpu_pct": r.get("push_cpu_pct"),
+                "client_cpu_pct": r.get("client_cpu_pct"),
+                "client_cores_busy_pct": r.get("client_cores_busy_pct"),
+                "errors": r.get("errors"),
+                "error": r.get("error"),
+                "step_s": round(last_s, 1),
+            }
+        )
+        print(
+            f"find-max: {n} viewers -> {'pass' if ok else 'fail'} (p99"
+            f" {r.get('delay_to_all_ms_p99')} ms, held {r.get('connections_held')},"
+            f" errors {r.get('errors') or r.get('error') or 0}, {last_s:.0f} s)",
+            file=sys.stderr,
+        )
+        if ok:
+            lo, best = n, r
+        else:
+            hi = n
+        if hi is None:
+            nxt = min(n * 2, cap)
+            if nxt == n:
+                break
+        else:
+            if hi - lo <= max(500, lo // 10):
+                break
+            nxt = (lo + hi) // 2 // 250 * 250 or hi // 2
+            if nxt in (lo, hi):
+                break
+        # A step costs about its connect time, which grows with the count.
+        if time.monotonic() - started + last_s * max(1.0, nxt / n) > args.budget_s:
+            print("find-max: time budget reached", file=sys.stderr)
+            break
+        n = nxt
+    return {
+        "find_max": True,
+        "push_procs": procs,
+        "p99_target_ms": args.p99_ms,
+        "rate_per_s": args.rate,
+        "step_seconds": args.step_seconds,
+        "max_viewers": lo or None,
+        "first_failing_viewers": hi,
+        "capped_at": cap if hi is None else None,
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "steps": steps,
+        "best": best,
+    }
+
+
+def _write_profile(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """Add this run's figures to the profile, keeping those other runs wrote."""
+    path: Path = args.profile_out
+    profile: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        profile = json.loads(path.read_text())
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    r = result["best"] if result.get("find_max") else result
+    held = r.get("connections_held") if r else None
+    if r and held and r.get("push_procs") == 1:
+        # One push process is one core: the share of it these viewers used, scaled.
+        profile.update(
+            {
+                "bench": "push",
+                "measured_at": now,
+                "viewers": held,
+                "updates_per_s": args.rate,
+                "push_cpu_pct": r["push_cpu_pct"],
+                "delay_to_all_ms_p99": r["delay_to_all_ms_p99"],
+                "cores_per_1m_viewers": round(r["push_cpu_pct"] / 100 * 1_000_000 / held, 2),
+            }
+        )
+    if result.get("find_max"):
+        key = {1: "viewers_per_process", 2: "viewers_two_processes"}.get(result["push_procs"])
+        if key is None:
+            key = f"viewers_{result['push_procs']}_processes"
+        profile[key] = result["max_viewers"]
+        profile[key + "_measured"] = {
+            "measured_at": now,
+            "p99_target_ms": args.p99_ms,
+            "updates_per_s": args.rate,
+            "first_failing_viewers": result["first_failing_viewers"],
+            "capped_at": result["capped_at"],
+            "shared_cores": r.get("shared_cores") if r else None,
+            "client_cpu_pct_max": max(r.get("client_cpu_pct") or [0]) if r else None,
+            "client_cores_busy_pct": r.get("client_cores_busy_pct") if r else None,
+            "how": "bench push --find-max: most viewers with delay-to-all p99 under the"
+            " target and no error, push procs on their own cores unless shared_cores",
+        }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(profile, indent=2, sort_keys=True) + "\n")
+    print(f"profile written to {path}", file=sys.stderr)
 
 
 # -- load generator (one process; many sockets on one loop) ------------------------------
@@ -97,20 +313,22 @@ class _Msg(msgspec.Struct):
     final: bool = False
 
 
-def _client_main(url: str, n: int, concurrency: int, cpus: list[int], conn: Connection) -> None:
+def _client_main(
+    url: str, n: int, concurrency: int, cpus: list[int], source: str | None, conn: Connection
+) -> None:
     if cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)
-    _raise_nofile()
+    _raise_nofile(n + FD_MARGIN)
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(_client(url, n, concurrency, conn))
+    asyncio.run(_client(url, n, concurrency, source, conn))
 
 
-async def _client(url: str, n: int, concurrency: int, conn: Connection) -> None:
+async def _client(url: str, n: int, concurrency: int, source: str | None, conn: Connection) -> None:
     from bench.tools import wsclient
 
     decoder = msgspec.json.Decoder(_Msg)
@@ -145,7 +363,9 @@ async def _client(url: str, n: int, concurrency: int, conn: Connection) -> None:
     async def one() -> None:
         async with sem:
             try:
-                clients.append(await wsclient.connect(url, on_text=on_text, timeout=30))
+                clients.append(
+                    await wsclient.connect(url, on_text=on_text, timeout=30, source=source)
+                )
             except Exception as exc:
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
 
@@ -182,8 +402,13 @@ async def _client(url: str, n: int, concurrency: int, conn: Connection) -> None:
 # -- coordinator -------------------------------------------------------------------------
 
 
-def _raise_nofile() -> None:
+def _raise_nofile(need: int = 0) -> None:
+    """Soft limit to the hard one; as root, both up to ``need`` if that is higher."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and need > hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
+            return
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
@@ -276,35 +501,84 @@ def _hist_percentile(hist: list[int], q: float) -> int | None:
     return len(hist) - 1
 
 
-async def _wait_ready(port: int, proc: asyncio.subprocess.Process, timeout: float = 20) -> None:
+def _listeners(port: int) -> int:
+    """Sockets listening on ``port`` (one per push process sharing it)."""
+    want = f":{port:04X}"
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            next(f, None)
+            for line in f:
+                parts = line.split()
+                if len(parts) > 3 and parts[1].endswith(want) and parts[3] == "0A":
+                    n += 1
+    return n
+
+
+async def _wait_ready(
+    port: int, procs: list[asyncio.subprocess.Process], timeout: float = 30
+) -> None:
     import aiohttp
 
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as s:
         while time.monotonic() < deadline:
-            if proc.returncode is not None:
-                raise RuntimeError(f"push exited with {proc.returncode}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
-                    if r.status == 200:
-                        return
+            for proc in procs:
+                if proc.returncode is not None:
+                    raise RuntimeError(f"push exited with {proc.returncode}")
+            # Sharing a port, /readyz answers from any one of them: count the listeners too.
+            if len(procs) == 1 or _listeners(port) >= len(procs):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        if r.status == 200:
+                            return
             await asyncio.sleep(0.1)
     raise RuntimeError("push did not become ready")
 
 
-async def _bench(args: argparse.Namespace) -> dict[str, Any]:
+async def _recv(conn: Connection, timeout: float) -> Any:
+    """The next message from a load generator, or TimeoutError if it has none in time."""
+    loop = asyncio.get_running_loop()
+    ready = await loop.run_in_executor(None, conn.poll, timeout)
+    if not ready:
+        raise TimeoutError(f"load generator silent for {timeout:.0f} s")
+    return conn.recv()
+
+
+def _count(errors: dict[str, int], exc: BaseException, where: str) -> None:
+    key = f"{where}:{type(exc).__name__}"
+    errors[key] = errors.get(key, 0) + 1
+
+
+def _fds(pid: int) -> int:
+    with contextlib.suppress(OSError):
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    return 0
+
+
+async def _bench(args: argparse.Namespace, viewers: int, seconds: float) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
     from bench.tools.tally import LiveTally
     from services.common.messages import Keys
 
-    _raise_nofile()
-    ncpu = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    )
+    npush = max(1, args.push_procs)
+    fd_cap = _fd_cap()
+    nclients = max(1, args.client_procs, math.ceil(viewers / min(PER_SOURCE, fd_cap)))
+    per_proc = math.ceil(viewers / npush)
+    if per_proc > fd_cap:
+        print(
+            f"WARNING: {per_proc} viewers per push process is over the file-descriptor limit"
+            f" ({fd_cap + FD_MARGIN}): the rest will be refused (raise `ulimit -Hn`)",
+            file=sys.stderr,
+        )
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    pin = ncpu >= 2 and shutil.which("taskset") is not None
-    push_cpu, client_cpus = (cpus[0], cpus[1:]) if pin else (None, [])
+    pin = len(cpus) >= 2 and shutil.which("taskset") is not None
+    # Each push process on a core of its own, the viewers on the rest; with as many push
+    # processes as cores the viewers are not pinned and share the cores with push.
+    shared = pin and npush >= len(cpus)
+    push_cpus: list[int | None] = [cpus[i % len(cpus)] if pin else None for i in range(npush)]
+    client_cpus = cpus[npush:] if pin and not shared else []
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     keys = Keys(prefix=prefix)
     redis = aioredis.from_url(args.redis_url)
@@ -318,74 +592,108 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         "REDIS_URL": args.redis_url,
         "BUZZER_KEY_PREFIX": prefix,
         "BUZZER_PORT": str(port),
-        "BUZZER_MAX_CONNECTIONS": str(args.viewers + 100),
-        "BUZZER_MAX_CONNECTIONS_PER_IP": str(args.viewers + 100),
+        "BUZZER_MAX_CONNECTIONS": str(viewers + 100),
+        "BUZZER_MAX_CONNECTIONS_PER_IP": str(viewers + 100),
         "BUZZER_LOG_LEVEL": "WARNING",
         "BUZZER_ADMIN_TOKEN": uuid.uuid4().hex,
         "BUZZER_TOKEN_SECRET": uuid.uuid4().hex,
-        "BUZZER_INSTANCE_ID": f"bench-{os.getpid()}",
+        "BUZZER_REUSE_PORT": "1" if npush > 1 else "0",
     }
-    cmd = [
+    base_cmd = [
         sys.executable,
         "-c",
         "from services.common.settings import PushSettings\n"
         "from services.push.main import run\n"
         "run(PushSettings())",
     ]
-    if pin:
-        cmd = ["taskset", "-c", str(push_cpu), *cmd]
-    # Closed in the finally below, after its tail is printed.
-    log = tempfile.TemporaryFile()  # noqa: SIM115
-    proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=log, stderr=log)
+    errors: dict[str, int] = {}
     result: dict[str, Any] = {
-        "viewers_target": args.viewers,
-        "push_cpu": push_cpu,
+        "viewers_target": viewers,
+        "push_procs": npush,
+        "push_cpu": push_cpus[0] if npush == 1 else push_cpus,
+        "client_procs": nclients,
         "client_cpus": client_cpus,
+        "shared_cores": shared,
         "rate_per_s": args.rate,
-        "seconds": args.seconds,
+        "seconds": seconds,
+        "errors": errors,
         "error": None,
     }
+    if shared:
+        print(
+            f"note: {npush} push processes on {len(cpus)} cores: push and the load generators"
+            " share the cores (shared_cores), so this is a lower bound for them",
+            file=sys.stderr,
+        )
+    logs: list[IO[bytes]] = []
+    pushes: list[asyncio.subprocess.Process] = []
     ctx = mp.get_context("spawn")
     procs: list[tuple[Any, Connection]] = []
+    alive: list[tuple[Any, Connection]] = []
     try:
-        await _wait_ready(port, proc)
+        for i in range(npush):
+            cmd = list(base_cmd)
+            if push_cpus[i] is not None:
+                cmd = ["taskset", "-c", str(push_cpus[i]), *cmd]
+            # Closed in the finally below, after its tail is printed.
+            log = tempfile.TemporaryFile()  # noqa: SIM115
+            logs.append(log)
+            penv = {**env, "BUZZER_INSTANCE_ID": f"bench-{os.getpid()}-{i}"}
+            pushes.append(
+                await asyncio.create_subprocess_exec(*cmd, env=penv, stdout=log, stderr=log)
+            )
+        await _wait_ready(port, pushes)
         await asyncio.sleep(0.5)
-        rss_before = _rss_kb(proc.pid)
+        rss_before = sum(_rss_kb(p.pid) for p in pushes)
+        fds_before = [_fds(p.pid) for p in pushes]
         url = f"ws://127.0.0.1:{port}/v1/polls/{poll}/live"
-        nprocs = max(1, args.client_procs)
         share = [
-            args.viewers // nprocs + (1 if i < args.viewers % nprocs else 0) for i in range(nprocs)
+            viewers // nclients + (1 if i < viewers % nclients else 0) for i in range(nclients)
         ]
+        # One loopback source per load generator once one source's ports could run out.
+        sources = [f"127.0.0.{2 + i}" if viewers > PER_SOURCE else None for i in range(nclients)]
         started = time.monotonic()
-        for n in share:
+        for n, src in zip(share, sources, strict=True):
             parent, child = ctx.Pipe()
             p = ctx.Process(
-                target=_client_main, args=(url, n, args.connect_concurrency, client_cpus, child)
+                target=_client_main,
+                args=(url, n, args.connect_concurrency, client_cpus, src, child),
             )
             p.start()
             procs.append((p, parent))
-        loop = asyncio.get_running_loop()
-        ready = [await loop.run_in_executor(None, c.recv) for _, c in procs]
+        ready: list[dict[str, Any]] = []
+        connect_timeout = 60 + viewers / 500
+        for pc in procs:
+            try:
+                ready.append(await _recv(pc[1], connect_timeout))
+                alive.append(pc)
+            except (TimeoutError, EOFError, OSError) as exc:
+                _count(errors, exc, "loadgen")
         connected = sum(r["connected"] for r in ready)
         result["connect_s"] = round(time.monotonic() - started, 2)
-        result["connect_errors"] = {k: v for r in ready for k, v in r["errors"].items()}
+        for r in ready:
+            for k, v in r["errors"].items():
+                errors[f"connect:{k}"] = errors.get(f"connect:{k}", 0) + v
         result["snapshots"] = sum(r["snapshots"] for r in ready)
         await asyncio.sleep(1.0)
-        rss_after = _rss_kb(proc.pid)
+        rss_after = sum(_rss_kb(p.pid) for p in pushes)
         result["connections"] = connected
+        result["connections_per_push_proc"] = [
+            _fds(p.pid) - b for p, b in zip(pushes, fds_before, strict=True)
+        ]
         result["rss_before_mb"] = round(rss_before / 1024, 1)
         result["rss_after_mb"] = round(rss_after / 1024, 1)
         result["kb_per_connection"] = round((rss_after - rss_before) / max(1, connected), 1)
 
-        cpu_push0 = _cpu_s(proc.pid)
-        cpu_clients0 = sum(_cpu_s(p.pid or 0) for p, _ in procs)
+        cpu_push0 = [_cpu_s(p.pid) for p in pushes]
+        cpu_clients0 = [_cpu_s(p.pid or 0) for p, _ in procs]
         wall0 = time.monotonic()
         # Votes flowing: each round's votes appended, applied and published by the real
         # tally code at `rate` rounds per second; an update's ts is its publication time.
         updates = 0
         interval = 1.0 / args.rate
         next_at = time.monotonic()
-        end = next_at + args.seconds
+        end = next_at + seconds
         while time.monotonic() < end:
             updates += 1
             await tally.add_votes(
@@ -395,17 +703,43 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         wall = time.monotonic() - wall0
-        result["push_cpu_pct"] = round(100 * (_cpu_s(proc.pid) - cpu_push0) / wall, 1)
-        result["clients_cpu_pct"] = round(
-            100 * (sum(_cpu_s(p.pid or 0) for p, _ in procs) - cpu_clients0) / wall, 1
+        per_push = [
+            round(100 * (_cpu_s(p.pid) - c0) / wall, 1)
+            for p, c0 in zip(pushes, cpu_push0, strict=True)
+        ]
+        result["push_cpu_pct"] = round(sum(per_push), 1)
+        if npush > 1:
+            result["push_cpu_pct_per_proc"] = per_push
+        client_pct = []
+        for (p, _), c0 in zip(procs, cpu_clients0, strict=True):
+            with contextlib.suppress(OSError):
+                client_pct.append(round(100 * (_cpu_s(p.pid or 0) - c0) / wall, 1))
+        result["client_cpu_pct"] = client_pct
+        result["clients_cpu_pct"] = round(sum(client_pct), 1)
+        # Load generators pinned together share their cores: what is left of those.
+        client_cores = len(client_cpus) or len(cpus) or 1
+        result["client_cores_busy_pct"] = round(
+            (sum(client_pct) + (sum(per_push) if shared else 0)) / client_cores, 1
         )
         await asyncio.sleep(2.0)
-        result.update(await _server_delays(port))
+        if npush == 1:
+            # Sharing a port, a scrape reaches one process only: its histograms would
+            # describe an arbitrary half of the viewers.
+            try:
+                result.update(await _server_delays(port))
+            except Exception as exc:
+                _count(errors, exc, "metrics")
         result["updates_published"] = updates
-        result["rss_end_mb"] = round(_rss_kb(proc.pid) / 1024, 1)
-        for _, c in procs:
+        result["rss_end_mb"] = round(sum(_rss_kb(p.pid) for p in pushes) / 1024, 1)
+        for _, c in alive:
             c.send("stop")
-        stats = [await loop.run_in_executor(None, c.recv) for _, c in procs]
+        stats: list[dict[str, Any]] = []
+        for pc in list(alive):
+            try:
+                stats.append(await _recv(pc[1], 60))
+            except (TimeoutError, EOFError, OSError) as exc:
+                _count(errors, exc, "loadgen")
+                alive.remove(pc)
         held = sum(s["open"] for s in stats)
         per_version: dict[int, list[float]] = {}
         hist = [0] * (LAT_BUCKETS_MS + 1)
@@ -432,38 +766,60 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         result["delay_per_message_ms_p50"] = _hist_percentile(hist, 0.50)
         result["delay_per_message_ms_p99"] = _hist_percentile(hist, 0.99)
         result["messages_received"] = sum(hist)
-
-        # SIGTERM: every viewer should see 1001, then the process exits.
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        for _, c in procs:
-            c.send("shutdown")
-        codes: dict[str, int] = {}
-        for _, c in procs:
-            for k, v in (await loop.run_in_executor(None, c.recv))["shutdown_codes"].items():
-                codes[k] = codes.get(k, 0) + v
-        rc = await asyncio.wait_for(proc.wait(), 30)
-        result["shutdown_s"] = round(time.monotonic() - t0, 2)
-        result["shutdown_close_codes"] = codes
-        result["push_exit_code"] = rc
+        await _shutdown(pushes, alive, result, errors)
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
     finally:
-        log.seek(0)
-        tail = log.read()[-3000:].decode(errors="replace")
-        if tail.strip():
-            sys.stderr.write(tail)
+        for f in logs:
+            f.seek(0)
+            tail = f.read()[-3000:].decode(errors="replace")
+            if tail.strip():
+                sys.stderr.write(tail)
+            f.close()
         for p, _ in procs:
             p.join(timeout=5)
             if p.is_alive():
                 p.kill()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        log.close()
+        for proc in pushes:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
         await tally.cleanup()
         await redis.aclose()
     return result
+
+
+async def _shutdown(
+    pushes: list[asyncio.subprocess.Process],
+    alive: list[tuple[Any, Connection]],
+    result: dict[str, Any],
+    errors: dict[str, int],
+) -> None:
+    """SIGTERM: every viewer should see 1001, then each process exits."""
+    t0 = time.monotonic()
+    for proc in pushes:
+        proc.send_signal(signal.SIGTERM)
+    for _, c in alive:
+        c.send("shutdown")
+    codes: dict[str, int] = {}
+    for _, c in alive:
+        try:
+            got = await _recv(c, 60)
+        except (TimeoutError, EOFError, OSError) as exc:
+            _count(errors, exc, "shutdown")
+            continue
+        for k, v in got["shutdown_codes"].items():
+            codes[k] = codes.get(k, 0) + v
+    rcs: list[int | None] = []
+    for proc in pushes:
+        try:
+            rcs.append(await asyncio.wait_for(proc.wait(), 30))
+        except TimeoutError as exc:
+            _count(errors, exc, "shutdown")
+            rcs.append(None)
+    result["shutdown_s"] = round(time.monotonic() - t0, 2)
+    result["shutdown_close_codes"] = codes
+    result["push_exit_code"] = rcs[0] if len(rcs) == 1 else rcs
 
 
 def main() -> None:

@@ -137,6 +137,10 @@ class LocalCluster:
                 # The other shards keep serving while one shard's slots fail over.
                 "--cluster-require-full-coverage",
                 "no",
+                # A replica's first sync (at start, and after a restart) would otherwise
+                # wait the default 5 s for more replicas to share a diskless transfer.
+                "--repl-diskless-sync-delay",
+                "0",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from infra.runsheet import TIERS, VCPUS, RunSheet, Tier, processes_per_instance
+from infra.runsheet import TIERS, VCPUS, RunSheet, Tier, memory_gib, processes_per_instance
 from lb import planner
 
 
@@ -102,6 +102,8 @@ def _inputs(sheet: RunSheet, votes_per_s: float, viewers: int) -> planner.PlanIn
         redis_replicas=redis.replicas_per_shard if redis else 1,
         polls=concurrent_polls(sheet),
         options_per_poll=pg.options_per_poll if pg else 8,
+        haproxy_instance_type=sheet.tiers.haproxy.instance_type,
+        haproxy_memory_gib=memory_gib(sheet, sheet.tiers.haproxy.instance_type),
         overrides=_figures(sheet),
     )
 
@@ -127,14 +129,16 @@ def tier_counts(sheet: RunSheet, votes_per_s: float, viewers: int) -> TierCounts
     cp = planner.plan(inputs, profile)
     figures = replace(profile, **inputs.overrides)
 
-    # The planner's HAProxy "node" is one core. Handshakes and requests spread over an
-    # instance's cores (nbthread), so the rate-bound count divides by them; concurrent
-    # connections are bound by memory per instance, which haproxy_max_conns describes.
+    # The planner's HAProxy "node" is one core. Handshakes, requests and the update
+    # fan-out spread over an instance's cores (nbthread), so the rate-bound count divides
+    # by them; concurrent connections are bound by the instance's memory and descriptors
+    # (one HAProxy process per instance), or by haproxy_max_conns where not measured.
     h = t.headroom
     cores = processes_per_instance(sheet, sheet.tiers.haproxy.instance_type) or 1
+    limit = haproxy_conn_limit(sheet)
     concurrent = cp.load["haproxy_concurrent_conns"]
     by_rate = math.ceil(round(cp.load["haproxy_cores"] / h / cores, 6))
-    by_conns = math.ceil(round(concurrent / (figures.haproxy_max_conns * h), 6))
+    by_conns = math.ceil(round(concurrent / (limit.maxconn * h), 6))
     haproxy = max(t.min_haproxy_nodes, by_rate, by_conns)
     if haproxy > max(by_rate, by_conns):
         haproxy_why = f"minimum of {t.min_haproxy_nodes} instances for redundancy"
@@ -146,9 +150,9 @@ def tier_counts(sheet: RunSheet, votes_per_s: float, viewers: int) -> TierCounts
     else:
         haproxy_why = (
             f"concurrent connections: {concurrent:,.0f}"
-            f" / ({figures.haproxy_max_conns:,} per instance x {h:g})"
+            f" / ({limit.maxconn:,} per instance, {limit.binding}, x {h:g})"
         )
-    maxconn = max(1000, min(figures.haproxy_max_conns, math.ceil(concurrent / haproxy / h)))
+    maxconn = max(1000, min(limit.maxconn, math.ceil(concurrent / haproxy / h)))
 
     def instances(tier: Tier, procs: int) -> int:
         per = processes_per_instance(sheet, sheet.tiers.get(tier).instance_type) or 1
@@ -191,6 +195,14 @@ def tier_counts(sheet: RunSheet, votes_per_s: float, viewers: int) -> TierCounts
             "push": f"viewers: {viewers:,} / ({figures.push_viewers:,} per process x {h:g})",
         },
     )
+
+
+def haproxy_conn_limit(sheet: RunSheet) -> planner.ConnLimit:
+    """Concurrent connections one HAProxy instance of the run sheet's type holds."""
+    overrides: dict[str, Any] = _figures(sheet)
+    figures = replace(planner.PROFILES[sheet.capacity.profile], **overrides)
+    itype = sheet.tiers.haproxy.instance_type
+    return planner.conn_limit(figures, memory_gib=memory_gib(sheet, itype), unit=itype)
 
 
 def describe_peak(sheet: RunSheet, peak: TierCounts) -> str:
@@ -298,7 +310,7 @@ def measure(sheet: RunSheet, tier: Tier, haproxy_binding: str = "") -> Measure:
     if haproxy_binding.startswith("concurrent"):
         return Measure(
             "concurrent connections",
-            float(figures.haproxy_max_conns),
+            float(haproxy_conn_limit(sheet).maxconn),
             lambda v, n: planned(v, n)["haproxy_concurrent_conns"],
         )
     return Measure("cores", float(per), lambda v, n: planned(v, n)["haproxy_cores"])

@@ -16,7 +16,7 @@ import msgspec
 import yaml
 
 import tiers
-from lb import planner
+from lb import instances, planner
 
 Tier = Literal["haproxy", "ingest", "tally", "push"]
 TIERS: tuple[Tier, ...] = ("haproxy", "ingest", "tally", "push")
@@ -63,6 +63,9 @@ class Traffic(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
 class InstanceCapacity(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     processes: Annotated[int, msgspec.Meta(ge=1)]
     """Python processes per instance: one per vCPU, the GIL makes more pointless."""
+    memory_gib: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    """The type's memory, for a type lb/instances.py does not know: HAProxy's maxconn
+    is sized from it."""
     figures: dict[str, float] = {}
     """Planner profile figures for this instance type, e.g. ``ingest_votes_per_s``."""
 
@@ -241,21 +244,9 @@ PROFILE_FIELDS: frozenset[str] = frozenset(
     f.name for f in fields(planner.Profile) if f.name not in ("name", "source")
 )
 
-# vCPUs of the types a show is likely to use; anything else needs
-# capacity.instance_types.<type>.processes in the run sheet.
-VCPUS: dict[str, int] = {
-    f"{family}.{size}": n
-    for family in ("c6i", "c7i", "c6g", "c7g", "c8g", "m6i", "m7i", "m6g", "m7g")
-    for size, n in (
-        ("large", 2),
-        ("xlarge", 4),
-        ("2xlarge", 8),
-        ("4xlarge", 16),
-        ("8xlarge", 32),
-        ("12xlarge", 48),
-        ("16xlarge", 64),
-    )
-}
+# vCPUs of the types a show is likely to use (lb/instances.py, with their memory);
+# anything else needs capacity.instance_types.<type>.processes in the run sheet.
+VCPUS: dict[str, int] = instances.VCPUS
 
 
 def known_profiles() -> list[str]:
@@ -267,6 +258,13 @@ def processes_per_instance(sheet: RunSheet, instance_type: str) -> int | None:
     if cap is not None:
         return cap.processes
     return VCPUS.get(instance_type)
+
+
+def memory_gib(sheet: RunSheet, instance_type: str) -> float | None:
+    cap = sheet.capacity.instance_types.get(instance_type)
+    if cap is not None and cap.memory_gib is not None:
+        return cap.memory_gib
+    return instances.MEMORY_GIB.get(instance_type)
 
 
 def _check(sheet: RunSheet) -> None:

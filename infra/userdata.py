@@ -17,6 +17,7 @@ import shlex
 
 from infra.runsheet import RunSheet, Tier, port_of
 from infra.timeline import CapacityTimeline
+from lb import planner
 
 _PRELUDE = """#!/bin/bash
 # buzzer {tier} node of show {show}; rendered by infra/userdata.py
@@ -146,6 +147,25 @@ systemctl daemon-reload
 for i in $(seq 1 {processes}); do systemctl enable --now "buzzer-{tier}@$i"; done
 """
 
+# What maxconn needs from the kernel and systemd: two descriptors per connection for
+# HAProxy (LimitNOFILE, which fs.nr_open caps), twice that machine-wide (a reload's old
+# worker keeps its websockets until hard-stop-after while the new one takes new ones),
+# and ephemeral ports towards each push server (one per (address, port) it connects to).
+_HAPROXY_LIMITS = """cat > /etc/sysctl.d/60-buzzer-haproxy.conf <<'EOF'
+# maxconn {maxconn}: HAProxy needs {nofile} descriptors (2 per connection + reserve)
+fs.nr_open = {nr_open}
+fs.file-max = {file_max}
+net.ipv4.ip_local_port_range = 1024 65535
+net.core.somaxconn = 65535
+EOF
+sysctl --quiet --load=/etc/sysctl.d/60-buzzer-haproxy.conf
+install -d -m 0755 /etc/systemd/system/haproxy.service.d
+cat > /etc/systemd/system/haproxy.service.d/buzzer-limits.conf <<'EOF'
+[Service]
+LimitNOFILE={nofile}
+EOF
+"""
+
 _HAPROXY = """cat > /etc/systemd/system/buzzer-lb-sync.service <<'EOF'
 [Unit]
 Description=buzzer lb sync: web nodes of show {show} from EC2 tags
@@ -163,11 +183,26 @@ EOF
 echo 1 > /var/lib/buzzer/haproxy.state
 /opt/buzzer/bin/buzzer lb apply {render_args} --target /etc/haproxy/haproxy.cfg
 systemctl daemon-reload
-systemctl enable --now haproxy buzzer-lb-sync
+systemctl enable haproxy buzzer-lb-sync
+# A restart, not --now: the package started HAProxy before its limits were raised.
+systemctl restart haproxy
+systemctl start buzzer-lb-sync
 """
 
 
 RUNTIME_SOCKET = "/run/buzzer/haproxy.sock"
+
+_NOFILE_FLOOR = 1_048_576
+"""systemd's own fs.nr_open: never lowered below it."""
+
+
+def haproxy_limits(maxconn: int) -> str:
+    """The sysctl and systemd settings a node with ``maxconn`` needs."""
+    nofile = planner.haproxy_nofile(maxconn)
+    nr_open = max(nofile, _NOFILE_FLOOR)
+    return _HAPROXY_LIMITS.format(
+        maxconn=maxconn, nofile=nofile, nr_open=nr_open, file_max=2 * nr_open + 65_536
+    )
 
 
 def discovery_source(show: str) -> str:
@@ -201,15 +236,20 @@ def render(
         ports = f"--port ingest={port_of(sheet, 'ingest')} --port push={port_of(sheet, 'push')}"
         # The config has empty server-template slots; sync fills them from EC2 tags
         # through the runtime API, so membership changes never need a reload.
+        maxconn = timeline.peak.maxconn_per_node
         render_args = (
-            f"--maxconn {timeline.peak.maxconn_per_node} --runtime-socket {RUNTIME_SOCKET}"
+            f"--maxconn {maxconn} --runtime-socket {RUNTIME_SOCKET}"
             f" --state-file /var/lib/buzzer/haproxy.state"
         )
         sync_args = (
             f"--socket {RUNTIME_SOCKET} --backend ingest --backend push --source {source}"
             f" {ports} --interval 15"
         )
-        return out + _HAPROXY.format(show=sheet.show, sync_args=sync_args, render_args=render_args)
+        return (
+            out
+            + haproxy_limits(maxconn)
+            + _HAPROXY.format(show=sheet.show, sync_args=sync_args, render_args=render_args)
+        )
     database_url, helper = _database_url(sheet, region)
     prefix = sheet.ssm_prefix.rstrip("/")
     out += helper + _SECRETS.format(

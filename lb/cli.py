@@ -138,6 +138,21 @@ def _plan_arguments(p: argparse.ArgumentParser) -> None:
         help="options of each poll; sizes PostgreSQL (default: %(default)s)",
     )
     g.add_argument(
+        "--haproxy-instance-type",
+        default="c7g.2xlarge",
+        metavar="TYPE",
+        help="a node is one core of this type, with its share of the memory; sizes maxconn"
+        " (default: %(default)s)",
+    )
+    g.add_argument(
+        "--viewer-updates",
+        type=float,
+        default=10.0,
+        metavar="PER_S",
+        help="updates per second each viewer's websocket carries through HAProxy"
+        " (default: %(default)g)",
+    )
+    g.add_argument(
         "--profile",
         default="measured",
         help="per-unit capacity figures: historical or measured, see docs/capacity.md "
@@ -224,6 +239,8 @@ def _plan(args: argparse.Namespace) -> Any:
         redis_replicas=args.redis_replicas,
         polls=args.polls,
         options_per_poll=args.options_per_poll,
+        haproxy_instance_type=args.haproxy_instance_type,
+        viewer_updates_per_s=args.viewer_updates,
         overrides=overrides,
     )
     return plan(inputs, PROFILES[args.profile])

@@ -13,8 +13,30 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from lb import instances
+
 MEASURED_PATH = Path(__file__).parent / "profiles" / "measured.json"
 REDIS_PATH = Path(__file__).parent / "profiles" / "redis.json"
+PUSH_PATH = Path(__file__).parent / "profiles" / "push.json"
+TALLY_PATH = Path(__file__).parent / "profiles" / "tally.json"
+
+HAPROXY_FD_BUDGET = 4_194_304
+"""The most file descriptors the user data lets HAProxy open (``LimitNOFILE``, raised
+with ``fs.nr_open``): past a million connections memory binds first on the types in
+lb/instances.py, so this is a ceiling, not the usual limit."""
+HAPROXY_FD_RESERVE = 10_000
+"""Descriptors a node keeps for what is not a proxied connection: listeners, health
+checks, the runtime API, logs, and peers."""
+HAPROXY_MEMORY_RESERVE_GIB = 1.0
+"""Memory per instance kept for the OS, HAProxy's own base and its SSL session cache."""
+DEFAULT_HAPROXY_INSTANCE = "c7g.2xlarge"
+"""The HAProxy instance type of ``lb plan`` when none is given (the example run sheet's)."""
+
+
+def haproxy_nofile(maxconn: int) -> int:
+    """Descriptors a node with this ``maxconn`` needs: a client and a server side each,
+    and the reserve; what the user data sets ``LimitNOFILE`` to."""
+    return 2 * maxconn + HAPROXY_FD_RESERVE
 
 
 @dataclass(frozen=True)
@@ -24,6 +46,9 @@ class Profile:
     name: str
     haproxy_new_conns_per_s: float
     haproxy_max_conns: int
+    """Concurrent connections per node when ``haproxy_bytes_per_conn`` is unknown: a
+    constant, the fallback only. With it measured, memory, descriptors and the update
+    fan-out set the figure (:func:`conn_limit`)."""
     haproxy_tls_full_per_s: float
     haproxy_tls_resumed_per_s: float
     haproxy_keepalive_req_per_s: float
@@ -47,6 +72,17 @@ class Profile:
     """Upserted rows per PostgreSQL vCPU-second. An estimate, not a measurement."""
     postgres_commit_rows: float = 10.0
     """What one commit (its WAL flush) costs, in rows."""
+    haproxy_bytes_per_conn: float = 0.0
+    """HAProxy's memory (RSS) per held websocket, its client and server sides, after
+    updates flowed (``bench lb --only websockets``). 0 means unknown: the planner then
+    caps a node at ``haproxy_max_conns``."""
+    haproxy_kernel_bytes_per_conn: float = 8192.0
+    """The kernel's memory for the node's two TCP sockets of one websocket. The default
+    is an estimate (socket structures and small idle buffers); the bench measures it
+    machine-wide, so a busy machine makes it noisy."""
+    haproxy_cpu_per_conn_update: float = 0.0
+    """HAProxy core-seconds to forward one update to one websocket (the bench). 0 means
+    unknown: the update fan-out is then not costed."""
     source: str = ""
 
 
@@ -86,10 +122,17 @@ MEASURED_DEFAULTS = Profile(
 
 
 def load_measured(
-    path: Path = MEASURED_PATH, base: Profile = MEASURED_DEFAULTS, redis_path: Path = REDIS_PATH
+    path: Path = MEASURED_PATH,
+    base: Profile = MEASURED_DEFAULTS,
+    redis_path: Path = REDIS_PATH,
+    push_path: Path = PUSH_PATH,
+    tally_path: Path = TALLY_PATH,
 ) -> Profile:
     """The measured profile: ``base`` with every figure found in ``path`` laid over it,
-    and the Redis shard's votes/s from ``redis_path`` (``buzzer bench redis``)."""
+    the Redis shard's votes/s from ``redis_path`` (``buzzer bench redis``), the
+    viewers one push process holds from ``push_path`` (``buzzer bench push``), and the
+    tally consumer's votes and PostgreSQL's rows per core from ``tally_path``
+    (``buzzer bench tally``)."""
     profile = base
     try:
         data = json.loads(path.read_text())
@@ -103,7 +146,40 @@ def load_measured(
     votes = redis_votes_per_s(redis_path)
     if votes is not None:
         profile = replace(profile, redis_votes_per_s=votes)
-    return profile
+    viewers = push_viewers_per_process(push_path)
+    if viewers is not None:
+        profile = replace(profile, push_viewers=viewers)
+    figures: dict[str, Any] = dict(tally_figures(tally_path))
+    return replace(profile, **figures)
+
+
+def tally_figures(path: Path = TALLY_PATH) -> dict[str, float]:
+    """From ``buzzer bench tally``: votes one consumer process applies per CPU-second
+    (``tally_votes_per_s``) and rows PostgreSQL writes per CPU-second of its backends
+    (``postgres_rows_per_vcpu_s``, counted as the planner counts rows); only the figures
+    the file has."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    out: dict[str, float] = {}
+    if data.get("tally_votes_per_cpu_s"):
+        out["tally_votes_per_s"] = float(data["tally_votes_per_cpu_s"])
+    if data.get("postgres_rows_per_cpu_s"):
+        out["postgres_rows_per_vcpu_s"] = float(data["postgres_rows_per_cpu_s"])
+    return out
+
+
+def push_viewers_per_process(path: Path = PUSH_PATH) -> int | None:
+    """The most viewers one push process holds at p99 under 200 ms, from ``buzzer bench
+    push``'s ``viewers_per_process`` (at the top or under ``profile``); ``None``
+    without the file or the figure."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    value = data.get("viewers_per_process") or data.get("profile", {}).get("viewers_per_process")
+    return int(value) if value else None
 
 
 def redis_votes_per_s(path: Path = REDIS_PATH) -> float | None:
@@ -152,6 +228,13 @@ class PlanInputs:
     polls: int = 1
     """Polls taking votes at the same time: the PostgreSQL writer's rows scale with them."""
     options_per_poll: int = 8
+    haproxy_instance_type: str = DEFAULT_HAPROXY_INSTANCE
+    """A node is one core of this type, with that core's share of its memory."""
+    haproxy_memory_gib: float | None = None
+    """The type's memory, for a type lb/instances.py does not know."""
+    viewer_updates_per_s: float = 10.0
+    """Updates a viewer's websocket carries per second at the peak: push sends at most
+    one per 100 ms (``min_interval_ms``), and the totals change all the time then."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Profile figures replaced for this plan, e.g. ``{"ingest_votes_per_s": 6000}``."""
 
@@ -170,6 +253,8 @@ class PlanInputs:
             raise ValueError(f"redis_replicas must not be negative, got {self.redis_replicas}")
         if self.polls < 1 or self.options_per_poll < 1:
             raise ValueError("polls and options_per_poll must be at least 1")
+        if self.viewer_updates_per_s < 0:
+            raise ValueError("viewer_updates_per_s must not be negative")
 
 
 @dataclass(frozen=True)
@@ -238,6 +323,73 @@ class CapacityPlan:
         return "\n".join(out)
 
 
+@dataclass(frozen=True)
+class ConnLimit:
+    """Concurrent connections one HAProxy unit (a planner node, or an instance) holds."""
+
+    maxconn: int
+    binding: str
+    """What sets it: file descriptors, memory, update fan-out, or the constant."""
+    steps: tuple[str, ...]
+    measured: bool
+    """False when the constant ``haproxy_max_conns`` stood in for a measurement."""
+
+
+def conn_limit(
+    p: Profile,
+    *,
+    memory_gib: float | None,
+    reserve_gib: float = HAPROXY_MEMORY_RESERVE_GIB,
+    unit: str = "node",
+) -> ConnLimit:
+    """The most websockets one ``unit`` holds: the lesser of its file descriptors (two
+    per websocket) and its memory (``memory_gib`` less ``reserve_gib``, over HAProxy's
+    and the kernel's bytes per websocket). Without a measured ``haproxy_bytes_per_conn``
+    (or a memory figure), the constant ``haproxy_max_conns``.
+
+    The update fan-out is not a term here: its CPU grows with viewers, not with held
+    connections, so the planner adds it to the cores the rate needs."""
+    if p.haproxy_bytes_per_conn <= 0 or memory_gib is None:
+        why = (
+            "no measured bytes per connection in the profile (buzzer bench lb --only websockets)"
+            if p.haproxy_bytes_per_conn <= 0
+            else "instance memory unknown (capacity.instance_types.<type>.memory_gib)"
+        )
+        return ConnLimit(
+            p.haproxy_max_conns,
+            "haproxy_max_conns constant",
+            (
+                f"connections per {unit} = {p.haproxy_max_conns:,}: the constant"
+                f" haproxy_max_conns, a fallback: {why}",
+            ),
+            measured=False,
+        )
+    by_fd = (HAPROXY_FD_BUDGET - HAPROXY_FD_RESERVE) // 2
+    per_conn = p.haproxy_bytes_per_conn + p.haproxy_kernel_bytes_per_conn
+    usable = max(0.0, memory_gib - reserve_gib)
+    by_mem = int(usable * 2**30 / per_conn)
+    binding = "memory" if by_mem <= by_fd else "file descriptors"
+    n = min(by_fd, by_mem)
+    steps = (
+        f"connections per {unit} by file descriptors = ({HAPROXY_FD_BUDGET:,} LimitNOFILE"
+        f" - {HAPROXY_FD_RESERVE:,} reserve) / 2 per websocket = {by_fd:,}",
+        f"connections per {unit} by memory = ({memory_gib:g} GiB - {reserve_gib:g} GiB"
+        f" reserve) / ({p.haproxy_bytes_per_conn:,.0f} HAProxy"
+        f" + {p.haproxy_kernel_bytes_per_conn:,.0f} kernel bytes per websocket) = {by_mem:,}",
+        f"connections per {unit} = min({by_fd:,}, {by_mem:,}) = {n:,} ({binding})",
+    )
+    return ConnLimit(max(1, n), binding, steps, measured=True)
+
+
+def node_memory_gib(instance_type: str, memory_gib: float | None = None) -> float | None:
+    """One core's share of ``instance_type``'s memory (a planner node is one core)."""
+    mem = memory_gib if memory_gib is not None else instances.MEMORY_GIB.get(instance_type)
+    vcpus = instances.VCPUS.get(instance_type)
+    if mem is None or vcpus is None:
+        return None
+    return mem / vcpus
+
+
 def _ceil(x: float) -> int:
     # Guard against 2.0000000001 from float division turning into 3 nodes.
     return max(0, math.ceil(round(x, 6)))
@@ -300,17 +452,39 @@ def plan(inputs: PlanInputs, profile: Profile) -> CapacityPlan:
     steps.append(
         f"{ka_kind}: {reused:,.0f} / {ka_rate:,.0f} per core = {costs['keepalive']:.2f} cores"
     )
+    # Every update push sends to a viewer crosses HAProxy: a read from push, a write to
+    # the viewer, per socket. At millions of viewers this can outweigh the handshakes.
+    ups = inputs.viewer_updates_per_s
+    if p.haproxy_cpu_per_conn_update > 0 and inputs.viewers and ups:
+        costs["update_fanout"] = inputs.viewers * ups * p.haproxy_cpu_per_conn_update
+        steps.append(
+            f"update fan-out: {inputs.viewers:,} viewers x {ups:g} updates/s x"
+            f" {p.haproxy_cpu_per_conn_update * 1e6:.2f} us = {costs['update_fanout']:.2f} cores"
+        )
+    elif inputs.viewers:
+        steps.append("update fan-out not costed: no haproxy_cpu_per_conn_update in the profile")
     cores = sum(costs.values())
     by_rate = _ceil(cores / h)
     steps.append(f"haproxy nodes by rate = ceil({cores:.2f} cores / {h}) = {by_rate}")
 
+    # What one node (one core of the instance type) holds: measured bytes and CPU per
+    # websocket against its memory share and descriptors, or the constant as a fallback.
+    itype = inputs.haproxy_instance_type
+    vcpus = instances.VCPUS.get(itype, 1)
+    limit = conn_limit(
+        p,
+        memory_gib=node_memory_gib(itype, inputs.haproxy_memory_gib),
+        reserve_gib=HAPROXY_MEMORY_RESERVE_GIB / vcpus,
+        unit=f"node (1 core of {itype})",
+    )
+    steps += limit.steps
     # Little's law: vote connections open per second times how long each stays open.
     concurrent = inputs.viewers + vote_new * inputs.vote_conn_lifetime_s
-    by_conns = _ceil(concurrent / (p.haproxy_max_conns * h))
+    by_conns = _ceil(concurrent / (limit.maxconn * h))
     steps.append(
         f"concurrent connections = {inputs.viewers:,} viewers + {vote_new:,.0f} new/s x"
         f" {inputs.vote_conn_lifetime_s:g} s = {concurrent:,.0f};"
-        f" nodes = ceil({concurrent:,.0f} / ({p.haproxy_max_conns:,} x {h})) = {by_conns}"
+        f" nodes = ceil({concurrent:,.0f} / ({limit.maxconn:,} x {h})) = {by_conns}"
     )
     nodes = max(by_rate, by_conns, inputs.min_haproxy_nodes)
     heaviest = max(costs, key=lambda k: costs[k])
@@ -319,16 +493,17 @@ def plan(inputs: PlanInputs, profile: Profile) -> CapacityPlan:
     elif by_rate >= by_conns:
         binding["haproxy"] = f"connection rate ({heaviest.replace('_', ' ')})"
     else:
-        binding["haproxy"] = "concurrent connections"
+        binding["haproxy"] = f"concurrent connections ({limit.binding})"
     load["haproxy_cores"] = cores
     load["haproxy_concurrent_conns"] = concurrent
     load["haproxy_new_conns_per_s"] = new
+    load["haproxy_conns_per_node_limit"] = limit.maxconn
     # Each node takes its share at the target utilisation; the rest is room to take a
     # failed peer's clients without refusing them.
-    maxconn = min(p.haproxy_max_conns, _ceil(concurrent / nodes / h)) if nodes else 0
+    maxconn = min(limit.maxconn, _ceil(concurrent / nodes / h)) if nodes else 0
     maxconn = max(maxconn, 1000)
     steps.append(
-        f"maxconn per node = min({p.haproxy_max_conns:,}, ceil({concurrent:,.0f} / {nodes} / {h}))"
+        f"maxconn per node = min({limit.maxconn:,}, ceil({concurrent:,.0f} / {nodes} / {h}))"
         f" = {maxconn:,}"
     )
 

@@ -17,6 +17,7 @@ from typing import cast
 from urllib.parse import urlsplit
 
 OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux 4.2+
 
 
 class HandshakeError(Exception):
@@ -58,14 +59,19 @@ class WSClient(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        if self._open and not self._buf and len(data) >= 2 and data[0] == 0x81:
-            # Fast path (the bench's hot loop): exactly one small, whole text frame.
+        if self._open and not self._buf and len(data) >= 4 and data[0] == 0x81:
+            # Fast path (the bench's hot loop): exactly one whole, unfragmented text frame
+            # with a 7- or 16-bit length (a tally update is 100-300 bytes).
             n = data[1]
-            if n < 126 and len(data) == 2 + n:
+            start = 2
+            if n == 126:
+                n = (data[2] << 8) | data[3]
+                start = 4
+            if n < 65536 and len(data) == start + n:
                 if self.on_text is not None:
-                    self.on_text(data[2:])
+                    self.on_text(data[start:])
                 else:
-                    self.messages.put_nowait(data[2:])
+                    self.messages.put_nowait(data[start:])
                 return
         self._buf += data
         if not self._open:
@@ -166,8 +172,14 @@ async def connect(
     rcvbuf: int | None = None,
     on_text: Callable[[bytes], None] | None = None,
     timeout: float = 10.0,
+    source: str | None = None,
 ) -> WSClient:
-    """Open a websocket to ``ws://host:port/path?query``; raises HandshakeError if refused."""
+    """Open a websocket to ``ws://host:port/path?query``; raises HandshakeError if refused.
+
+    ``source``: the local address to connect from (say 127.0.0.7). One source address
+    reaches one server port through at most the ephemeral port range (about 28,000 on
+    Linux); the push bench spreads more viewers than that over several loopback sources.
+    """
     u = urlsplit(url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
     path = u.path + (f"?{u.query}" if u.query else "")
@@ -178,6 +190,11 @@ async def connect(
     sock.setblocking(False)
     loop = asyncio.get_running_loop()
     try:
+        if source is not None:
+            # The port is chosen at connect, per destination, not at bind: otherwise each
+            # bind would take a port from the whole range and the range would run out sooner.
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((source, 0))
         await asyncio.wait_for(loop.sock_connect(sock, (host, port)), timeout)
     except BaseException:
         sock.close()

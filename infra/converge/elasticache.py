@@ -13,7 +13,14 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from infra.converge.runner import REMOVAL_ORDER, Change, Run, error_code
+from infra.converge.runner import (
+    REMOVAL_ORDER,
+    Change,
+    Run,
+    converge_subnet_group,
+    error_code,
+    remove_subnet_group,
+)
 from infra.desired import REDIS_PORT, SHOW_TAG, CacheSpec, cache_group_id, resource_name
 from infra.userdata import cluster_url
 
@@ -27,7 +34,14 @@ def converge(run: Run) -> None:
         return
     if live is not None and live.get("Status") == "deleting":
         raise RuntimeError(f"replication group {group_id} is being deleted; re-run once it is gone")
-    _subnet_group(run, spec)
+    converge_subnet_group(
+        run,
+        run.aws.elasticache,
+        "Cache",
+        spec.subnet_group,
+        "redis",
+        f"buzzer Redis of show {run.want.show}",
+    )
     if live is None:
         _create(run, spec)
     else:
@@ -52,36 +66,6 @@ def _live_group(run: Run, group_id: str) -> dict[str, Any] | None:
             f" {SHOW_TAG}={run.want.show}: rename the show or remove that group"
         )
     return group
-
-
-def _subnet_group(run: Run, spec: CacheSpec) -> None:
-    ec = run.aws.elasticache
-    subnets = sorted(run.want.private_subnets)
-    run.read(f"cache subnet group {spec.subnet_group}")
-    try:
-        live = ec.describe_cache_subnet_groups(CacheSubnetGroupName=spec.subnet_group)[
-            "CacheSubnetGroups"
-        ][0]
-    except Exception as exc:
-        if error_code(exc) != "CacheSubnetGroupNotFoundFault":
-            raise
-        run.do(
-            Change("create", "cache-subnet-group", spec.subnet_group, ", ".join(subnets)),
-            ec.create_cache_subnet_group,
-            CacheSubnetGroupName=spec.subnet_group,
-            CacheSubnetGroupDescription=f"buzzer Redis of show {run.want.show}",
-            SubnetIds=subnets,
-            Tags=run.tag_list(run.want.tags("redis")),
-        )
-        return
-    have = sorted(s["SubnetIdentifier"] for s in live.get("Subnets", []))
-    if have != subnets:
-        run.do(
-            Change("update", "cache-subnet-group", spec.subnet_group, ", ".join(subnets)),
-            ec.modify_cache_subnet_group,
-            CacheSubnetGroupName=spec.subnet_group,
-            SubnetIds=subnets,
-        )
 
 
 def _create(run: Run, spec: CacheSpec) -> None:
@@ -235,20 +219,7 @@ def _remove(run: Run, live: dict[str, Any] | None) -> None:
                 Change("delete", "replication-group", group_id),
                 partial(_delete_and_wait, run, group_id),
             )
-    # Looked for on its own: an interrupted destroy may have left only the subnet group.
-    name = resource_name(run.want.show, "redis")
-    run.read(f"cache subnet group {name}")
-    try:
-        run.aws.elasticache.describe_cache_subnet_groups(CacheSubnetGroupName=name)
-    except Exception as exc:
-        if error_code(exc) == "CacheSubnetGroupNotFoundFault":
-            return
-        raise
-    run.later(
-        REMOVAL_ORDER["cache-subnet-group"],
-        Change("delete", "cache-subnet-group", name),
-        partial(run.aws.elasticache.delete_cache_subnet_group, CacheSubnetGroupName=name),
-    )
+    remove_subnet_group(run, run.aws.elasticache, "Cache", resource_name(run.want.show, "redis"))
 
 
 def _delete_and_wait(run: Run, group_id: str) -> None:

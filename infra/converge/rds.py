@@ -14,7 +14,14 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from infra.converge.runner import REMOVAL_ORDER, Change, Run, error_code
+from infra.converge.runner import (
+    REMOVAL_ORDER,
+    Change,
+    Run,
+    converge_subnet_group,
+    error_code,
+    remove_subnet_group,
+)
 from infra.desired import POSTGRES_PORT, SHOW_TAG, DatabaseSpec, resource_name
 
 
@@ -25,7 +32,14 @@ def converge(run: Run) -> None:
     if spec is None:
         _remove(run, live)
         return
-    _subnet_group(run, spec)
+    converge_subnet_group(
+        run,
+        run.aws.rds,
+        "DB",
+        spec.subnet_group,
+        "postgres",
+        f"buzzer PostgreSQL of show {run.want.show}",
+    )
     if live is None:
         _create(run, spec)
     else:
@@ -48,36 +62,6 @@ def _live_instance(run: Run, identifier: str) -> dict[str, Any] | None:
             " rename the show or remove that instance"
         )
     return db
-
-
-def _subnet_group(run: Run, spec: DatabaseSpec) -> None:
-    rds = run.aws.rds
-    subnets = sorted(run.want.private_subnets)
-    run.read(f"DB subnet group {spec.subnet_group}")
-    try:
-        live = rds.describe_db_subnet_groups(DBSubnetGroupName=spec.subnet_group)["DBSubnetGroups"][
-            0
-        ]
-    except Exception as exc:
-        if error_code(exc) != "DBSubnetGroupNotFoundFault":
-            raise
-        run.do(
-            Change("create", "db-subnet-group", spec.subnet_group, ", ".join(subnets)),
-            rds.create_db_subnet_group,
-            DBSubnetGroupName=spec.subnet_group,
-            DBSubnetGroupDescription=f"buzzer PostgreSQL of show {run.want.show}",
-            SubnetIds=subnets,
-            Tags=run.tag_list(run.want.tags("postgres")),
-        )
-        return
-    have = sorted(s["SubnetIdentifier"] for s in live.get("Subnets", []))
-    if have != subnets:
-        run.do(
-            Change("update", "db-subnet-group", spec.subnet_group, ", ".join(subnets)),
-            rds.modify_db_subnet_group,
-            DBSubnetGroupName=spec.subnet_group,
-            SubnetIds=subnets,
-        )
 
 
 def _create(run: Run, spec: DatabaseSpec) -> None:
@@ -181,19 +165,7 @@ def _remove(run: Run, live: dict[str, Any] | None) -> None:
             Change("delete", "db-instance", identifier, f"final snapshot {snapshot}"),
             partial(_delete_and_wait, run, identifier, snapshot),
         )
-    name = resource_name(run.want.show, "postgres")
-    run.read(f"DB subnet group {name}")
-    try:
-        rds.describe_db_subnet_groups(DBSubnetGroupName=name)
-    except Exception as exc:
-        if error_code(exc) == "DBSubnetGroupNotFoundFault":
-            return
-        raise
-    run.later(
-        REMOVAL_ORDER["db-subnet-group"],
-        Change("delete", "db-subnet-group", name),
-        partial(rds.delete_db_subnet_group, DBSubnetGroupName=name),
-    )
+    remove_subnet_group(run, rds, "DB", resource_name(run.want.show, "postgres"))
 
 
 def _delete_and_wait(run: Run, identifier: str, snapshot: str) -> None:

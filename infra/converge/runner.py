@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Literal, TypeVar
 
 from infra.aws import Clients, InfraError, explain
@@ -203,6 +204,69 @@ def error_code(exc: Exception) -> str | None:
     if isinstance(exc, ClientError):
         return str(exc.response.get("Error", {}).get("Code"))
     return None
+
+
+SubnetGroupApi = Literal["Cache", "DB"]
+"""ElastiCache's subnet-group calls and fields are named ``Cache…``, RDS's ``DB…``; the
+rest of their shape is the same."""
+
+
+def _subnet_group_label(api: SubnetGroupApi) -> str:
+    return f"{'cache' if api == 'Cache' else api} subnet group"
+
+
+def converge_subnet_group(
+    run: Run, client: Any, api: SubnetGroupApi, name: str, tier: GroupKey, description: str
+) -> None:
+    """Make the subnet group ``name`` (ElastiCache's or RDS's, by ``api``) hold exactly
+    the run's private subnets: created with the tier's tags if missing, else its subnets
+    replaced if they differ."""
+    snake = api.lower()
+    kind = f"{snake}-subnet-group"
+    subnets = sorted(run.want.private_subnets)
+    run.read(f"{_subnet_group_label(api)} {name}")
+    try:
+        live = getattr(client, f"describe_{snake}_subnet_groups")(
+            **{f"{api}SubnetGroupName": name}
+        )[f"{api}SubnetGroups"][0]
+    except Exception as exc:
+        if error_code(exc) != f"{api}SubnetGroupNotFoundFault":
+            raise
+        run.do(
+            Change("create", kind, name, ", ".join(subnets)),
+            getattr(client, f"create_{snake}_subnet_group"),
+            **{f"{api}SubnetGroupName": name, f"{api}SubnetGroupDescription": description},
+            SubnetIds=subnets,
+            Tags=run.tag_list(run.want.tags(tier)),
+        )
+        return
+    have = sorted(s["SubnetIdentifier"] for s in live.get("Subnets", []))
+    if have != subnets:
+        run.do(
+            Change("update", kind, name, ", ".join(subnets)),
+            getattr(client, f"modify_{snake}_subnet_group"),
+            **{f"{api}SubnetGroupName": name},
+            SubnetIds=subnets,
+        )
+
+
+def remove_subnet_group(run: Run, client: Any, api: SubnetGroupApi, name: str) -> None:
+    """Queue the removal of the subnet group ``name`` if it exists; looked for on its own,
+    as an interrupted destroy may have left only the subnet group."""
+    snake = api.lower()
+    kind = f"{snake}-subnet-group"
+    run.read(f"{_subnet_group_label(api)} {name}")
+    try:
+        getattr(client, f"describe_{snake}_subnet_groups")(**{f"{api}SubnetGroupName": name})
+    except Exception as exc:
+        if error_code(exc) == f"{api}SubnetGroupNotFoundFault":
+            return
+        raise
+    run.later(
+        REMOVAL_ORDER[kind],
+        Change("delete", kind, name),
+        partial(getattr(client, f"delete_{snake}_subnet_group"), **{f"{api}SubnetGroupName": name}),
+    )
 
 
 def now_utc() -> datetime:

@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from services.common import redisconn
+from services.common.limits import handler_args
 from services.common.observability import OBS, setup_observability
 from services.common.settings import PushSettings
 from services.common.tokens import Operators, TokenService
@@ -161,13 +162,19 @@ async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     for t in tasks:
         t.cancel()
-    for t in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await t
+    # A cancel that lands inside redis-py's blocking XREAD can be lost there, leaving the
+    # reader waiting on its socket: wait a little, and closing the client below (which
+    # drops that socket) ends it. Unbounded, this wait hung SIGTERM (bench push).
+    _, stuck = await asyncio.wait(tasks, timeout=1.0)
     await hub.stop()
     with contextlib.suppress(RedisError, OSError):
         await remove_viewers(client, keys, settings.instance_id)
     await client.aclose()
+    if stuck:
+        await asyncio.wait(stuck, timeout=2.0)
+        for t in stuck:
+            if not t.done():
+                log.warning("task still running at shutdown", extra={"task": t.get_name()})
 
 
 async def _report_viewers(app: web.Application) -> None:
@@ -199,7 +206,7 @@ async def close_clients(app: web.Application) -> None:
 
 
 def create_app(settings: PushSettings) -> web.Application:
-    app = web.Application(middlewares=[page_headers])
+    app = web.Application(middlewares=[page_headers], handler_args=handler_args("buzzer.push.http"))
     app[SETTINGS] = settings
     app[KEYS] = settings.keys()
     app[VIEWERS] = ViewerCount()

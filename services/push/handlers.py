@@ -12,6 +12,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
 
+from services.common.limits import oversize
 from services.common.settings import PushSettings
 from services.common.tokens import bearer_token
 from services.push import protocol
@@ -220,7 +221,16 @@ async def console_page(_: web.Request) -> web.FileResponse:
 
 @web.middleware
 async def page_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await handler(request)
+    refused = oversize(request, log)
+    if refused is not None:
+        # The same JSON 414/431 as the vote API: before any upgrade, so a websocket
+        # client sees the HTTP status.
+        response: web.StreamResponse = _json(
+            {"error": refused.error, "field": refused.field, "message": refused.message},
+            status=refused.status,
+        )
+    else:
+        response = await handler(request)
     if not isinstance(response, web.WebSocketResponse):
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")

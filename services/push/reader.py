@@ -14,6 +14,15 @@ from redis.exceptions import RedisError
 log = logging.getLogger("buzzer.push")
 
 
+def _reraise_cancel(exc: BaseException) -> None:
+    """redis-py can turn a cancellation that lands mid-read into a connection error:
+    retrying would swallow the cancel, and a push process told to stop would hang in its
+    cleanup (seen as `bench push`'s TimeoutError at shutdown)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
+
+
 class UpdatesReader:
     """:param redis: client
     :param stream: the updates stream key
@@ -36,6 +45,7 @@ class UpdatesReader:
                 )
                 backoff = 0.1
             except (RedisError, OSError) as exc:
+                _reraise_cancel(exc)
                 log.warning(
                     "updates stream unavailable", extra={"error": str(exc), "retry_s": backoff}
                 )
@@ -56,5 +66,6 @@ class UpdatesReader:
                 tail: Any = await self.redis.xrevrange(self.stream, count=1)
                 return tail[0][0] if tail else "0-0"
             except (RedisError, OSError) as exc:
+                _reraise_cancel(exc)
                 log.warning("redis unavailable at start", extra={"error": str(exc)})
                 await asyncio.sleep(1.0)

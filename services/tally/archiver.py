@@ -25,7 +25,7 @@ from services.common.db import LazyPool
 from services.common.messages import ARCHIVE_GROUP, CloseEntry, Keys, decode_entry
 from services.common.settings import TallySettings
 from services.tally.metrics import Stats, TallyMetrics
-from services.tally.streams import Entry, GroupLoop, GroupReader, sleep_or_stop
+from services.tally.streams import Entry, GroupLoop, sleep_or_stop
 
 log = logging.getLogger("buzzer.tally.archiver")
 
@@ -68,17 +68,7 @@ class Archiver(GroupLoop):
         stats: Stats,
         on_close: Callable[[], None] = lambda: None,
     ) -> None:
-        super().__init__(
-            [
-                GroupReader(redis, keys.votes(p), ARCHIVE_GROUP, settings.consumer)
-                for p in range(keys.partitions)
-            ],
-            settings,
-            metrics,
-            stats,
-        )
-        self.redis = redis
-        self.keys = keys
+        super().__init__(redis, keys, keys.votes, ARCHIVE_GROUP, settings, metrics, stats)
         self.pg = pg
         self.on_close = on_close
         self._partitions: set[str] = set()

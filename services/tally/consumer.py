@@ -18,7 +18,7 @@ from services.common.messages import TALLY_GROUP, CloseEntry, Keys, VoteEntry, d
 from services.common.scripts import ApplyResult, Scripts, apply_args, decode_apply
 from services.common.settings import TallySettings
 from services.tally.metrics import Stats, TallyMetrics
-from services.tally.streams import Entry, GroupLoop, GroupReader
+from services.tally.streams import Entry, GroupLoop
 
 log = logging.getLogger("buzzer.tally.consumer")
 
@@ -50,17 +50,7 @@ class VotesConsumer(GroupLoop):
         stats: Stats,
         on_touched: Callable[[Mapping[str, int | None]], None],
     ) -> None:
-        super().__init__(
-            [
-                GroupReader(redis, keys.votes(p), TALLY_GROUP, settings.consumer)
-                for p in range(keys.partitions)
-            ],
-            settings,
-            metrics,
-            stats,
-        )
-        self.redis = redis
-        self.keys = keys
+        super().__init__(redis, keys, keys.votes, TALLY_GROUP, settings, metrics, stats)
         self.scripts = scripts
         self.on_touched = on_touched
 

@@ -21,7 +21,7 @@ from services.common.redisconn import wait_replicas
 from services.common.settings import TallySettings
 from services.tally.metrics import Stats, TallyMetrics
 from services.tally.store import CommitResult, Outboxed, apply_outbox
-from services.tally.streams import Entry, GroupLoop, GroupReader, parse_id
+from services.tally.streams import Entry, GroupLoop, parse_id
 
 log = logging.getLogger("buzzer.tally.pgwriter")
 
@@ -52,17 +52,7 @@ class PgWriter(GroupLoop):
         stats: Stats,
         on_final: Callable[[str], Awaitable[None]],
     ) -> None:
-        super().__init__(
-            [
-                GroupReader(redis, keys.applied(p), PG_GROUP, settings.consumer)
-                for p in range(keys.partitions)
-            ],
-            settings,
-            metrics,
-            stats,
-        )
-        self.redis = redis
-        self.keys = keys
+        super().__init__(redis, keys, keys.applied, PG_GROUP, settings, metrics, stats)
         self.pg = pg
         self.on_final = on_final
         self.ack_replicas = settings.ack_replicas

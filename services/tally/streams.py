@@ -1,5 +1,5 @@
-"""Consumer-group plumbing and the one stream loop shared by the vote consumer and the
-PostgreSQL writer."""
+"""Consumer-group plumbing and the one stream loop shared by the vote consumer, the
+PostgreSQL writer and the archiver."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from services.common.messages import Keys
 from services.common.settings import TallySettings
 from services.tally.metrics import Stats, TallyMetrics
 
@@ -159,14 +160,18 @@ class GroupReader:
 
 class GroupLoop(abc.ABC):
     """The one loop of a consumer group over every partition's stream, shared by the vote
-    consumer and the PostgreSQL writer: per partition, recover (own pending, then claims
-    via XAUTOCLAIM), read new entries, hand them to :meth:`handle`, repeat.
+    consumer, the PostgreSQL writer and the archiver: per partition, recover (own pending,
+    then claims via XAUTOCLAIM), read new entries, hand them to :meth:`handle`, repeat.
 
     Acknowledging is :meth:`handle`'s job, and only after the effect is durable
     (``apply.lua`` acks as it counts; the writer acks after the commit), so whatever a
     failed or interrupted turn held stays pending and comes back through recovery.
 
-    :param readers: one reader per partition (tests may swap one for a faulty reader)
+    :param redis: client for the partitions' streams
+    :param keys: key names; one reader per partition, in :attr:`readers` (tests may swap
+        one for a faulty reader)
+    :param stream: the stream of a partition (``keys.votes``, ``keys.applied``)
+    :param group: the consumer group; the consumer is ``settings.consumer``
     :param settings: batch size, block time, claim idle time, recovery interval
     :param metrics: Prometheus metrics
     :param stats: counts for the shutdown summary
@@ -180,16 +185,23 @@ class GroupLoop(abc.ABC):
 
     def __init__(
         self,
-        readers: list[GroupReader],
+        redis: Redis,
+        keys: Keys,
+        stream: Callable[[int], str],
+        group: str,
         settings: TallySettings,
         metrics: TallyMetrics,
         stats: Stats,
     ) -> None:
-        self.readers = readers
+        self.redis = redis
+        self.keys = keys
+        self.readers = [
+            GroupReader(redis, stream(p), group, settings.consumer) for p in range(keys.partitions)
+        ]
         self.settings = settings
         self.metrics = metrics
         self.stats = stats
-        self._retry = [False] * len(readers)
+        self._retry = [False] * keys.partitions
 
     async def ensure_groups(self) -> None:
         for r in self.readers:

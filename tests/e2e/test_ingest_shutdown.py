@@ -84,7 +84,12 @@ async def scenario(
                     await asyncio.sleep(0.01)
 
     tasks = [asyncio.create_task(client(i)) for i in range(50)]
-    await asyncio.sleep(1.5)
+
+    async def flowing() -> bool:
+        # Well past the 100 the test asks for, so 50 clients have votes in flight.
+        return len(accepted) >= 300
+
+    await eventually(flowing, timeout=30)
     proc.send_signal(signal.SIGTERM)
     await asyncio.get_running_loop().run_in_executor(None, proc.wait, 20)
     stop.set()

@@ -9,6 +9,7 @@ import ssl
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,15 @@ async def kill_under_load(rs: RunningStack) -> None:
 
     runtime = RuntimeApi(rs.stack.state_dir.resolve() / "haproxy.sock")
     tasks = [asyncio.create_task(client(i)) for i in range(32)]
-    await asyncio.sleep(2)
+
+    def accepted_at_least(n: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return sum(accepted.values()) >= n
+
+        return check
+
+    # Votes flowing through both servers before the kill, so some are in flight.
+    await eventually(accepted_at_least(200), timeout=30)
     victim = next(c for c in rs.stack.children if c.name == "ingest-1")
     assert victim.proc is not None
     victim.proc.send_signal(signal.SIGKILL)
@@ -149,7 +158,8 @@ async def kill_under_load(rs: RunningStack) -> None:
         )
         await asyncio.sleep(0.05)
     down_after = time.monotonic() - killed_at
-    await asyncio.sleep(2)  # keep voting on the survivor
+    # Keep voting on the survivor.
+    await eventually(accepted_at_least(sum(accepted.values()) + 200), timeout=30)
     stop.set()
     await asyncio.gather(*tasks)
     assert sum(accepted.values()) > 100

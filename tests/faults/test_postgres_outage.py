@@ -29,8 +29,10 @@ from tests.support.faults import (
 )
 from tests.support.stack import RunningStack, local_stack
 
-OUTAGE_S = env_flag("BUZZER_FAULT_PG_OUTAGE_S", 30.0)
-"""The issue's 30 s; set the variable to shorten it while iterating."""
+OUTAGE_S = env_flag("BUZZER_FAULT_PG_OUTAGE_S", 10.0)
+"""The issue asked for 30 s: run that with ``BUZZER_FAULT_PG_OUTAGE_S=30``. The default
+of 10 s is still twice the tally's claim-idle time and gives several samples of the live
+counts moving while PostgreSQL stands still."""
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(int(OUTAGE_S) + 90)]
 

@@ -47,6 +47,14 @@ async def audit(client: TestClient, token: str, query: str = "") -> list[dict[st
     return (await r.json())["entries"]
 
 
+async def new_poll(client: TestClient, token: str) -> Any:
+    """A draft poll titled ``t`` in a new show."""
+    show = await post(client, "/v1/admin/shows", token, {"name": "s"}, 201)
+    options = [{"key": "a", "label": "A"}, {"key": "b", "label": "B"}]
+    body = {"show_id": show["id"], "title": "t", "options": options}
+    return await post(client, "/v1/admin/polls", token, body, 201)
+
+
 async def test_each_action_is_attributed_to_its_operator(
     aiohttp_client: Any, ingest_settings: Any, pg: asyncpg.Connection, redis: Any
 ) -> None:
@@ -96,18 +104,7 @@ async def test_a_repeated_open_is_logged_as_changing_nothing(
     aiohttp_client: Any, ingest_settings: Any, pg: asyncpg.Connection, redis: Any
 ) -> None:
     client = await client_with(aiohttp_client, ingest_settings, admin_token=SecretStr(ALICE))
-    show = await post(client, "/v1/admin/shows", ALICE, {"name": "s"}, 201)
-    poll = await post(
-        client,
-        "/v1/admin/polls",
-        ALICE,
-        {
-            "show_id": show["id"],
-            "title": "t",
-            "options": [{"key": "a", "label": "A"}, {"key": "b", "label": "B"}],
-        },
-        201,
-    )
+    poll = await new_poll(client, ALICE)
     await post(client, f"/v1/admin/polls/{poll['id']}/open", ALICE)
     await post(client, f"/v1/admin/polls/{poll['id']}/open", ALICE)
     entries = await audit(client, ALICE)
@@ -115,6 +112,31 @@ async def test_a_repeated_open_is_logged_as_changing_nothing(
     assert [(e["operator"], e["action"], e["detail"]) for e in entries[:2]] == [
         ("admin", "open_poll", {"title": "t", "changed": False}),
         ("admin", "open_poll", {"title": "t", "changed": True}),
+    ]
+
+
+async def test_a_refused_transition_changes_and_logs_nothing(
+    aiohttp_client: Any, ingest_settings: Any, pg: asyncpg.Connection, redis: Any
+) -> None:
+    client = await client_with(aiohttp_client, ingest_settings, admin_token=SecretStr(ALICE))
+    poll = await new_poll(client, ALICE)
+    url = f"/v1/admin/polls/{poll['id']}"
+    refused = await post(client, f"{url}/close", ALICE, expect=409)
+    assert (refused["error"], refused["field"]) == ("poll_not_open", "poll")
+    opened = await post(client, f"{url}/open", ALICE)
+    assert opened["state"] == "open" and opened["opened_at"] is not None
+    closed = await post(client, f"{url}/close", ALICE)
+    assert closed["state"] == "closed" and closed["closed_at"] is not None
+    assert (await post(client, f"{url}/close", ALICE))["closed_at"] == closed["closed_at"]
+    refused = await post(client, f"{url}/open", ALICE, expect=409)
+    assert (refused["error"], refused["field"]) == ("poll_closed", "poll")
+    row = await pg.fetchrow("SELECT state, partitions FROM polls WHERE id = $1", poll["id"])
+    assert (row["state"], row["partitions"]) == ("closed", ingest_settings.partitions)
+    entries = await audit(client, ALICE)
+    assert [(e["action"], e["detail"]["changed"]) for e in entries[:3]] == [
+        ("close_poll", False),
+        ("close_poll", True),
+        ("open_poll", True),
     ]
 
 

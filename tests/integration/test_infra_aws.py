@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,66 +18,33 @@ moto = pytest.importorskip("moto")
 
 from infra import cli, commands, timeline  # noqa: E402
 from infra.aws import Clients, InfraError  # noqa: E402
-from infra.converge import Options  # noqa: E402
 from infra.runsheet import RunSheet, parse  # noqa: E402
 from infra.userdata import discovery_source  # noqa: E402
-
-EXAMPLE = Path(__file__).parents[2] / "examples" / "runsheet.yaml"
-REGION = "eu-west-1"
-NOW = datetime.now(UTC).replace(microsecond=0)
+from tests.support.infra_aws import (  # noqa: E402
+    EXAMPLE,
+    NOW,
+    REGION,
+    example_sheet_data,
+    mocked_aws,
+    quiet,
+    set_aws_env,
+)
 
 
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SECURITY_TOKEN": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    set_aws_env(monkeypatch)
 
 
 @pytest.fixture
 def aws(aws_env: None) -> Iterator[Clients]:
-    with moto.mock_aws():
-        yield Clients.create(REGION, max_attempts=2)
+    with mocked_aws() as clients:
+        yield clients
 
 
 @pytest.fixture
 def sheet_data(aws: Clients) -> dict[str, Any]:
-    """The example sheet, three hours before air, in a moto VPC and hosted zone."""
-    ec2 = aws.ec2
-    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-    subnets = [
-        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"{REGION}{az}")[
-            "Subnet"
-        ]["SubnetId"]
-        for i, az in enumerate("abab")
-    ]
-    zone = aws.route53.create_hosted_zone(Name="example.com", CallerReference="t")["HostedZone"]
-    data: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
-    # Fixed figures: the measured profile changes whenever `buzzer bench lb` runs.
-    data["capacity"]["profile"] = "historical"
-    shift = NOW + timedelta(hours=3) - data["on_air"]
-    for key in ("on_air", "off_air"):
-        data[key] += shift
-    for poll in data["polls"]:
-        for key in ("opens", "call_to_action", "closes"):
-            poll[key] += shift
-        # Small polls keep moto fast: a handful of instances per tier.
-        poll["peak_votes_per_s"] = poll["peak_votes_per_s"] / 5
-        poll["viewers"] = poll["viewers"] // 100
-    data["network"].update(
-        vpc_id=vpc,
-        subnets=subnets[:2],
-        private_subnets=subnets[2:],
-        ami="ami-12c6146b",  # one of moto's bundled AMIs
-    )
-    data["dns"]["zone_id"] = zone["Id"].split("/")[-1]
+    data = example_sheet_data(aws, votes_divisor=5, viewers_divisor=100)
     # The compute tiers only: the data tier has its own tests (test_infra_data_tier.py),
     # since moto can't delete a cache subnet group or finish deleting a replication group.
     del data["data"]
@@ -88,10 +55,6 @@ def sheet_data(aws: Clients) -> dict[str, Any]:
 @pytest.fixture
 def sheet(sheet_data: dict[str, Any]) -> RunSheet:
     return parse(sheet_data)
-
-
-def quiet() -> Options:
-    return Options(echo=lambda _: None, poll_s=0.01, timeout_s=5)
 
 
 def tagged_instances(

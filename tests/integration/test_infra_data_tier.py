@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 from typing import Any
 
 import pytest
-import yaml
 
 pytestmark = pytest.mark.integration
 
@@ -26,70 +24,35 @@ from botocore.stub import Stubber  # noqa: E402
 from infra import commands, timeline  # noqa: E402
 from infra.aws import Clients, InfraError  # noqa: E402
 from infra.capacity import postgres_instance_class  # noqa: E402
-from infra.converge import Options  # noqa: E402
 from infra.desired import cache_group_id, slot_ranges  # noqa: E402
 from infra.runsheet import RunSheet, parse  # noqa: E402
-
-EXAMPLE = Path(__file__).parents[2] / "examples" / "runsheet.yaml"
-REGION = "eu-west-1"
-NOW = datetime.now(UTC).replace(microsecond=0)
+from tests.support.infra_aws import (  # noqa: E402
+    NOW,
+    example_sheet_data,
+    mocked_aws,
+    quiet,
+    set_aws_env,
+)
 
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clients]:
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SECURITY_TOKEN": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    with moto.mock_aws():
-        yield Clients.create(REGION, max_attempts=2)
+    set_aws_env(monkeypatch)
+    with mocked_aws() as clients:
+        yield clients
 
 
 @pytest.fixture
 def sheet_data(aws: Clients) -> dict[str, Any]:
-    """The example sheet, three hours before air, in a moto VPC and hosted zone, with a
-    final of 40,000 votes/s: several shards, a handful of instances."""
-    ec2 = aws.ec2
-    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-    subnets = [
-        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"{REGION}{az}")[
-            "Subnet"
-        ]["SubnetId"]
-        for i, az in enumerate("abab")
-    ]
-    zone = aws.route53.create_hosted_zone(Name="example.com", CallerReference="t")["HostedZone"]
-    data: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
-    # Fixed figures, whatever `buzzer bench` last wrote.
-    data["capacity"]["profile"] = "historical"
+    """With a final of 40,000 votes/s: several shards, a handful of instances."""
+    data = example_sheet_data(aws, votes_divisor=3, viewers_divisor=300)
     data["capacity"]["figures"] = {"redis_votes_per_s": 10_000}
-    shift = NOW + timedelta(hours=3) - data["on_air"]
-    for key in ("on_air", "off_air"):
-        data[key] += shift
-    for poll in data["polls"]:
-        for key in ("opens", "call_to_action", "closes"):
-            poll[key] += shift
-        poll["peak_votes_per_s"] = poll["peak_votes_per_s"] / 3
-        poll["viewers"] = poll["viewers"] // 300
-    data["network"].update(
-        vpc_id=vpc, subnets=subnets[:2], private_subnets=subnets[2:], ami="ami-12c6146b"
-    )
-    data["dns"]["zone_id"] = zone["Id"].split("/")[-1]
     return data
 
 
 @pytest.fixture
 def sheet(sheet_data: dict[str, Any]) -> RunSheet:
     return parse(sheet_data)
-
-
-def quiet() -> Options:
-    return Options(echo=lambda _: None, poll_s=0.01, timeout_s=5)
 
 
 def replication_group(aws: Clients, sheet: RunSheet) -> dict[str, Any]:
@@ -207,6 +170,22 @@ def test_plan_makes_nothing_and_a_second_apply_is_empty(aws: Clients, sheet: Run
     commands.apply(sheet, aws, NOW, quiet())
     assert commands.apply(sheet, aws, NOW, quiet()) == []
     assert commands.plan(sheet, aws, NOW, echo=lambda _: None) == []
+
+
+def test_other_private_subnets_update_both_subnet_groups(
+    aws: Clients, sheet_data: dict[str, Any]
+) -> None:
+    commands.apply(parse(sheet_data), aws, NOW, quiet())
+    network = sheet_data["network"]
+    added = aws.ec2.create_subnet(
+        VpcId=network["vpc_id"], CidrBlock="10.0.9.0/24", AvailabilityZone=f"{aws.region}c"
+    )["Subnet"]["SubnetId"]
+    network["private_subnets"] = [*network["private_subnets"], added]
+    # Planned only: moto can't modify a subnet group.
+    planned = commands.plan(parse(sheet_data), aws, NOW, echo=lambda _: None)
+    subnets = ", ".join(sorted(network["private_subnets"]))
+    updates = {(c.kind, c.detail) for c in planned if c.action == "update"}
+    assert {("cache-subnet-group", subnets), ("db-subnet-group", subnets)} <= updates
 
 
 def test_status_shows_the_shards_and_drift(aws: Clients, sheet: RunSheet) -> None:

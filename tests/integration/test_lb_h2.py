@@ -8,11 +8,8 @@ import shutil
 import socket
 import ssl
 import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -23,6 +20,7 @@ from buzzer.ports import free_port
 from lb.inventory import Server
 from lb.process import HaproxyProcess
 from lb.render import RateLimit, RenderParams, RenderSettings, render
+from tests.support.haproxy import LocalResolver, short_tmpdir, start_haproxy, wait_all_up
 from tests.support.lb import EchoNode
 
 pytestmark = [
@@ -50,8 +48,7 @@ class Edge:
 
 @pytest.fixture(scope="module")
 def edge() -> Iterator[Edge]:
-    # Short: unix socket paths must stay under 108 bytes, which pytest's tmp_path can pass.
-    d = Path(tempfile.mkdtemp(prefix="lbh2-", dir="/tmp"))
+    d = short_tmpdir("lbh2-")
     ingest, push = EchoNode("ingest-a").start(), EchoNode("push-a").start()
     cert = make_cert(d, "ecdsa")
     settings = RenderSettings(
@@ -68,21 +65,15 @@ def edge() -> Iterator[Edge]:
         "ingest": [Server.parse(ingest.address)],
         "push": [Server.parse(push.address)],
     }
-    hap = HaproxyProcess(d, runtime_socket=Path(settings.runtime_socket), log_path=d / "log")
+    hap: HaproxyProcess | None = None
     try:
-        hap.start(render(RenderParams(maxconn=2000), inventory, settings))
-        deadline = time.monotonic() + 5
-        while not all(
-            s.up
-            for be in ("ingest", "push")
-            for s in hap.runtime.servers_state(be)
-            if not s.in_maint
-        ):
-            assert time.monotonic() < deadline, hap.log_tail()
-            time.sleep(0.05)
+        hap = start_haproxy(d, render(RenderParams(maxconn=2000), inventory, settings), settings)
+        wait_all_up(hap, "ingest", 1)
+        wait_all_up(hap, "push", 1)
         yield Edge(d, settings, cert)
     finally:
-        hap.stop()
+        if hap is not None:
+            hap.stop()
         ingest.stop()
         push.stop()
         shutil.rmtree(d, ignore_errors=True)
@@ -148,7 +139,7 @@ def test_h2load_multiplexes_votes_on_few_connections(edge: Edge) -> None:
 async def test_websocket_over_http11_on_the_h2_listener(edge: Edge) -> None:
     # A browser opens its websocket on an HTTP/1.1 connection even where h2 is offered.
     ctx = edge.ssl_context(["http/1.1"])
-    conn = aiohttp.TCPConnector(ssl=ctx, resolver=_LocalResolver())
+    conn = aiohttp.TCPConnector(ssl=ctx, resolver=LocalResolver())
     async with (
         aiohttp.ClientSession(connector=conn) as session,
         session.ws_connect(f"{edge.https}/v1/polls/p1/live") as ws,
@@ -202,20 +193,3 @@ def _read_server_settings(s: ssl.SSLSocket) -> dict[int, int]:
                 )
                 for i in range(0, len(payload), 6)
             }
-
-
-class _LocalResolver(aiohttp.abc.AbstractResolver):
-    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[Any]:
-        return [
-            {
-                "hostname": host,
-                "host": "127.0.0.1",
-                "port": port,
-                "family": socket.AF_INET,
-                "proto": 0,
-                "flags": 0,
-            }
-        ]
-
-    async def close(self) -> None:
-        pass

@@ -7,7 +7,6 @@ import json
 import shutil
 import socket
 import ssl
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -24,6 +23,7 @@ from lb.process import HaproxyProcess
 from lb.render import RateLimit, RenderParams, RenderSettings, render
 from lb.runtime import OP_RUNNING
 from lb.sync import sync
+from tests.support.haproxy import LocalResolver, short_tmpdir, start_haproxy, wait_all_up
 from tests.support.lb import EchoNode, Load
 
 pytestmark = [
@@ -36,8 +36,7 @@ PARAMS = RenderParams(maxconn=2000)
 
 @pytest.fixture
 def workdir() -> Iterator[Path]:
-    # Short: unix socket paths must stay under 108 bytes, which pytest's tmp_path can pass.
-    d = Path(tempfile.mkdtemp(prefix="lb-", dir="/tmp"))
+    d = short_tmpdir("lb-")
     yield d
     shutil.rmtree(d, ignore_errors=True)
 
@@ -75,14 +74,8 @@ def haproxy(workdir: Path) -> Iterator[Callable[[str, RenderSettings], HaproxyPr
     procs: list[HaproxyProcess] = []
 
     def start(config: str, settings: RenderSettings) -> HaproxyProcess:
-        hap = HaproxyProcess(
-            workdir,
-            runtime_socket=Path(settings.runtime_socket),
-            state_file=Path(settings.server_state_file) if settings.server_state_file else None,
-            log_path=workdir / "haproxy.log",
-        )
+        hap = start_haproxy(workdir, config, settings)
         procs.append(hap)
-        hap.start(config)
         return hap
 
     yield start
@@ -92,16 +85,6 @@ def haproxy(workdir: Path) -> Iterator[Callable[[str, RenderSettings], HaproxyPr
 
 def inv(**backends: list[EchoNode]) -> dict[str, list[Server]]:
     return {be: [Server.parse(n.address) for n in ns] for be, ns in backends.items()}
-
-
-def wait_all_up(hap: HaproxyProcess, backend: str, count: int, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        up = [s for s in hap.runtime.servers_state(backend) if s.up]
-        if len(up) >= count:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{backend}: fewer than {count} servers up: {hap.log_tail()}")
 
 
 async def get_json(session: aiohttp.ClientSession, url: str, **kw: Any) -> tuple[int, Any]:
@@ -199,7 +182,7 @@ async def test_tls_ecdsa_first_rsa_fallback_resumption_redirect_and_websocket(
             assert resp.status == 301
             assert resp.headers["Location"].startswith("https://")
         wss = f"https://localhost:{settings.https_port}/v1/polls/p1/live"
-        conn = aiohttp.TCPConnector(ssl=ctx, resolver=_LocalResolver())
+        conn = aiohttp.TCPConnector(ssl=ctx, resolver=LocalResolver())
         async with (
             aiohttp.ClientSession(connector=conn) as tls_session,
             tls_session.ws_connect(wss) as ws,
@@ -208,23 +191,6 @@ async def test_tls_ecdsa_first_rsa_fallback_resumption_redirect_and_websocket(
             assert hello["backend"] == "push-a"
             await ws.send_str("buzz")
             assert await ws.receive_str(timeout=5) == "buzz"
-
-
-class _LocalResolver(aiohttp.abc.AbstractResolver):
-    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[Any]:
-        return [
-            {
-                "hostname": host,
-                "host": "127.0.0.1",
-                "port": port,
-                "family": socket.AF_INET,
-                "proto": 0,
-                "flags": 0,
-            }
-        ]
-
-    async def close(self) -> None:
-        pass
 
 
 async def test_killed_server_is_down_within_3s_and_retrying_clients_lose_nothing(

@@ -14,10 +14,9 @@ from typing import Any
 
 import aiohttp
 
-from buzzer.ports import free_ports
 from buzzer.stack import Stack
 from tests.conftest import PG_ADMIN_DSN, REDIS_URL
-from tests.support import delete_prefix
+from tests.support import delete_prefix, free_port_block
 
 
 @dataclass
@@ -64,7 +63,7 @@ def local_stack(
         "BUZZER_STATE_DIR": str(tmp_path / "state"),
         **(extra_env or {}),
     }
-    base = free_ports(ingest + 6)
+    base = free_port_block(ingest + 6)
     stack = Stack(
         env=env,
         http_port=base,

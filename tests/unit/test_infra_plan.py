@@ -237,7 +237,10 @@ def test_cli_plan_says_instances_and_the_binding_resource(
         assert line.split()[1] == f"{tl.peak.get(tier):,}", line
         assert line[column:] == tl.peak.binding[tier], line
     assert "8 cores" in rows["haproxy"] and "4 processes" in rows["push"]
-    assert rows["haproxy"][column:].startswith("concurrent connections: 3,300,000")
+    if not planner.PROFILES["measured"].haproxy_bytes_per_conn:
+        # Without a measured size per websocket the constant binds, and says so.
+        assert rows["haproxy"][column:].startswith("concurrent connections: 3,300,000")
+        assert "haproxy_max_conns constant" in rows["haproxy"]
     assert rows["push"][column:] == "viewers: 3,000,000 / (10,000 per process x 0.6)"
 
 
@@ -405,3 +408,44 @@ def test_cli_plan_shows_the_data_tier(capsys: pytest.CaptureFixture[str]) -> Non
     assert f"{shards} shards x 2" in redis and tl.peak.data_binding["redis"] in redis
     pg = next(line for line in lines if line.startswith("postgres "))
     assert "1 writer + standby" in pg and "upserts:" in pg and "db.m7g." in pg
+
+
+def test_haproxy_user_data_raises_the_limits_its_maxconn_needs() -> None:
+    sheet = load(EXAMPLE)
+    tl = timeline.build(sheet)
+    text = userdata.render(sheet, tl, "haproxy", 8, "eu-west-1")
+    nofile = planner.haproxy_nofile(tl.peak.maxconn_per_node)
+    assert f"LimitNOFILE={nofile}\n" in text
+    assert f"fs.nr_open = {max(nofile, 1_048_576)}\n" in text
+    assert "fs.file-max = " in text and "net.ipv4.ip_local_port_range = 1024 65535" in text
+    # The limits are in place before HAProxy (re)starts with the rendered config.
+    assert text.index("LimitNOFILE") < text.index("systemctl restart haproxy")
+    assert text.index("sysctl --quiet --load") < text.index("systemctl restart haproxy")
+    big = userdata.haproxy_limits(1_500_000)
+    assert "LimitNOFILE=3010000\n" in big and "fs.nr_open = 3010000\n" in big
+    assert "fs.file-max = 6085536\n" in big
+
+
+def test_haproxy_instances_are_sized_from_measured_bytes_per_connection(
+    raw: dict[str, Any],
+) -> None:
+    raw["traffic"]["tls"] = False
+    constant = tier_counts(parse(raw), 1000, 3_000_000)
+    # The constant: 3,002,500 / (100,000 x 0.6) = 51 instances.
+    assert constant.haproxy == 51 and "haproxy_max_conns constant" in constant.binding["haproxy"]
+    raw["capacity"]["figures"] = {
+        "haproxy_bytes_per_conn": 6144,
+        "haproxy_kernel_bytes_per_conn": 2048,
+    }
+    sheet = parse(raw)
+    counts = tier_counts(sheet, 1000, 3_000_000)
+    # c7g.2xlarge: (16 - 1) GiB / 8 KiB = 1,966,080 per instance; / 0.6 -> 3 instances.
+    assert counts.haproxy == 3
+    assert "1,966,080 per instance, memory" in counts.binding["haproxy"]
+    assert counts.maxconn_per_node == math.ceil(3_002_500 / 3 / 0.6)
+    # A type lb/instances.py does not know takes its memory from the run sheet.
+    raw["tiers"]["haproxy"]["instance_type"] = "x9.big"
+    raw["capacity"]["instance_types"]["x9.big"] = {"processes": 8, "memory_gib": 31}
+    odd = tier_counts(parse(raw), 1000, 3_000_000)
+    # 30 GiB / 8 KiB = 3,932,160: descriptors bind first, (4,194,304 - 10,000) / 2.
+    assert odd.haproxy == 3 and "2,092,152 per instance, file descriptors" in odd.binding["haproxy"]

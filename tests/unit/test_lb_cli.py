@@ -67,7 +67,8 @@ def test_plan_table_says_units_and_names_the_binding_resource(
     haproxy = rows["haproxy"]
     # The bug this guards: "haproxy nodes 36 concurrent connections" read as 36 connections.
     assert "nodes (1 core each)" in haproxy
-    assert haproxy[column:] == "concurrent connections", haproxy
+    # The historical profile measured no bytes per connection: the constant, said so.
+    assert haproxy[column:] == "concurrent connections (haproxy_max_conns constant)", haproxy
     # 2,125,000 connections at 30,000 per node and 60 %: 81 nodes by rate, 119 by
     # concurrent connections.
     assert haproxy.split()[1] == "119"

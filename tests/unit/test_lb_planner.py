@@ -7,7 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from lb.planner import HISTORICAL, MEASURED_DEFAULTS, PlanInputs, _ceil, load_measured, plan
+from lb.planner import (
+    HAPROXY_FD_BUDGET,
+    HAPROXY_FD_RESERVE,
+    HISTORICAL,
+    MEASURED_DEFAULTS,
+    PlanInputs,
+    Profile,
+    _ceil,
+    conn_limit,
+    haproxy_nofile,
+    load_measured,
+    plan,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -57,7 +69,7 @@ def test_viewers_bind_on_concurrent_connections_and_set_maxconn() -> None:
     p = plan(PlanInputs(peak_votes_per_s=1000, viewers=1_000_000, viewer_ramp_s=600), FLAT)
     # 1M + 500 new/s x 5 s = 1,002,500 conns / (100K x 0.6) -> 17 nodes
     assert p.haproxy_nodes == 17
-    assert p.binding["haproxy"] == "concurrent connections"
+    assert p.binding["haproxy"] == "concurrent connections (haproxy_max_conns constant)"
     assert p.push_processes == 167
     assert p.maxconn_per_node <= FLAT.haproxy_max_conns
     assert p.maxconn_per_node * p.haproxy_nodes * 0.6 >= 1_002_500
@@ -110,7 +122,12 @@ def test_inputs_are_validated(bad: dict[str, float]) -> None:
 def test_measured_profile_comes_from_bench_output(tmp_path: Path) -> None:
     path = tmp_path / "measured.json"
     no_redis = tmp_path / "redis.json"
-    assert load_measured(path, redis_path=no_redis) == MEASURED_DEFAULTS
+    no_push = tmp_path / "push.json"
+    no_tally = tmp_path / "tally.json"
+    assert (
+        load_measured(path, redis_path=no_redis, push_path=no_push, tally_path=no_tally)
+        == MEASURED_DEFAULTS
+    )
     path.write_text(
         json.dumps(
             {
@@ -123,7 +140,7 @@ def test_measured_profile_comes_from_bench_output(tmp_path: Path) -> None:
             }
         )
     )
-    prof = load_measured(path, redis_path=no_redis)
+    prof = load_measured(path, redis_path=no_redis, push_path=no_push, tally_path=no_tally)
     assert prof.name == "measured"
     assert prof.haproxy_new_conns_per_s == 17_000.5
     assert prof.haproxy_tls_resumed_per_s == 3000
@@ -134,7 +151,10 @@ def test_measured_profile_comes_from_bench_output(tmp_path: Path) -> None:
 def test_redis_shard_figure_comes_from_bench_redis(tmp_path: Path) -> None:
     missing = tmp_path / "none.json"
     redis = tmp_path / "redis.json"
-    assert load_measured(missing, redis_path=redis) == MEASURED_DEFAULTS
+    assert (
+        load_measured(missing, redis_path=redis, push_path=missing, tally_path=missing)
+        == MEASURED_DEFAULTS
+    )
     redis.write_text(json.dumps({"bench": "redis", "votes_per_cpu_s": 12_688}))
     assert load_measured(missing, redis_path=redis).redis_votes_per_s == 12_688
     # Without the combined figure: a vote costs one accept and one apply on its shard.
@@ -272,3 +292,124 @@ def test_tls_kept_alive_votes_cost_the_measured_h2_figure() -> None:
     # Plain HTTP never speaks h2 here: the figure does not apply.
     plain = plan(replace(inputs, tls=False), replace(FLAT, haproxy_h2_req_per_s=20_000))
     assert plain.haproxy_nodes == 2
+
+
+# Sizing maxconn from memory, descriptors and the update fan-out.
+
+WS = replace(
+    FLAT, haproxy_bytes_per_conn=6 * 1024, haproxy_kernel_bytes_per_conn=2 * 1024
+)  # 8 KiB per websocket on the node
+
+
+def test_conn_limit_is_memory_over_bytes_per_websocket() -> None:
+    lim = conn_limit(WS, memory_gib=16, reserve_gib=1)
+    # 15 GiB / 8 KiB = 1,966,080; descriptors: (4,194,304 - 10,000) / 2 = 2,092,152
+    assert (lim.maxconn, lim.binding, lim.measured) == (1_966_080, "memory", True)
+    assert any("(16 GiB - 1 GiB reserve) / (6,144 HAProxy + 2,048 kernel" in s for s in lim.steps)
+
+
+def test_conn_limit_is_descriptors_when_memory_is_plenty() -> None:
+    lim = conn_limit(WS, memory_gib=128, reserve_gib=1)
+    assert lim.maxconn == (HAPROXY_FD_BUDGET - HAPROXY_FD_RESERVE) // 2
+    assert lim.binding == "file descriptors"
+
+
+def test_conn_limit_falls_back_to_the_constant_and_says_so() -> None:
+    lim = conn_limit(FLAT, memory_gib=16)
+    assert (lim.maxconn, lim.measured) == (FLAT.haproxy_max_conns, False)
+    assert "fallback" in lim.steps[0] and "bench lb --only websockets" in lim.steps[0]
+    unknown = conn_limit(WS, memory_gib=None)
+    assert unknown.maxconn == FLAT.haproxy_max_conns and "memory unknown" in unknown.steps[0]
+
+
+def test_plan_sizes_nodes_from_the_core_share_of_instance_memory() -> None:
+    inputs = PlanInputs(
+        peak_votes_per_s=1000, viewers=3_000_000, viewer_ramp_s=600,
+        haproxy_instance_type="c7g.2xlarge",
+    )  # fmt: skip
+    p = plan(inputs, WS)
+    # One core of c7g.2xlarge: 16 / 8 = 2 GiB, less 1/8 GiB reserve; / 8 KiB = 245,760.
+    # 3,002,500 conns / (245,760 x 0.6) = 20.4 -> 21 nodes, not the constant's 51.
+    assert p.load["haproxy_conns_per_node_limit"] == 245_760
+    assert p.haproxy_nodes == 21
+    assert p.binding["haproxy"] == "concurrent connections (memory)"
+    assert p.maxconn_per_node == _ceil(3_002_500 / 21 / 0.6)
+    assert any("= min(2,092,152, 245,760) = 245,760 (memory)" in s for s in p.steps)
+    assert plan(inputs, FLAT).haproxy_nodes == 51
+    # A memory-optimised type holds more per core.
+    m7g = plan(replace(inputs, haproxy_instance_type="m7g.2xlarge"), WS)
+    assert m7g.haproxy_nodes < p.haproxy_nodes
+    # An unknown type without its memory: the constant, said so.
+    odd = plan(replace(inputs, haproxy_instance_type="x9.huge"), WS)
+    assert odd.haproxy_nodes == 51 and any("fallback" in s for s in odd.steps)
+
+
+def test_update_fanout_costs_haproxy_cores() -> None:
+    fan = replace(WS, haproxy_cpu_per_conn_update=2e-6)
+    inputs = PlanInputs(
+        peak_votes_per_s=1000, viewers=3_000_000, viewer_ramp_s=600, viewer_updates_per_s=10
+    )
+    p = plan(inputs, fan)
+    # 3M viewers x 10/s x 2 us = 60 cores; + 5,500 new/s / 10K + 500 / 50K = 60.56 cores
+    assert p.load["haproxy_cores"] == pytest.approx(60.56)
+    assert p.haproxy_nodes == _ceil(60.56 / 0.6)
+    assert p.binding["haproxy"] == "connection rate (update fanout)"
+    assert any("3,000,000 viewers x 10 updates/s x 2.00 us = 60.00 cores" in s for s in p.steps)
+    quiet = plan(replace(inputs, viewer_updates_per_s=0), fan)
+    assert quiet.load["haproxy_cores"] == pytest.approx(0.56)
+    assert any("update fan-out not costed" in s for s in plan(inputs, WS).steps)
+
+
+def test_nofile_is_two_descriptors_per_connection_and_the_reserve() -> None:
+    assert haproxy_nofile(100_000) == 200_000 + HAPROXY_FD_RESERVE
+    # The largest maxconn the planner gives still fits in the budget.
+    assert haproxy_nofile((HAPROXY_FD_BUDGET - HAPROXY_FD_RESERVE) // 2) <= HAPROXY_FD_BUDGET
+
+
+def test_websocket_figures_come_from_bench_lb(tmp_path: Path) -> None:
+    path = tmp_path / "measured.json"
+    path.write_text(
+        json.dumps(
+            {
+                "profile": {
+                    "haproxy_bytes_per_conn": 6100.5,
+                    "haproxy_kernel_bytes_per_conn": 7000,
+                    "haproxy_cpu_per_conn_update": 3e-6,
+                }
+            }
+        )
+    )
+    prof = load_measured(path, redis_path=tmp_path / "r.json", push_path=tmp_path / "p.json")
+    assert prof.haproxy_bytes_per_conn == 6100.5
+    assert prof.haproxy_kernel_bytes_per_conn == 7000
+    assert prof.haproxy_cpu_per_conn_update == 3e-6
+
+
+def test_push_viewers_come_from_bench_push(tmp_path: Path) -> None:
+    missing = tmp_path / "none.json"
+    push = tmp_path / "push.json"
+    assert load_measured(missing, redis_path=missing, push_path=push).push_viewers == 10_000
+    push.write_text(json.dumps({"bench": "push", "viewers_per_process": 14_000}))
+    assert load_measured(missing, redis_path=missing, push_path=push).push_viewers == 14_000
+    push.write_text(json.dumps({"profile": {"viewers_per_process": 9_000.0}}))
+    assert load_measured(missing, redis_path=missing, push_path=push).push_viewers == 9_000
+    # A push profile without the figure (an older bench push) changes nothing.
+    push.write_text(json.dumps({"bench": "push", "p99_ms": 180}))
+    assert load_measured(missing, redis_path=missing, push_path=push).push_viewers == 10_000
+
+
+def test_tally_and_postgres_figures_come_from_bench_tally(tmp_path: Path) -> None:
+    missing = tmp_path / "none.json"
+    tally = tmp_path / "tally.json"
+
+    def prof() -> Profile:
+        return load_measured(missing, redis_path=missing, push_path=missing, tally_path=tally)
+
+    assert (prof().tally_votes_per_s, prof().postgres_rows_per_vcpu_s) == (20_000.0, 10_000.0)
+    tally.write_text(
+        json.dumps({"tally_votes_per_cpu_s": 61_234.5, "postgres_rows_per_cpu_s": 14_321})
+    )
+    assert (prof().tally_votes_per_s, prof().postgres_rows_per_vcpu_s) == (61_234.5, 14_321.0)
+    # The plan follows: fewer consumers for a faster consumer.
+    inputs = PlanInputs(peak_votes_per_s=120_000)
+    assert plan(inputs, prof()).tally_consumers < plan(inputs, MEASURED_DEFAULTS).tally_consumers

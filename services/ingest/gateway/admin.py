@@ -10,6 +10,7 @@ import csv
 import io
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -208,63 +209,73 @@ async def list_polls(request: web.Request) -> web.Response:
     return json_response({"polls": [_poll(r) for r in rows]})
 
 
-async def open_poll(request: web.Request) -> web.Response:
+async def _transition(
+    request: web.Request,
+    action: str,
+    *,
+    source: str,
+    refused: str,
+    refusal: ApiError,
+    sets: str,
+    args: tuple[Any, ...] = (),
+    converge: Callable[[str], Awaitable[object]],
+) -> web.Response:
+    """One guarded step of a poll's life, the shape of both open and close: a poll in
+    state ``refused`` gets ``refusal``; one in ``source`` is changed by one UPDATE
+    (``sets``; its own parameters from ``$3``, after the id and ``source``) that holds
+    only while the state is still ``source``, so of two racing calls one changes it.
+    Every call is audited as ``action``; then the poll's definition and ``converge``
+    bring Redis in line."""
     app = request.app
     poll_id = request.match_info["poll"]
     pool = app[PG]
     poll = await fetch_poll(pool, poll_id)
-    if poll.state == "closed":
-        raise ApiError(409, "poll_closed", "a closed poll cannot be reopened", field="poll")
+    if poll.state == refused:
+        raise refusal
     async with pool.acquire() as conn, conn.transaction():
         # Recorded also when repeated: the operator pressed it, and the log says it changed nothing.
         changed = (
-            poll.state == "draft"
-            and (
-                await conn.execute(
-                    "UPDATE polls SET state = 'open', opened_at = now(), partitions = $2"
-                    " WHERE id = $1 AND state = 'draft'",
-                    poll_id,
-                    app[SETTINGS].partitions,
-                )
+            poll.state == source
+            and await conn.execute(
+                f"UPDATE polls SET {sets} WHERE id = $1 AND state = $2", poll_id, source, *args
             )
             == "UPDATE 1"
         )
         await audit.record(
-            conn, request, "open_poll", poll_id, {"title": poll.title, "changed": changed}
+            conn, request, action, poll_id, {"title": poll.title, "changed": changed}
         )
     poll = await fetch_poll(pool, poll_id)
     # Also on a repeated call: converges a previous call that failed half-way.
     await publish_poll(app[REDIS], app[KEYS], poll.to_def())
-    await open_poll_redis(app[REDIS], app[KEYS], poll_id)
+    await converge(poll_id)
     return json_response(poll)
+
+
+async def open_poll(request: web.Request) -> web.Response:
+    app = request.app
+    return await _transition(
+        request,
+        "open_poll",
+        source="draft",
+        refused="closed",
+        refusal=ApiError(409, "poll_closed", "a closed poll cannot be reopened", field="poll"),
+        sets="state = 'open', opened_at = now(), partitions = $3",
+        args=(app[SETTINGS].partitions,),
+        converge=lambda poll_id: open_poll_redis(app[REDIS], app[KEYS], poll_id),
+    )
 
 
 async def close_poll(request: web.Request) -> web.Response:
     app = request.app
-    poll_id = request.match_info["poll"]
-    pool = app[PG]
-    poll = await fetch_poll(pool, poll_id)
-    if poll.state == "draft":
-        raise ApiError(409, "poll_not_open", "a draft poll cannot be closed", field="poll")
-    async with pool.acquire() as conn, conn.transaction():
-        changed = (
-            poll.state == "open"
-            and (
-                await conn.execute(
-                    "UPDATE polls SET state = 'closed', closed_at = now()"
-                    " WHERE id = $1 AND state = 'open'",
-                    poll_id,
-                )
-            )
-            == "UPDATE 1"
-        )
-        await audit.record(
-            conn, request, "close_poll", poll_id, {"title": poll.title, "changed": changed}
-        )
-    poll = await fetch_poll(pool, poll_id)
-    await publish_poll(app[REDIS], app[KEYS], poll.to_def())
-    await close_poll_redis(app[REDIS], app[KEYS], app[SCRIPTS], poll_id)
-    return json_response(poll)
+    return await _transition(
+        request,
+        "close_poll",
+        source="open",
+        refused="draft",
+        refusal=ApiError(409, "poll_not_open", "a draft poll cannot be closed", field="poll"),
+        sets="state = 'closed', closed_at = now()",
+        converge=lambda poll_id: close_poll_redis(app[REDIS], app[KEYS], app[SCRIPTS], poll_id),
+    )
 
 
 async def _result(request: web.Request) -> ResultOut:
