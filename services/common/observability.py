@@ -19,6 +19,8 @@ from prometheus_client.utils import floatToGoString
 from pythonjsonlogger.json import JsonFormatter
 
 Check = Callable[[], Awaitable[None]]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 """A readiness check: returns when the dependency is usable, raises otherwise."""
 
 
@@ -186,16 +188,17 @@ def setup_observability(
     checks: Mapping[str, Check] | None = None,
     optional: frozenset[str] = frozenset(),
     with_middleware: bool = True,
+    wrap: Callable[[str, Handler], Handler] | None = None,
 ) -> Observability:
-    """``with_middleware=False``: the app records requests itself (``Observability.record``)
-    in a middleware of its own, saving a layer on a hot path."""
+    """``with_middleware=False``: the app records requests itself (``Observability.record``),
+    saving a layer on a hot path; ``wrap`` then wraps these routes' handlers as the app
+    wraps its own (``wrap(path, handler)``)."""
     obs = Observability(service=service, checks=dict(checks or {}), optional=optional)
     app[OBS] = obs
     if with_middleware:
         app.middlewares.append(metrics_middleware)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    for path, handler in (("/healthz", healthz), ("/readyz", readyz), ("/metrics", metrics)):
+        app.router.add_get(path, wrap(path, handler) if wrap else handler)
 
     async def _draining(_: web.Application) -> None:
         obs.ready = False

@@ -23,7 +23,7 @@ from services.common.settings import IngestSettings
 from services.common.tokens import Operators, TokenService
 from services.ingest.appender import Appender
 from services.ingest.gateway.auth import JwksFetcher
-from services.ingest.gateway.edge import edge_middleware
+from services.ingest.gateway.edge import edge
 from services.ingest.gateway.limits import HANDLER_ARGS
 from services.ingest.keys import (
     APPENDER,
@@ -172,6 +172,7 @@ def create_app(settings: IngestSettings) -> web.Application:
         {"redis": redis_check, "postgres": pg_check},
         optional=frozenset({"postgres"}),
         with_middleware=False,
+        wrap=edge,
     )
     app[REGISTRATIONS] = Counter(
         "buzzer_device_registrations",
@@ -193,7 +194,6 @@ def create_app(settings: IngestSettings) -> web.Application:
         yield
         await fetcher.close()
 
-    app.middlewares.append(edge_middleware)
     app.cleanup_ctx.append(oidc_ctx)
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(pg_ctx)

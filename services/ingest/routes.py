@@ -4,6 +4,7 @@ from aiohttp import web
 
 from services.ingest.gateway import admin, audit, polls, votes
 from services.ingest.gateway.auth import post_device
+from services.ingest.gateway.edge import Handler, add_no_route, add_route
 from services.ingest.gateway.openapi import build
 from services.ingest.gateway.schemas import json_response
 from services.ingest.handlers import post_vote
@@ -15,19 +16,23 @@ def setup_routes(app: web.Application) -> None:
     async def openapi(_: web.Request) -> web.Response:
         return json_response(doc)
 
-    r = app.router
-    r.add_post("/v1/devices", post_device)
-    r.add_post("/v1/polls/{poll}/votes", post_vote)
-    r.add_get("/v1/polls/{poll}/votes/{vote_id}", votes.get_vote, allow_head=False)
-    r.add_get("/v1/polls/{poll}", polls.get_poll, allow_head=False)
-    r.add_get("/v1/polls/{poll}/tally", polls.get_tally, allow_head=False)
-    r.add_get("/v1/openapi.json", openapi, allow_head=False)
-    r.add_get("/v1/admin/shows", admin.list_shows, allow_head=False)
-    r.add_post("/v1/admin/shows", admin.create_show)
-    r.add_get("/v1/admin/polls", admin.list_polls, allow_head=False)
-    r.add_post("/v1/admin/polls", admin.create_poll)
-    r.add_post("/v1/admin/polls/{poll}/open", admin.open_poll)
-    r.add_post("/v1/admin/polls/{poll}/close", admin.close_poll)
-    r.add_get("/v1/admin/polls/{poll}/result.json", admin.result_json, allow_head=False)
-    r.add_get("/v1/admin/polls/{poll}/result.csv", admin.result_csv, allow_head=False)
-    r.add_get("/v1/admin/audit", audit.list_audit, allow_head=False)
+    routes: list[tuple[str, str, Handler]] = [
+        ("POST", "/v1/devices", post_device),
+        ("POST", "/v1/polls/{poll}/votes", post_vote),
+        ("GET", "/v1/polls/{poll}/votes/{vote_id}", votes.get_vote),
+        ("GET", "/v1/polls/{poll}", polls.get_poll),
+        ("GET", "/v1/polls/{poll}/tally", polls.get_tally),
+        ("GET", "/v1/openapi.json", openapi),
+        ("GET", "/v1/admin/shows", admin.list_shows),
+        ("POST", "/v1/admin/shows", admin.create_show),
+        ("GET", "/v1/admin/polls", admin.list_polls),
+        ("POST", "/v1/admin/polls", admin.create_poll),
+        ("POST", "/v1/admin/polls/{poll}/open", admin.open_poll),
+        ("POST", "/v1/admin/polls/{poll}/close", admin.close_poll),
+        ("GET", "/v1/admin/polls/{poll}/result.json", admin.result_json),
+        ("GET", "/v1/admin/polls/{poll}/result.csv", admin.result_csv),
+        ("GET", "/v1/admin/audit", audit.list_audit),
+    ]
+    for method, path, handler in routes:
+        add_route(app, method, path, handler)
+    add_no_route(app)  # last: whatever matched nothing above

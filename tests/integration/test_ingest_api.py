@@ -267,6 +267,22 @@ async def test_unknown_poll_and_option_are_404(
     await expect_error(r, 404, "poll_not_found", "poll")
     r = await client.get("/v1/nothing-here")
     await expect_error(r, 404, "not_found", None)
+    # Unmatched requests are still counted, under one label (not one per path).
+    metrics = await (await client.get("/metrics")).text()
+    assert 'method="GET",route="unmatched",service="ingest",status="404"' in metrics
+
+
+async def test_a_known_path_with_another_method_is_a_json_405_with_allow(
+    aiohttp_client: Any, ingest_settings: Any, pg: Any, redis: Any
+) -> None:
+    client = await make_client(aiohttp_client, ingest_settings)
+    r = await client.delete("/v1/polls/p1/votes")
+    await expect_error(r, 405, "method_not_allowed", None)
+    assert r.headers["Allow"] == "POST"
+    r = await client.put("/v1/admin/polls")
+    await expect_error(r, 405, "method_not_allowed", None)
+    assert set(r.headers["Allow"].split(",")) == {"GET", "POST"}
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
 
 
 async def test_poll_not_open_is_409_before_and_after(
@@ -486,7 +502,8 @@ async def test_openapi_matches_the_routes(
     served = {
         (route.method, route.resource.canonical)
         for route in app.router.routes()
-        if route.resource is not None and route.method != "HEAD"
+        # The catch-all (any method, any path) only answers the JSON 404/405.
+        if route.resource is not None and route.method not in ("HEAD", "*")
     }
     assert documented == served
     schemas = doc["components"]["schemas"]
