@@ -17,6 +17,7 @@ from services.common.settings import PushSettings
 from services.common.tokens import bearer_token
 from services.push import protocol
 from services.push.admission import client_ip, device_of, precheck
+from services.push.cycles import drop_heartbeat_link, drop_tracebacks
 from services.push.hub import Client, Hub
 from services.push.keys import HUB, KEYS, OPERATORS, OPS, REDIS, SETTINGS, VERIFY_TOKEN
 from services.push.ops import read_viewers
@@ -37,13 +38,25 @@ async def live(request: web.Request) -> web.WebSocketResponse:
 
 async def _serve(request: web.Request, poll: str | None) -> web.WebSocketResponse:
     settings = request.app[SETTINGS]
-    hub = request.app[HUB]
     ws = web.WebSocketResponse(
         heartbeat=settings.heartbeat_s,
         max_msg_size=settings.max_message_bytes,
         compress=False,
         timeout=settings.close_timeout_s,
     )
+    try:
+        return await _handle(request, ws, poll)
+    finally:
+        # A kicked socket's close may still be under way (hub.py drops its tracebacks).
+        drop_heartbeat_link(request)
+        drop_tracebacks(ws)
+
+
+async def _handle(
+    request: web.Request, ws: web.WebSocketResponse, poll: str | None
+) -> web.WebSocketResponse:
+    settings = request.app[SETTINGS]
+    hub = request.app[HUB]
     ip = client_ip(request, settings.trusted_proxies)
     verify = request.app.get(VERIFY_TOKEN)
     reject = precheck(request, settings, verify)

@@ -29,6 +29,7 @@ from services.common.live import load_polldef, read_live
 from services.common.messages import Keys, PollDef, TallyUpdate, decode_update
 from services.push import protocol
 from services.push.admission import Admission
+from services.push.cycles import drop_tracebacks
 from services.push.protocol import Close
 
 log = logging.getLogger("buzzer.push")
@@ -235,6 +236,8 @@ class Hub:
             if not transport.is_closing():
                 transport.close()
             self._loop.call_later(self.close_timeout, transport.abort)
+            # A close that timed out or failed keeps its error, traceback and all.
+            drop_tracebacks(client.ws)
 
     async def shutdown(self, grace_s: float) -> int:
         """Close every client with 1001 and wait (bounded) for the close handshakes."""

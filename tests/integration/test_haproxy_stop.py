@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from buzzer.haproxy import LocalFront, start_local_haproxy
-from tests.support import free_port_block
+from buzzer.ports import free_ports
 
 pytestmark = [
     pytest.mark.integration,
@@ -32,7 +32,7 @@ class _Ok(BaseHTTPRequestHandler):
 
 
 def test_a_normal_stop_logs_no_alert(tmp_path: Path) -> None:
-    base = free_port_block(6)
+    base = free_ports(6)
     backend = ThreadingHTTPServer(("127.0.0.1", base + 3), _Ok)
     threading.Thread(target=backend.serve_forever, daemon=True).start()
     front = LocalFront(

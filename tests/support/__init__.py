@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
-
-from buzzer.ports import bindable
 
 
 async def eventually(
@@ -35,18 +32,3 @@ async def delete_prefix(client: aioredis.Redis, prefix: str) -> None:
             batch = []
     if batch:
         await client.delete(*batch)
-
-
-def free_port_block(n: int) -> int:
-    """The first of ``n`` consecutive free ports, below the kernel's ephemeral range.
-
-    Above 32768 every outgoing connection takes a port and leaves it in TIME_WAIT for a
-    minute; a benchmark on the same machine can leave few runs of free ports there. Below
-    it no client's port lands, as for the cluster nodes (buzzer/rediscluster.py).
-    """
-    rng = random.Random()
-    for _ in range(500):
-        base = rng.randrange(12_000, 32_768 - n)
-        if all(bindable(p) for p in range(base, base + n)):
-            return base
-    raise RuntimeError(f"no {n} consecutive free ports on 127.0.0.1 below 32768")

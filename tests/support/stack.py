@@ -14,9 +14,10 @@ from typing import Any
 
 import aiohttp
 
+from buzzer.ports import free_ports
 from buzzer.stack import Stack
 from tests.conftest import PG_ADMIN_DSN, REDIS_URL
-from tests.support import delete_prefix, free_port_block
+from tests.support import delete_prefix
 
 
 @dataclass
@@ -63,7 +64,7 @@ def local_stack(
         "BUZZER_STATE_DIR": str(tmp_path / "state"),
         **(extra_env or {}),
     }
-    base = free_port_block(ingest + 6)
+    base = free_ports(ingest + 6)
     stack = Stack(
         env=env,
         http_port=base,
