@@ -241,7 +241,8 @@ def test_cli_plan_says_instances_and_the_binding_resource(
         # Without a measured size per websocket the constant binds, and says so.
         assert rows["haproxy"][column:].startswith("concurrent connections: 3,300,000")
         assert "haproxy_max_conns constant" in rows["haproxy"]
-    assert rows["push"][column:] == "viewers: 3,000,000 / (10,000 per process x 0.6)"
+    per_process = planner.PROFILES["measured"].push_viewers  # bench push's, when measured
+    assert rows["push"][column:] == f"viewers: 3,000,000 / ({per_process:,} per process x 0.6)"
 
 
 def test_cli_help_shows_defaults() -> None:
@@ -268,7 +269,10 @@ def test_chart_draws_capacity_and_load_in_one_unit_per_tier() -> None:
     # One y-axis per tier: no twin axes with a second, unrelated unit.
     assert len(fig.axes) == 5
     units = {ax.get_title(loc="left").split(" ")[0]: ax.get_ylabel() for ax in fig.axes}
-    assert units == {"haproxy": "concurrent connections", "ingest": "votes/s",
+    # HAProxy's unit is what binds it in the plan: connections (memory) or busy cores.
+    haproxy_unit = measure(sheet, "haproxy", tl.peak.binding["haproxy"]).unit
+    assert haproxy_unit in ("concurrent connections", "cores")
+    assert units == {"haproxy": haproxy_unit, "ingest": "votes/s",
                      "tally": "votes/s", "push": "viewers", "redis": "votes/s"}  # fmt: skip
     for ax in fig.axes[:4]:
         tier = ax.get_title(loc="left").split(" ")[0]
@@ -430,10 +434,15 @@ def test_haproxy_instances_are_sized_from_measured_bytes_per_connection(
     raw: dict[str, Any],
 ) -> None:
     raw["traffic"]["tls"] = False
+    # As if bench lb had measured no websocket figures (whatever the committed profile).
+    unmeasured = {"haproxy_bytes_per_conn": 0, "haproxy_kernel_bytes_per_conn": 0,
+                  "haproxy_cpu_per_conn_update": 0}  # fmt: skip
+    raw["capacity"]["figures"] = dict(unmeasured)
     constant = tier_counts(parse(raw), 1000, 3_000_000)
     # The constant: 3,002,500 / (100,000 x 0.6) = 51 instances.
     assert constant.haproxy == 51 and "haproxy_max_conns constant" in constant.binding["haproxy"]
     raw["capacity"]["figures"] = {
+        **unmeasured,
         "haproxy_bytes_per_conn": 6144,
         "haproxy_kernel_bytes_per_conn": 2048,
     }
