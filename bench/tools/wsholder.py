@@ -6,7 +6,7 @@
 
 Each socket binds one of ``--source`` in turn, so that the clients' ephemeral ports
 (about 28K per source address towards one listener) do not cap the count. The frame
-parser is :class:`bench.tools.wsclient.WSClient`. Prints one JSON line when the sockets
+parser and the handshake are :mod:`bench.tools.wsclient`'s. Prints one JSON line when the sockets
 are open (``opened``, ``errors``), then one (``received``, ``open``) for every line read
 from stdin, until stdin closes or SIGTERM.
 """
@@ -15,55 +15,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import itertools
 import json
-import os
 import signal
-import socket
 import sys
-from collections.abc import Callable, Sequence
-from urllib.parse import urlsplit
+from collections.abc import Sequence
 
 from bench.tools.wsbroadcast import raise_nofile
-from bench.tools.wsclient import WSClient
-
-
-async def _open(
-    host: str, port: int, path: str, source: str, on_text: Callable[[bytes], None], timeout: float
-) -> WSClient:
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((source, 0))
-        sock.setblocking(False)
-        await asyncio.wait_for(loop.sock_connect(sock, (host, port)), timeout)
-    except BaseException:
-        sock.close()
-        raise
-    proto = WSClient(on_text)
-    await loop.create_connection(lambda: proto, sock=sock)
-    key = base64.b64encode(os.urandom(16)).decode()
-    assert proto.transport is not None
-    proto.transport.write(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    try:
-        await asyncio.wait_for(asyncio.shield(proto.handshake), timeout)
-    except BaseException:
-        proto.abort()
-        raise
-    return proto
+from bench.tools.wsclient import WSClient, connect
 
 
 async def hold(url: str, count: int, sources: Sequence[str], parallel: int) -> None:
-    u = urlsplit(url)
-    host, port = u.hostname or "127.0.0.1", u.port or 80
-    path = u.path or "/"
     received = 0
 
     def on_text(_: bytes) -> None:
@@ -78,7 +40,7 @@ async def hold(url: str, count: int, sources: Sequence[str], parallel: int) -> N
     async def one(source: str) -> None:
         async with gate:
             try:
-                clients.append(await _open(host, port, path, source, on_text, 10.0))
+                clients.append(await connect(url, on_text=on_text, source=source))
             except Exception as exc:  # counted and reported: the bench decides what it means
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
 
