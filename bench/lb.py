@@ -106,6 +106,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--ws-seconds", type=float, default=10.0, help="CPU measured over this long (default 10)"
     )
     g.add_argument("--ws-clients", type=int, default=2, help="client processes holding them")
+    g.add_argument(
+        "--ws-l4",
+        action="store_true",
+        help="through a TCP-mode (L4) HAProxy instead of the generated config: what viewers"
+        " would cost on a path that does not parse HTTP (reported, not written to the profile)",
+    )
 
 
 @dataclass
@@ -358,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'figure':<16} {'minimal':>10} {'generated':>10} {'ratio':>6}"
           f" {'min/core':>10} {'gen/core':>10} {'ratio':>6}")  # fmt: skip
     for name, r in summary["figures"].items():
-        if name == "websockets":
+        if name in ("websockets", "websockets_l4"):
             continue
         print(
             f"{name:<16} {r['minimal']:>10,.0f} {r['generated']:>10,.0f} {r['ratio']:>6.2f}"
@@ -420,13 +426,13 @@ def _votes_through_haproxy(args: argparse.Namespace, hcpu: int) -> float:
     return through.rps
 
 
-def _wait_up(hap: HaproxyProcess, timeout: float = 5.0) -> None:
+def _wait_up(hap: HaproxyProcess, timeout: float = 5.0, backend: str = "ingest") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(s.up for s in hap.runtime.servers_state("ingest") if not s.in_maint):
+        if all(s.up for s in hap.runtime.servers_state(backend) if not s.in_maint):
             return
         time.sleep(0.05)
-    raise RuntimeError("bench backend not up behind the generated config")
+    raise RuntimeError(f"bench backend {backend!r} not up behind HAProxy")
 
 
 def _figure(r: dict[str, list[Figure]]) -> dict[str, Any]:
@@ -486,7 +492,11 @@ def _summary(
     ws: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     figures = {name: _figure(r) for name, r in results.items()}
-    if ws is not None:
+    if ws is not None and ws.get("l4"):
+        # Another path, not the generated config: reported beside it, never planned from.
+        figures["websockets_l4"] = ws
+        ws = None
+    elif ws is not None:
         figures["websockets"] = ws
 
     def gen(name: str) -> float | None:
@@ -625,6 +635,37 @@ class _Clients:
                 p.wait()
 
 
+def _l4_config(port: int, backends: list[int], maxconn: int, sock: Path) -> str:
+    """HAProxy forwarding TCP to the push listeners, no HTTP: the websockets' bytes are
+    copied without being parsed (``splice-auto`` lets the kernel move them when it can)."""
+    servers = "\n".join(
+        f"    server push{i} 127.0.0.1:{p}" for i, p in enumerate(backends, start=1)
+    )
+    # maxpipes: splicing reserves two descriptors per pipe, a quarter of maxconn by
+    # default, more than the descriptor limit leaves; small frames are not spliced anyway.
+    return f"""global
+    maxconn {maxconn}
+    maxpipes 256
+    nbthread 1
+    stats socket {sock} mode 600 level admin
+
+defaults
+    mode tcp
+    option splice-auto
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+
+frontend viewers
+    bind 127.0.0.1:{port}
+    default_backend push
+
+backend push
+    balance leastconn
+{servers}
+"""
+
+
 def _websockets(args: argparse.Namespace, hcpu: int, ccpu: int) -> dict[str, Any]:
     """Hold as many websockets as this machine allows, up to ``--websockets``, through
     the generated config to a backend that pushes ``--ws-rate`` updates a second to all;
@@ -668,14 +709,17 @@ def _websockets(args: argparse.Namespace, hcpu: int, ccpu: int) -> dict[str, Any
             rate_limit=RateLimit(requests=100_000_000),
         )
         servers = [Server("127.0.0.1", p) for p in ports]
-        text = render(
-            RenderParams(maxconn=n + 100), {"ingest": servers[:1], "push": servers}, settings
-        )
+        if args.ws_l4:
+            text = _l4_config(port, ports, n + 100, d / "admin.sock")
+        else:
+            text = render(
+                RenderParams(maxconn=n + 100), {"ingest": servers[:1], "push": servers}, settings
+            )
         hap = HaproxyProcess(d, runtime_socket=d / "admin.sock", cpu=hcpu, log_path=d / "hap.log")
         clients: _Clients | None = None
         try:
             hap.start(text)
-            _wait_up(hap)
+            _wait_up(hap, backend="push")
             worker = hap.worker_pids()[0]
             time.sleep(0.5)
             rss0, kern0 = _rss_bytes(_haproxy_pids(hap)), _kernel_bytes()
@@ -737,7 +781,9 @@ def _websockets(args: argparse.Namespace, hcpu: int, ccpu: int) -> dict[str, Any
         "haproxy_bytes_per_conn_idle": round(max(0, rss_idle - rss0) / held, 1),
         "haproxy_kernel_bytes_per_conn": round(kernel_per, 1),
         "haproxy_cpu_per_conn_update": cpu_per,
-        "basis": "generated config, HAProxy on one core; bytes per held websocket"
+        "l4": bool(args.ws_l4),
+        "basis": ("TCP-mode (L4) config" if args.ws_l4 else "generated config")
+        + ", HAProxy on one core; bytes per held websocket"
         " (its client and server sides); CPU-seconds per update forwarded to one socket",
     }
     per10k = cpu_per * 10_000 * rate
