@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from bench.target import vote_target, wait_http
+from bench.tools.proc import cpu_seconds
 from bench.tools.rounds import order, summarise
 from bench.tools.wrk import WrkResult, pinned
 from buzzer.ports import free_port
@@ -46,12 +45,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="always",
         help="the bench Redis's AOF policy (default always: the deployment's)",
     )
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,11 +67,11 @@ def run(args: argparse.Namespace) -> int:
                 accepted += r.ok if name == "real" else 0
             pids = {"bare": bare.pid, "real": target.pid}
             for rnd, name in order(args.rounds, tuple(urls)):
-                cpu0 = process_cpu_s(pids[name])
+                cpu0 = cpu_seconds(pids[name])
                 r = target.wrk(args.seconds, args.connections, urls[name])
                 # The server's share of its core: near 100 % it is the limit; well below,
                 # the clients or Redis are, and the ratio says little about the code.
-                busy = 100 * (process_cpu_s(pids[name]) - cpu0) / args.seconds
+                busy = 100 * (cpu_seconds(pids[name]) - cpu0) / args.seconds
                 results[name].append(r)
                 cpu_pct[name].append(busy)
                 us_per_req[name].append(busy * 1e4 / r.rps if r.rps else 0.0)

@@ -50,6 +50,7 @@ from typing import Any
 
 from bench.target import vote_target
 from bench.tools import h2load
+from bench.tools.proc import cpu_seconds, rss_bytes
 from bench.tools.rounds import order, summarise
 from buzzer.certs import make_cert
 from buzzer.ports import free_port
@@ -128,17 +129,12 @@ class Figure:
         return self.rate / self.cpu if self.cpu > 0.05 else 0.0
 
 
-def _cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
-
-
 @contextmanager
 def _cpu_meter(pid: int, out: dict[str, float]) -> Iterator[None]:
-    t0, c0 = time.monotonic(), _cpu_ticks(pid)
+    t0, c0 = time.monotonic(), cpu_seconds(pid)
     yield
     elapsed = time.monotonic() - t0
-    out["cpu"] = (_cpu_ticks(pid) - c0) / os.sysconf("SC_CLK_TCK") / elapsed
+    out["cpu"] = (cpu_seconds(pid) - c0) / elapsed
 
 
 def _taskset(cpu: int, cmd: list[str]) -> list[str]:
@@ -552,12 +548,7 @@ _PER_ADDRESS = 20_000
 
 
 def _rss_bytes(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1]) * 1024
-    return total
+    return sum(rss_bytes(pid) for pid in pids)
 
 
 def _kernel_bytes() -> int:

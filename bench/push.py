@@ -62,6 +62,7 @@ from typing import IO, Any
 
 import msgspec
 
+from bench.tools.proc import cpu_seconds, rss_bytes
 from bench.tools.rounds import summarise
 from buzzer.ports import free_port
 
@@ -413,20 +414,6 @@ def _raise_nofile(need: int = 0) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-def _cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _hist_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
     """Upper bound of the bucket holding quantile q (Prometheus cumulative buckets)."""
     if not buckets or buckets[-1][1] == 0:
@@ -644,7 +631,7 @@ async def _bench(args: argparse.Namespace, viewers: int, seconds: float) -> dict
             )
         await _wait_ready(port, pushes)
         await asyncio.sleep(0.5)
-        rss_before = sum(_rss_kb(p.pid) for p in pushes)
+        rss_before = sum(rss_bytes(p.pid) // 1024 for p in pushes)
         fds_before = [_fds(p.pid) for p in pushes]
         url = f"ws://127.0.0.1:{port}/v1/polls/{poll}/live"
         share = [
@@ -676,7 +663,7 @@ async def _bench(args: argparse.Namespace, viewers: int, seconds: float) -> dict
                 errors[f"connect:{k}"] = errors.get(f"connect:{k}", 0) + v
         result["snapshots"] = sum(r["snapshots"] for r in ready)
         await asyncio.sleep(1.0)
-        rss_after = sum(_rss_kb(p.pid) for p in pushes)
+        rss_after = sum(rss_bytes(p.pid) // 1024 for p in pushes)
         result["connections"] = connected
         result["connections_per_push_proc"] = [
             _fds(p.pid) - b for p, b in zip(pushes, fds_before, strict=True)
@@ -685,8 +672,8 @@ async def _bench(args: argparse.Namespace, viewers: int, seconds: float) -> dict
         result["rss_after_mb"] = round(rss_after / 1024, 1)
         result["kb_per_connection"] = round((rss_after - rss_before) / max(1, connected), 1)
 
-        cpu_push0 = [_cpu_s(p.pid) for p in pushes]
-        cpu_clients0 = [_cpu_s(p.pid or 0) for p, _ in procs]
+        cpu_push0 = [cpu_seconds(p.pid) for p in pushes]
+        cpu_clients0 = [cpu_seconds(p.pid or 0) for p, _ in procs]
         wall0 = time.monotonic()
         # Votes flowing: each round's votes appended, applied and published by the real
         # tally code at `rate` rounds per second; an update's ts is its publication time.
@@ -704,7 +691,7 @@ async def _bench(args: argparse.Namespace, viewers: int, seconds: float) -> dict
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         wall = time.monotonic() - wall0
         per_push = [
-            round(100 * (_cpu_s(p.pid) - c0) / wall, 1)
+            round(100 * (cpu_seconds(p.pid) - c0) / wall, 1)
             for p, c0 in zip(pushes, cpu_push0, strict=True)
         ]
         result["push_cpu_pct"] = round(sum(per_push), 1)
@@ -713,7 +700,7 @@ async def _bench(args: argparse.Namespace, viewers: int, seconds: float) -> dict
         client_pct = []
         for (p, _), c0 in zip(procs, cpu_clients0, strict=True):
             with contextlib.suppress(OSError):
-                client_pct.append(round(100 * (_cpu_s(p.pid or 0) - c0) / wall, 1))
+                client_pct.append(round(100 * (cpu_seconds(p.pid or 0) - c0) / wall, 1))
         result["client_cpu_pct"] = client_pct
         result["clients_cpu_pct"] = round(sum(client_pct), 1)
         # Load generators pinned together share their cores: what is left of those.
@@ -730,7 +717,7 @@ async def _bench(args: argparse.Namespace, viewers: int, seconds: float) -> dict
             except Exception as exc:
                 _count(errors, exc, "metrics")
         result["updates_published"] = updates
-        result["rss_end_mb"] = round(sum(_rss_kb(p.pid) for p in pushes) / 1024, 1)
+        result["rss_end_mb"] = round(sum(rss_bytes(p.pid) // 1024 for p in pushes) / 1024, 1)
         for _, c in alive:
             c.send("stop")
         stats: list[dict[str, Any]] = []

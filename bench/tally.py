@@ -46,6 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.tools.proc import cpu_seconds
 from bench.tools.redisproc import redis_server
 from bench.tools.rounds import summarise
 from bench.tools.wrk import pinned
@@ -413,8 +414,6 @@ async def _check(dsn: str, poll: str) -> tuple[int, int]:
 
 # -- the child: one role of the tally, measured ---------------------------------------------
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
 
 def proc_cpu(pid: int | str = "self") -> float:
     """CPU-seconds of a process so far, from /proc: the nanosecond run time of its threads
@@ -429,8 +428,7 @@ def proc_cpu(pid: int | str = "self") -> float:
             except FileNotFoundError:
                 continue  # a thread that ended meanwhile
         return total / 1e9
-    fields = (base / "stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    return cpu_seconds(pid)
 
 
 async def _redis_cpu(redis: Any) -> float:
