@@ -135,7 +135,7 @@ def tier_counts(sheet: RunSheet, votes_per_s: float, viewers: int) -> TierCounts
     # (one HAProxy process per instance), or by haproxy_max_conns where not measured.
     h = t.headroom
     cores = processes_per_instance(sheet, sheet.tiers.haproxy.instance_type) or 1
-    limit = haproxy_conn_limit(sheet)
+    limit = haproxy_conn_limit(sheet, figures)
     concurrent = cp.load["haproxy_concurrent_conns"]
     by_rate = math.ceil(round(cp.load["haproxy_cores"] / h / cores, 6))
     by_conns = math.ceil(round(concurrent / (limit.maxconn * h), 6))
@@ -197,10 +197,9 @@ def tier_counts(sheet: RunSheet, votes_per_s: float, viewers: int) -> TierCounts
     )
 
 
-def haproxy_conn_limit(sheet: RunSheet) -> planner.ConnLimit:
-    """Concurrent connections one HAProxy instance of the run sheet's type holds."""
-    overrides: dict[str, Any] = _figures(sheet)
-    figures = replace(planner.PROFILES[sheet.capacity.profile], **overrides)
+def haproxy_conn_limit(sheet: RunSheet, figures: planner.Profile) -> planner.ConnLimit:
+    """Concurrent connections one HAProxy instance of the run sheet's type holds, with
+    ``figures`` (the sheet's profile and its overrides)."""
     itype = sheet.tiers.haproxy.instance_type
     return planner.conn_limit(figures, memory_gib=memory_gib(sheet, itype), unit=itype)
 
@@ -310,7 +309,7 @@ def measure(sheet: RunSheet, tier: Tier, haproxy_binding: str = "") -> Measure:
     if haproxy_binding.startswith("concurrent"):
         return Measure(
             "concurrent connections",
-            float(haproxy_conn_limit(sheet).maxconn),
+            float(haproxy_conn_limit(sheet, figures).maxconn),
             lambda v, n: planned(v, n)["haproxy_concurrent_conns"],
         )
     return Measure("cores", float(per), lambda v, n: planned(v, n)["haproxy_cores"])

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import tiers
+from lb import instances
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -139,7 +140,7 @@ def _plan_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--haproxy-instance-type",
-        default="c7g.2xlarge",
+        default=instances.DEFAULT_HAPROXY,
         metavar="TYPE",
         help="a node is one core of this type, with its share of the memory; sizes maxconn"
         " (default: %(default)s)",

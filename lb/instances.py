@@ -27,3 +27,6 @@ VCPUS: dict[str, int] = {f"{fam}.{size}": n for fam in _FAMILIES for size, n in 
 MEMORY_GIB: dict[str, float] = {
     f"{fam}.{size}": float(n * per) for fam, per in _FAMILIES.items() for size, n in _SIZES
 }
+
+DEFAULT_HAPROXY = "c7g.2xlarge"
+"""The HAProxy instance type of ``lb plan`` when none is given (the example run sheet's)."""

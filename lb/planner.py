@@ -29,8 +29,6 @@ HAPROXY_FD_RESERVE = 10_000
 checks, the runtime API, logs, and peers."""
 HAPROXY_MEMORY_RESERVE_GIB = 1.0
 """Memory per instance kept for the OS, HAProxy's own base and its SSL session cache."""
-DEFAULT_HAPROXY_INSTANCE = "c7g.2xlarge"
-"""The HAProxy instance type of ``lb plan`` when none is given (the example run sheet's)."""
 
 
 def haproxy_nofile(maxconn: int) -> int:
@@ -228,7 +226,7 @@ class PlanInputs:
     polls: int = 1
     """Polls taking votes at the same time: the PostgreSQL writer's rows scale with them."""
     options_per_poll: int = 8
-    haproxy_instance_type: str = DEFAULT_HAPROXY_INSTANCE
+    haproxy_instance_type: str = instances.DEFAULT_HAPROXY
     """A node is one core of this type, with that core's share of its memory."""
     haproxy_memory_gib: float | None = None
     """The type's memory, for a type lb/instances.py does not know."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -19,8 +20,6 @@ from prometheus_client.utils import floatToGoString
 from pythonjsonlogger.json import JsonFormatter
 
 Check = Callable[[], Awaitable[None]]
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 """A readiness check: returns when the dependency is usable, raises otherwise."""
 
 

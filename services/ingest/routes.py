@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from services.ingest.gateway import admin, audit, polls, votes
 from services.ingest.gateway.auth import post_device
-from services.ingest.gateway.edge import Handler, add_no_route, add_route
+from services.ingest.gateway.edge import add_no_route, add_route
 from services.ingest.gateway.openapi import build
 from services.ingest.gateway.schemas import json_response
 from services.ingest.handlers import post_vote

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from services.common.observability import OBS
 from services.ingest.gateway.auth import check_admin
 from services.ingest.gateway.errors import as_response
 from services.ingest.gateway.limits import check_sizes
 from services.ingest.gateway.schemas import SECURITY_HEADERS
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 UNMATCHED = "unmatched"
 """The metrics' route label of a request that matched no route."""

@@ -59,7 +59,7 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
-"""On every answer of the API (the edge middleware adds them to answers made elsewhere)."""
+"""On every answer of the API (the edge, gateway/edge.py, adds them to answers made elsewhere)."""
 
 _JSON_HEADERS = CIMultiDict({"Content-Type": "application/json", **SECURITY_HEADERS})
 
