@@ -25,6 +25,8 @@ import time
 import uuid
 from typing import Any
 
+from bench.tools.pgdb import drop_database
+
 BATCH = 1000
 
 
@@ -203,8 +205,4 @@ async def _bench(server: str, votes: int, partitions: int) -> dict[str, Any]:
         if batch:
             await redis.delete(*batch)
         await redis.aclose()
-        admin = await asyncpg.connect(server.rsplit("/", 1)[0] + "/postgres")
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(server, name)

@@ -46,6 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.tools.pgdb import drop_database
 from bench.tools.proc import cpu_seconds
 from bench.tools.redisproc import redis_server
 from bench.tools.rounds import summarise
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
                     flush=True,
                 )
     finally:
-        asyncio.run(_drop(server, name))
+        asyncio.run(drop_database(server, name))
         shutil.rmtree(tmp, ignore_errors=True)
 
     result = summary(rounds, args)
@@ -195,16 +196,6 @@ async def _migrate(dsn: str) -> None:
     from services.common.db import migrate
 
     await migrate(dsn)
-
-
-async def _drop(server: str, name: str) -> None:
-    import asyncpg
-
-    admin = await asyncpg.connect(server.rsplit("/", 1)[0] + "/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 def _round(args: argparse.Namespace, redis_url: str, dsn: str, rnd: int) -> dict[str, Any]:
