@@ -143,7 +143,10 @@ async def accept(
                 raise RuntimeError(f"vote refused: {result}")
             done += 1
 
-    await asyncio.gather(*(voter(v) for v in range(CLIENTS)))
+    try:
+        await asyncio.gather(*(voter(v) for v in range(CLIENTS)))
+    finally:
+        await appender.aclose()
     return done
 
 

@@ -98,6 +98,10 @@ class IngestSettings(CommonSettings):
     """Votes waiting for Redis in this process above which votes get 503."""
     max_pipelines: int = 4
     """Pipelines to Redis in flight at once; votes arriving meanwhile wait for the next."""
+    flush_at_votes: int = Field(32, ge=1)
+    """Votes queued that go to Redis at once when no pipeline is in flight, rather than
+    at the end of the event-loop turn: Redis runs them while ingest reads the requests
+    behind them (services/ingest/appender.py)."""
     dedupe_ttl_s: int = 6 * 3600
     max_body_bytes: int = 4096
     poll_cache_ttl_s: float = 1.0

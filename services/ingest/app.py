@@ -69,6 +69,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.max_inflight,
         settings.max_pipelines,
         transport=transport,
+        flush_at=settings.flush_at_votes,
     )
     monitor = BacklogMonitor(client, app[KEYS])
     app[BACKLOG] = monitor
@@ -107,6 +108,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         # Graceful stop: aiohttp already waited for handlers; answer whatever is queued.
         await appender.drain(timeout=settings.shutdown_timeout_s)
+        await appender.aclose()
     await client.aclose()
     log.info(
         "ingest stopped",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from hiredis import pack_command
@@ -53,7 +54,12 @@ class SlotUnavailable(RedisError):
 
 
 class Transport(Protocol):
-    async def execute(self, calls: dict[int, Call]) -> dict[int, Any]: ...
+    def execute(self, calls: dict[int, Call]) -> Awaitable[dict[int, Any]]:
+        """The replies of ``calls``, per partition. Whatever can be written at once is
+        written before this returns (:class:`SingleNode`); the rest, when awaited."""
+        ...
+
+    async def aclose(self) -> None: ...
 
 
 def _wait_tail(ack_key: str, replicas: int, timeout_ms: int) -> tuple[bytes, int]:
@@ -81,18 +87,29 @@ def ack_key(slot_key: str) -> str:
     return f"{slot_key}:ack"
 
 
-async def _pipeline(
-    conn: Connection, payload: bytes, n: int, *, disconnect_on_error: bool = True
-) -> list[Any]:
-    """Send ``payload`` (``n`` commands) and read ``n`` replies, error replies kept.
+def write_now(conn: Connection, payload: bytes) -> bool | None:
+    """Write ``payload`` on ``conn`` in this very step if it is connected: True. False:
+    it is not connected, None: the write failed; either way the caller connects afresh
+    and sends it. The stream buffers what the socket does not take at once."""
+    writer = conn._writer
+    if writer is None or writer.transport.is_closing():
+        return False
+    try:
+        writer.write(payload)
+    except (RuntimeError, OSError):
+        # uvloop's write to a transport whose peer just went away.
+        return None
+    return True
 
-    One deadline (the connection's socket timeout) for the whole round trip, instead of
-    redis-py's one per reply: a flush reads a reply per partition, and each deadline is
-    a timer armed and cancelled on the event loop. Past it, ``TimeoutError`` (an
-    ``OSError``) is the 503 of a Redis that stopped answering."""
+
+async def _read(conn: Connection, n: int) -> list[Any]:
+    """Read ``n`` replies, error replies kept, under one deadline (the connection's
+    socket timeout) for them all, instead of redis-py's one per reply: a flush reads a
+    reply per partition, and each deadline is a timer armed and cancelled on the event
+    loop. Past it, ``TimeoutError`` (an ``OSError``) is the 503 of a Redis that stopped
+    answering."""
     try:
         async with asyncio.timeout(conn.socket_timeout):
-            await conn.send_packed_command(payload, check_health=False)
             out: list[Any] = []
             for _ in range(n):
                 try:
@@ -101,38 +118,89 @@ async def _pipeline(
                     out.append(exc)
             return out
     except BaseException:
-        if disconnect_on_error:
-            # The connection's read position is unknown now: never reuse it.
-            await conn.disconnect()
+        # The connection's read position is unknown now: never reuse it as it is.
+        await conn.disconnect()
         raise
 
 
+async def _pipeline(conn: Connection, payload: bytes, n: int) -> list[Any]:
+    """Send ``payload`` (``n`` commands), connecting first if need be, and read its
+    ``n`` replies (:func:`_read`)."""
+    try:
+        async with asyncio.timeout(conn.socket_timeout):
+            await conn.send_packed_command(payload, check_health=False)
+    except BaseException:
+        await conn.disconnect()
+        raise
+    return await _read(conn, n)
+
+
 class SingleNode:
-    """One server: the whole flush is one pipeline on one pooled connection."""
+    """One server: the whole flush is one pipeline on one connection.
+
+    The pipeline is written to the socket before :meth:`execute` returns whenever one
+    of its connections is idle and connected (the usual case), and only the replies are
+    awaited. The appender flushes a full batch from inside the handler that filled it,
+    so Redis runs that batch's script while this process goes on parsing the requests
+    behind it; written at the end of the event-loop turn instead, every batch of a turn
+    waited for the whole turn, and Redis and ingest took turns being idle (ingest sat at
+    85 % of its core in ``bench ingest``; 95-98 % with the early write, measured).
+
+    The transport keeps its own connections, made by the client's pool (same class,
+    address, credentials and TLS) and at most one per pipeline in flight, which the
+    appender bounds. redis-py has no synchronous send, so the fast path writes to the
+    connection's stream writer itself (``_writer``: a test fails if redis-py renames
+    it); a connection that is not connected takes the awaited path, which connects.
+    """
 
     def __init__(self, redis: Redis, ack_replicas: int = 0, ack_timeout_ms: int = 500) -> None:
         self._redis = redis
         self._replicas = ack_replicas
         self._timeout_ms = ack_timeout_ms
+        self._idle: list[Connection] = []
 
-    async def execute(self, calls: dict[int, Call]) -> dict[int, Any]:
+    def execute(self, calls: dict[int, Call]) -> Awaitable[dict[int, Any]]:
         order = list(calls)
         payload = b"".join(c for _, c in calls.values())
         extra = 0
         if self._replicas:
             tail, extra = _wait_tail(ack_key(calls[order[0]][0]), self._replicas, self._timeout_ms)
             payload += tail
-        pool = self._redis.connection_pool
-        conn = await pool.get_connection()
+        n = len(order) + extra
+        conn = self._idle.pop() if self._idle else self._redis.connection_pool.make_connection()
+        written = write_now(conn, payload)
+        if written:
+            return self._replies(conn, order, n)
+        return self._replies(conn, order, n, unsent=payload, broken=written is None)
+
+    async def _replies(
+        self,
+        conn: Connection,
+        order: list[int],
+        n: int,
+        unsent: bytes | None = None,
+        broken: bool = False,
+    ) -> dict[int, Any]:
         try:
-            replies = await _pipeline(conn, payload, len(order) + extra)
+            if broken:
+                await conn.disconnect()
+            if unsent is None:
+                replies = await _read(conn, n)
+            else:
+                replies = await _pipeline(conn, unsent, n)
         finally:
-            await pool.release(conn)
-        if extra:
+            # Disconnected on error: its next use connects afresh.
+            self._idle.append(conn)
+        if n > len(order):
             failed = _check_wait(replies, self._replicas)
             if failed is not None:
                 return dict.fromkeys(order, failed)
         return dict(zip(order, replies, strict=False))
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.disconnect()
 
 
 class ClusterNodes:

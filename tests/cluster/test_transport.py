@@ -125,7 +125,10 @@ async def test_wait_confirms_with_a_replica_and_refuses_without(
     assert all(isinstance(r, bytes) for r in replies.values()), replies
     # The shared test Redis has no replica: WAIT reaches 0, so nothing is a reply.
     single = SingleNode(redis, ack_replicas=1, ack_timeout_ms=50)
-    refused = await single.execute({p: xadd(f"{key_prefix}:{{p{p}}}:votes") for p in range(2)})
+    try:
+        refused = await single.execute({p: xadd(f"{key_prefix}:{{p{p}}}:votes") for p in range(2)})
+    finally:
+        await single.aclose()
     assert all(isinstance(r, NotReplicated) for r in refused.values())
     assert issubclass(SlotUnavailable, Exception)
     # The same check the PostgreSQL writer makes before it commits an outbox batch.
