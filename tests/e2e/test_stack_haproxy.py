@@ -18,6 +18,7 @@ import pytest
 
 from tests.e2e.test_pipeline import pg_totals, redis_counts
 from tests.support import eventually
+from tests.support.haproxy import connector
 from tests.support.stack import RunningStack, api, create_open_poll, local_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -53,7 +54,7 @@ async def plain_tls_and_websocket(rs: RunningStack) -> None:
     http = rs.url
     https = f"https://127.0.0.1:{rs.stack.https_port}"
     ctx = tls_context()
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(connector=connector()) as s:
         poll = await create_open_poll(s, rs, options=2)
         pid = poll["id"]
         token = (await api(s, "POST", f"{http}/v1/devices", expect=201))["token"]

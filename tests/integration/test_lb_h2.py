@@ -20,7 +20,13 @@ from buzzer.ports import free_port
 from lb.inventory import Server
 from lb.process import HaproxyProcess
 from lb.render import RateLimit, RenderParams, RenderSettings, render
-from tests.support.haproxy import LocalResolver, short_tmpdir, start_haproxy, wait_all_up
+from tests.support.haproxy import (
+    connector,
+    open_sockets,
+    short_tmpdir,
+    start_haproxy,
+    wait_all_up,
+)
 from tests.support.lb import EchoNode
 
 pytestmark = [
@@ -139,15 +145,16 @@ def test_h2load_multiplexes_votes_on_few_connections(edge: Edge) -> None:
 async def test_websocket_over_http11_on_the_h2_listener(edge: Edge) -> None:
     # A browser opens its websocket on an HTTP/1.1 connection even where h2 is offered.
     ctx = edge.ssl_context(["http/1.1"])
-    conn = aiohttp.TCPConnector(ssl=ctx, resolver=LocalResolver())
     async with (
-        aiohttp.ClientSession(connector=conn) as session,
+        aiohttp.ClientSession(connector=connector(ctx)) as session,
         session.ws_connect(f"{edge.https}/v1/polls/p1/live") as ws,
     ):
         hello = json.loads(await ws.receive_str(timeout=5))
         assert hello == {"backend": "push-a", "path": "/v1/polls/p1/live"}
         await ws.send_str("clap")
         assert await ws.receive_str(timeout=5) == "clap"
+    # Nothing left for a later test to trip over (tests/support/haproxy.py, connector).
+    assert open_sockets() == []
 
 
 def test_h2_settings_announce_websockets_over_http2(edge: Edge) -> None:

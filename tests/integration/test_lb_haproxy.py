@@ -23,7 +23,7 @@ from lb.process import HaproxyProcess
 from lb.render import RateLimit, RenderParams, RenderSettings, render
 from lb.runtime import OP_RUNNING
 from lb.sync import sync
-from tests.support.haproxy import LocalResolver, short_tmpdir, start_haproxy, wait_all_up
+from tests.support.haproxy import connector, short_tmpdir, start_haproxy, wait_all_up
 from tests.support.lb import EchoNode, Load
 
 pytestmark = [
@@ -182,9 +182,8 @@ async def test_tls_ecdsa_first_rsa_fallback_resumption_redirect_and_websocket(
             assert resp.status == 301
             assert resp.headers["Location"].startswith("https://")
         wss = f"https://localhost:{settings.https_port}/v1/polls/p1/live"
-        conn = aiohttp.TCPConnector(ssl=ctx, resolver=LocalResolver())
         async with (
-            aiohttp.ClientSession(connector=conn) as tls_session,
+            aiohttp.ClientSession(connector=connector(ctx)) as tls_session,
             tls_session.ws_connect(wss) as ws,
         ):
             hello = json.loads(await ws.receive_str(timeout=5))
