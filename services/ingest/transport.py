@@ -143,8 +143,8 @@ class SingleNode:
     awaited. The appender flushes a full batch from inside the handler that filled it,
     so Redis runs that batch's script while this process goes on parsing the requests
     behind it; written at the end of the event-loop turn instead, every batch of a turn
-    waited for the whole turn, and Redis and ingest took turns being idle (ingest sat at
-    85 % of its core in ``bench ingest``; 95-98 % with the early write, measured).
+    waited for the whole turn, and Redis and ingest took turns being idle (figures in
+    :class:`~services.ingest.appender.Appender`).
 
     The transport keeps its own connections, made by the client's pool (same class,
     address, credentials and TLS) and at most one per pipeline in flight, which the
