@@ -310,7 +310,8 @@ def alerts(b: Bounds) -> list[Alert]:
             60,
             "warning",
             f"A push process holds more than 80% of its {min(b.max_connections, b.push_viewers)} viewers",
-            "`buzzer bench push`: 10,000 viewers per process (lb/planner.py push_viewers)",
+            f"`buzzer bench push --find-max`: {b.push_viewers:,} viewers per process at 10 "
+            "updates/s (lb/profiles/push.json), capped by BUZZER_MAX_CONNECTIONS",
         ),
         Alert(
             "BuzzerPushFanoutSlow",
