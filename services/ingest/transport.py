@@ -1,8 +1,8 @@
 """How the appender's calls reach Redis: one hand-packed pipeline per node per flush.
 
 The appender decides WHAT to send (one packed ``vote_batch.lua`` call per partition);
-a transport decides HOW: on one server, all calls go as one pipeline on one pooled
-connection; on a Redis Cluster, the calls are grouped by the primary that owns their
+a transport decides HOW: on one server, all calls go as one pipeline on one of the
+transport's own connections, written before ``execute`` returns; on a Redis Cluster, the calls are grouped by the primary that owns their
 partition's slot, and each primary gets one pipeline, all sent concurrently. With
 ``ack_replicas`` > 0 every pipeline ends with one ``WAIT``, so its replies count only
 once that many replicas hold its writes.
