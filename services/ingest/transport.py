@@ -203,8 +203,17 @@ class SingleNode:
             await conn.disconnect()
 
 
+Sent = dict[ClusterNode, tuple[list[int], Awaitable[list[Any]]]]
+"""Per primary: its partitions and the replies of their pipeline, once awaited."""
+
+
 class ClusterNodes:
-    """A Redis Cluster: one pipeline per primary, sent concurrently; redirections followed."""
+    """A Redis Cluster: one pipeline per primary, sent concurrently; redirections followed.
+
+    As on one server, the first pipeline to each primary is written before
+    :meth:`execute` returns wherever that primary's connection is connected (after the
+    first call has loaded the slot map); redirections and reconnections are awaited.
+    """
 
     def __init__(
         self, cluster: RedisCluster, ack_replicas: int = 0, ack_timeout_ms: int = 500
@@ -213,34 +222,64 @@ class ClusterNodes:
         self._replicas = ack_replicas
         self._timeout_ms = ack_timeout_ms
         self._refreshing: asyncio.Task[None] | None = None
+        self._ready = False
         self.redirects = 0
         self.refreshes = 0
 
-    async def execute(self, calls: dict[int, Call]) -> dict[int, Any]:
-        await self._cluster.initialize()
+    def execute(self, calls: dict[int, Call]) -> Awaitable[dict[int, Any]]:
+        if not self._ready:
+            return self._execute(calls, None)
+        answered: dict[int, Any] = {}
+        try:
+            groups = self._group(calls, {}, answered)
+        except RedisError:  # the slot map is being rebuilt: the awaited path answers
+            return self._execute(calls, None)
+        sent: Sent = {
+            node: (ps, self._send(node, ps, calls, {}, now=True)) for node, ps in groups.items()
+        }
+        return self._execute(calls, (answered, sent))
+
+    def _group(
+        self, todo: dict[int, Call], asking: dict[int, ClusterNode], replies: dict[int, Any]
+    ) -> dict[ClusterNode, list[int]]:
+        """The partitions of ``todo`` by the primary that serves them; those no primary
+        serves now are answered in ``replies``."""
+        groups: dict[ClusterNode, list[int]] = {}
+        for p, (key, _) in todo.items():
+            node = asking.get(p)
+            if node is None:
+                try:
+                    node = self._cluster.get_node_from_key(key)
+                except SlotNotCoveredError as exc:
+                    replies[p] = SlotUnavailable(str(exc))
+                    continue
+                if node is None:
+                    replies[p] = SlotUnavailable(key)
+                    continue
+            groups.setdefault(node, []).append(p)
+        return groups
+
+    async def _execute(
+        self, calls: dict[int, Call], first: tuple[dict[int, Any], Sent] | None
+    ) -> dict[int, Any]:
+        if first is None:
+            await self._cluster.initialize()
+            self._ready = True
         replies: dict[int, Any] = {}
         todo = dict(calls)
         asking: dict[int, ClusterNode] = {}
-        for _hop in range(REDIRECTS + 1):
+        for hop in range(REDIRECTS + 1):
             if not todo:
                 break
-            groups: dict[ClusterNode, list[int]] = {}
-            for p, (key, _) in todo.items():
-                node = asking.get(p)
-                if node is None:
-                    try:
-                        node = self._cluster.get_node_from_key(key)
-                    except SlotNotCoveredError as exc:
-                        replies[p] = SlotUnavailable(str(exc))
-                        continue
-                    if node is None:
-                        replies[p] = SlotUnavailable(key)
-                        continue
-                groups.setdefault(node, []).append(p)
-            results = await asyncio.gather(
-                *(self._node(node, ps, todo, asking) for node, ps in groups.items()),
-                return_exceptions=True,
-            )
+            if hop == 0 and first is not None:
+                answered, sent = first
+                replies.update(answered)
+                groups = {node: ps for node, (ps, _) in sent.items()}
+                pending = [replies_of for _, replies_of in sent.values()]
+            else:
+                groups = self._group(todo, asking, replies)
+                pending = [self._send(node, ps, todo, asking) for node, ps in groups.items()]
+            results = await asyncio.gather(*pending, return_exceptions=True)
             retry: dict[int, Call] = {}
             next_asking: dict[int, ClusterNode] = {}
             for (_node, ps), result in zip(groups.items(), results, strict=True):
@@ -281,13 +320,16 @@ class ClusterNodes:
             replies[p] = SlotUnavailable("too many redirections")
         return replies
 
-    async def _node(
+    def _send(
         self,
         node: ClusterNode,
         ps: list[int],
         calls: dict[int, Call],
         asking: dict[int, ClusterNode],
-    ) -> list[Any]:
+        now: bool = False,
+    ) -> Awaitable[list[Any]]:
+        """The replies of ``ps``'s calls on ``node``, in order; with ``now``, written
+        before this returns if a connected connection is free."""
         chunks: list[bytes] = []
         index: list[int | None] = []  # reply position -> partition (None: ASKING's OK)
         for p in ps:
@@ -300,15 +342,40 @@ class ClusterNodes:
         if self._replicas:
             tail, extra = _wait_tail(ack_key(calls[ps[0]][0]), self._replicas, self._timeout_ms)
             chunks.append(tail)
-        conn = node.acquire_connection()
+        payload = b"".join(chunks)
+        if now:
+            try:
+                conn = node.acquire_connection()
+            except RedisError:  # none free: the awaited path tries again and answers
+                pass
+            else:
+                if write_now(conn, payload):
+                    return self._replies(node, conn, index, extra, None)
+                node.release(conn)
+        return self._replies(node, None, index, extra, payload)
+
+    async def _replies(
+        self,
+        node: ClusterNode,
+        conn: Connection | None,
+        index: list[int | None],
+        extra: int,
+        unsent: bytes | None,
+    ) -> list[Any]:
+        n = len(index) + extra
+        if conn is None:
+            conn = node.acquire_connection()
         try:
-            raw = await _pipeline(conn, b"".join(chunks), len(index) + extra)
+            if unsent is None:
+                raw = await _read(conn, n)
+            else:
+                raw = await _pipeline(conn, unsent, n)
         finally:
             node.release(conn)
         if extra:
             failed = _check_wait(raw, self._replicas)
             if failed is not None:
-                return [failed] * len(ps)
+                return [failed] * sum(1 for i in index if i is not None)
         return [r for i, r in zip(index, raw, strict=False) if i is not None]
 
     def _refresh(self) -> None:

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.cluster
 from hiredis import pack_command
 from redis.asyncio import Redis
 from redis.cluster import key_slot
@@ -20,6 +21,7 @@ from services.common.redisconn import (
     wait_replicas,
 )
 from services.ingest.transport import ClusterNodes, NotReplicated, SingleNode, SlotUnavailable
+from tests.support import wait_blocking
 
 pytestmark = pytest.mark.integration
 
@@ -135,3 +137,22 @@ async def test_wait_confirms_with_a_replica_and_refuses_without(
     await wait_replicas(cluster_client, keys[0], 1, 2000)
     with pytest.raises(ReplicasBehind):
         await wait_replicas(redis, f"{key_prefix}:{{p0}}:applied", 1, 50)
+
+
+async def test_first_pipelines_are_on_their_way_before_execute_returns(
+    cluster_client: Redis, redis_cluster: LocalCluster
+) -> None:
+    transport = ClusterNodes(cluster_client)  # type: ignore[arg-type]
+    keys = keys_for(8)
+    await transport.execute({p: xadd(k) for p, k in keys.items()})  # slot map, connections
+    pending = transport.execute({p: xadd(k) for p, k in keys.items()})
+    sync = redis.cluster.RedisCluster(host="127.0.0.1", port=redis_cluster.ports[0])
+    try:
+        # Redis has run the calls while this task never gave the loop a turn.
+        written = wait_blocking(lambda: all(sync.xlen(k) == 2 for k in keys.values()))
+    finally:
+        sync.close()
+    replies = await pending
+    assert written, "the pipelines reached Redis only once the loop ran"
+    assert sorted(replies) == list(range(8))
+    assert all(isinstance(r, bytes) for r in replies.values())

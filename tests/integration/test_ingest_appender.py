@@ -10,6 +10,7 @@ import time
 import uuid
 
 import pytest
+import redis as redis_sync
 import redis.asyncio as aioredis
 from hiredis import pack_command
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -18,6 +19,8 @@ from services.common.messages import Keys, VoteEntry
 from services.common.scripts import Scripts, VoteOutcome, VoteRules, vote_call
 from services.ingest.appender import Appender
 from services.ingest.transport import SingleNode, write_now
+from tests.conftest import REDIS_URL
+from tests.support import wait_blocking
 
 pytestmark = pytest.mark.integration
 
@@ -37,16 +40,26 @@ async def test_a_full_batch_goes_to_redis_before_the_turn_ends(
     transport = SingleNode(redis)
     appender = Appender(redis, scripts, keys, max_inflight=100, flush_at=4, transport=transport)
     try:
+        # The transport connects on its first pipeline; from then on it writes at once.
+        assert (await appender.submit(*_call(keys, 0, "poll"))).outcome is VoteOutcome.ACCEPTED  # type: ignore[arg-type]
+        assert appender.flushes == 1
         # No await between the submits: all of this runs in one step of one task.
         futs = [appender.submit(*_call(keys, 0, "poll")) for _ in range(4)]  # type: ignore[arg-type]
-        assert appender.flushes == 1, "the fourth vote should have flushed the batch at once"
+        assert appender.flushes == 2, "the fourth vote should have flushed the batch at once"
+        # Redis runs them while this task has not yet given the loop a turn.
+        sync = redis_sync.Redis.from_url(REDIS_URL)
+        try:
+            written = wait_blocking(lambda: sync.xlen(keys.votes(0)) == 5)
+        finally:
+            sync.close()
         # A pipeline is in flight: the next full batch waits for the end of the turn.
         futs += [appender.submit(*_call(keys, 0, "poll")) for _ in range(4)]  # type: ignore[arg-type]
-        assert appender.flushes == 1
-        results = await asyncio.gather(*futs)
-        assert [r.outcome for r in results] == [VoteOutcome.ACCEPTED] * 8
         assert appender.flushes == 2
-        assert await redis.xlen(keys.votes(0)) == 8
+        results = await asyncio.gather(*futs)
+        assert written, "the batch reached Redis only once the loop ran"
+        assert [r.outcome for r in results] == [VoteOutcome.ACCEPTED] * 8
+        assert appender.flushes == 3
+        assert await redis.xlen(keys.votes(0)) == 9
     finally:
         await appender.aclose()
 

@@ -32,3 +32,15 @@ async def delete_prefix(client: aioredis.Redis, prefix: str) -> None:
             batch = []
     if batch:
         await client.delete(*batch)
+
+
+def wait_blocking(check: Callable[[], bool], seconds: float = 5.0) -> bool:
+    """Poll ``check`` for up to ``seconds`` without ever yielding to the event loop, so
+    that only bytes already written to a socket can make it true (the transports'
+    early write)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.01)
+    return False
