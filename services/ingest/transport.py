@@ -2,8 +2,9 @@
 
 The appender decides WHAT to send (one packed ``vote_batch.lua`` call per partition);
 a transport decides HOW: on one server, all calls go as one pipeline on one of the
-transport's own connections, written before ``execute`` returns; on a Redis Cluster, the calls are grouped by the primary that owns their
-partition's slot, and each primary gets one pipeline, all sent concurrently. With
+transport's own connections, written before ``execute`` returns; on a Redis Cluster,
+the calls are grouped by the primary that owns their partition's slot, and each primary
+gets one pipeline, all sent concurrently. With
 ``ack_replicas`` > 0 every pipeline ends with one ``WAIT``, so its replies count only
 once that many replicas hold its writes.
 
@@ -135,6 +136,16 @@ async def _pipeline(conn: Connection, payload: bytes, n: int) -> list[Any]:
     return await _read(conn, n)
 
 
+async def _replies_of(conn: Connection, payload: bytes, n: int, written: bool | None) -> list[Any]:
+    """The ``n`` replies of ``payload`` on ``conn``, given what :func:`write_now` made of
+    it: written already, or sent now (on a fresh connection after a failed write)."""
+    if written:
+        return await _read(conn, n)
+    if written is None:
+        await conn.disconnect()
+    return await _pipeline(conn, payload, n)
+
+
 class SingleNode:
     """One server: the whole flush is one pipeline on one connection.
 
@@ -168,26 +179,13 @@ class SingleNode:
             payload += tail
         n = len(order) + extra
         conn = self._idle.pop() if self._idle else self._redis.connection_pool.make_connection()
-        written = write_now(conn, payload)
-        if written:
-            return self._replies(conn, order, n)
-        return self._replies(conn, order, n, unsent=payload, broken=written is None)
+        return self._replies(conn, order, payload, n, write_now(conn, payload))
 
     async def _replies(
-        self,
-        conn: Connection,
-        order: list[int],
-        n: int,
-        unsent: bytes | None = None,
-        broken: bool = False,
+        self, conn: Connection, order: list[int], payload: bytes, n: int, written: bool | None
     ) -> dict[int, Any]:
         try:
-            if broken:
-                await conn.disconnect()
-            if unsent is None:
-                replies = await _read(conn, n)
-            else:
-                replies = await _pipeline(conn, unsent, n)
+            replies = await _replies_of(conn, payload, n, written)
         finally:
             # Disconnected on error: its next use connects afresh.
             self._idle.append(conn)
@@ -343,16 +341,16 @@ class ClusterNodes:
             tail, extra = _wait_tail(ack_key(calls[ps[0]][0]), self._replicas, self._timeout_ms)
             chunks.append(tail)
         payload = b"".join(chunks)
+        conn: Connection | None = None
+        written: bool | None = False
         if now:
             try:
                 conn = node.acquire_connection()
             except RedisError:  # none free: the awaited path tries again and answers
                 pass
             else:
-                if write_now(conn, payload):
-                    return self._replies(node, conn, index, extra, None)
-                node.release(conn)
-        return self._replies(node, None, index, extra, payload)
+                written = write_now(conn, payload)
+        return self._replies(node, conn, index, extra, payload, written)
 
     async def _replies(
         self,
@@ -360,16 +358,13 @@ class ClusterNodes:
         conn: Connection | None,
         index: list[int | None],
         extra: int,
-        unsent: bytes | None,
+        payload: bytes,
+        written: bool | None,
     ) -> list[Any]:
-        n = len(index) + extra
-        if conn is None:
+        if conn is None:  # none was taken when the pipeline was built
             conn = node.acquire_connection()
         try:
-            if unsent is None:
-                raw = await _read(conn, n)
-            else:
-                raw = await _pipeline(conn, unsent, n)
+            raw = await _replies_of(conn, payload, len(index) + extra, written)
         finally:
             node.release(conn)
         if extra:
