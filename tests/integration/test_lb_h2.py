@@ -154,7 +154,7 @@ async def test_websocket_over_http11_on_the_h2_listener(edge: Edge) -> None:
         await ws.send_str("clap")
         assert await ws.receive_str(timeout=5) == "clap"
     # Nothing left for a later test to trip over (tests/support/haproxy.py, connector).
-    assert open_sockets() == []
+    assert await open_sockets() == []
 
 
 def test_h2_settings_announce_websockets_over_http2(edge: Edge) -> None:

@@ -3,6 +3,7 @@ start, the wait for its servers, and a resolver that sends ``localhost`` to it."
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import socket
 import ssl
@@ -88,10 +89,26 @@ def connector(ssl_context: ssl.SSLContext | None = None, **kw: Any) -> aiohttp.T
     return aiohttp.TCPConnector(enable_cleanup_closed=_ABORT_TLS_ON_CLOSE, **kw)
 
 
-def open_sockets() -> list[Any]:
-    """Client sockets of the running test's loop not closed yet (asyncio's own)."""
-    return [
-        o
-        for o in gc.get_objects()
-        if type(o).__name__ == "_SelectorSocketTransport" and getattr(o, "_sock", None) is not None
-    ]
+async def open_sockets(settle: float = 1.0) -> list[Any]:
+    """Client sockets of the running test's loop not closed yet (asyncio's own).
+
+    An aborted transport closes its socket on a later turn of the loop (``call_soon``),
+    so one already closing is given up to ``settle`` seconds to finish; a socket still
+    held open, the bug this guards against, stays in the list however long we wait."""
+
+    def still_open() -> list[Any]:
+        return [
+            o
+            for o in gc.get_objects()
+            if type(o).__name__ == "_SelectorSocketTransport"
+            and getattr(o, "_sock", None) is not None
+        ]
+
+    deadline = asyncio.get_running_loop().time() + settle
+    found = still_open()
+    while found and asyncio.get_running_loop().time() < deadline:
+        if not all(t.is_closing() for t in found):
+            break
+        await asyncio.sleep(0.01)
+        found = still_open()
+    return found
