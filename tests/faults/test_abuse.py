@@ -24,7 +24,7 @@ import aiohttp
 import jwt
 import pytest
 
-from tests.conftest import PG_ADMIN_DSN, REDIS_URL
+from tests.conftest import REDIS_URL
 from tests.support import eventually
 from tests.support.faults import (
     VoteLog,
@@ -36,6 +36,7 @@ from tests.support.faults import (
     post_vote,
 )
 from tests.support.stack import RunningStack, api, create_open_poll, local_stack
+from tests.support.tally import migrated_database
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -45,6 +46,8 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
+    # Not aiohttp's, which names the Python and aiohttp versions.
+    "Server": "buzzer",
 }
 
 
@@ -109,13 +112,18 @@ async def vote_status(
 
 
 def test_token_rotation_overlap_then_previous_secret_refused(tmp_path: Path) -> None:
+    with migrated_database("buzzer_test_faults") as dsn:
+        token_rotation(tmp_path, dsn)
+
+
+def token_rotation(tmp_path: Path, dsn: str) -> None:
     old, new, admin = "old-" + uuid.uuid4().hex, "new-" + uuid.uuid4().hex, uuid.uuid4().hex
     prefix = f"e{uuid.uuid4().hex[:10]}"
     base_env = {
         **os.environ,
         "REDIS_URL": REDIS_URL,
         "BUZZER_KEY_PREFIX": prefix,
-        "DATABASE_URL": PG_ADMIN_DSN.rsplit("/", 1)[0] + "/buzzer_test_faults",
+        "DATABASE_URL": dsn,
         "BUZZER_ADMIN_TOKEN": admin,
         "BUZZER_DEVICE_RATE_PER_S": "1000",
     }
@@ -454,8 +462,13 @@ async def browser_headers(rs: RunningStack) -> None:
                     assert r.headers.get(name) == value, (method, path, r.status, name)
                 assert r.content_type == "application/json", (path, r.status)
         # Push's pages: a CSP that forbids framing, nosniff, no referrer.
-        for page in ("/results", "/console", "/config.json"):
+        async with s.get(f"http://127.0.0.1:{rs.stack.tally_port}/healthz") as r:
+            assert r.headers["Server"] == "buzzer"
+        for page in ("/results", "/console", "/config.json", "/healthz", "/metrics"):
             async with s.get(push + page) as r:
+                assert r.headers["Server"] == "buzzer", page
+                if page in ("/healthz", "/metrics"):
+                    continue
                 assert r.headers["X-Content-Type-Options"] == "nosniff"
                 assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
                 assert r.headers["Referrer-Policy"] == "no-referrer"
@@ -464,6 +477,7 @@ async def browser_headers(rs: RunningStack) -> None:
         async with s.ws_connect(
             f"{push}/v1/polls/{poll}/live", origin="https://evil.example"
         ) as ws:
+            assert ws._response.headers["Server"] == "buzzer"
             msg = await ws.receive(timeout=10)
             if msg.type == aiohttp.WSMsgType.CLOSE:
                 assert msg.data == 4003, msg

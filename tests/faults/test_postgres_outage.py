@@ -159,12 +159,15 @@ def test_postgres_unreachable_live_counts_move_and_totals_catch_up_exactly(tmp_p
     host_port = PG_ADMIN_DSN.split("@", 1)[1].split("/", 1)[0]
     host, port = host_port.rsplit(":", 1)
     with TcpProxy(host, int(port)) as proxy:
-        proxied = PG_ADMIN_DSN.split("@", 1)[0] + f"@127.0.0.1:{proxy.port}/{DATABASE}"
         with local_stack(
             tmp_path,
             database=DATABASE,
             ingest=2,
-            extra_env={"DATABASE_URL": proxied, "BUZZER_DEVICE_RATE_PER_S": "100000"},
+            extra_env={"BUZZER_DEVICE_RATE_PER_S": "100000"},
+            # The processes reach PostgreSQL through the proxy the test cuts.
+            database_url=lambda name: (
+                PG_ADMIN_DSN.split("@", 1)[0] + f"@127.0.0.1:{proxy.port}/{name}"
+            ),
         ) as rs:
             asyncio.run(scenario(rs, proxy))
             # The archive fell behind with the totals and caught up as exactly.

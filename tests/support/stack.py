@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from buzzer.ports import free_ports
 from buzzer.stack import Stack
 from tests.conftest import PG_ADMIN_DSN, REDIS_URL
 from tests.support import delete_prefix
+from tests.support.tally import drop_database
 
 
 @dataclass
@@ -50,8 +51,14 @@ def local_stack(
     haproxy: bool = False,
     push: bool = False,
     extra_env: dict[str, str] | None = None,
+    database_url: Callable[[str], str] | None = None,
 ) -> Iterator[RunningStack]:
+    """A stack on a database of its own, named ``database`` plus a suffix unique to this
+    call and dropped afterwards: a test never finds another's rows, nor depends on a
+    database another test happened to make first. ``database_url`` gives the processes'
+    ``DATABASE_URL`` for that name, where they reach PostgreSQL some other way."""
     prefix = f"e{uuid.uuid4().hex[:10]}"
+    database = f"{database}_{uuid.uuid4().hex[:8]}"
     dsn = PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + database
     admin = uuid.uuid4().hex
     env = {
@@ -64,6 +71,8 @@ def local_stack(
         "BUZZER_STATE_DIR": str(tmp_path / "state"),
         **(extra_env or {}),
     }
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url(database)
     base = free_ports(ingest + 6)
     stack = Stack(
         env=env,
@@ -80,14 +89,17 @@ def local_stack(
     )
     from services.common.db import migrate
 
-    asyncio.run(migrate(dsn))
-    stack.plan()
     try:
-        stack.start()
-        yield RunningStack(stack=stack, env=env, prefix=prefix, dsn=dsn, admin=admin)
+        asyncio.run(migrate(dsn))
+        stack.plan()
+        try:
+            stack.start()
+            yield RunningStack(stack=stack, env=env, prefix=prefix, dsn=dsn, admin=admin)
+        finally:
+            stack.stop()
+            asyncio.run(_cleanup(prefix))
     finally:
-        stack.stop()
-        asyncio.run(_cleanup(prefix))
+        asyncio.run(drop_database(database))
 
 
 async def _cleanup(prefix: str) -> None:

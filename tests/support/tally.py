@@ -8,6 +8,7 @@ test keys under a random prefix, so they never touch ``buzzer`` or another suite
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
@@ -41,22 +42,31 @@ TABLES = (
 )
 
 
-def tally_database() -> Iterator[str]:
-    """Body of a module-scoped fixture: a migrated database, dropped afterwards.
+@contextlib.contextmanager
+def migrated_database(base: str) -> Iterator[str]:
+    """The DSN of a migrated database named ``base`` plus a suffix unique to this call,
+    dropped afterwards.
 
-    The name is unique per module and run, so that two runs of the suite at once (CI
-    and a developer, or two engineers) never truncate or drop each other's tables.
+    Unique per call, so that two runs of the suite at once (CI and a developer, or two
+    engineers) never truncate or drop each other's tables, and a test never depends on
+    a database another test happened to make first.
     """
-    name = f"{TALLY_DB}_{uuid.uuid4().hex[:8]}"
+    name = f"{base}_{uuid.uuid4().hex[:8]}"
     dsn = PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + name
-    asyncio.run(migrate(dsn))
     try:
+        asyncio.run(migrate(dsn))
         yield dsn
     finally:
-        asyncio.run(_drop_database(name))
+        asyncio.run(drop_database(name))
 
 
-async def _drop_database(name: str) -> None:
+def tally_database() -> Iterator[str]:
+    """Body of a module-scoped fixture: a migrated database of the module's own."""
+    with migrated_database(TALLY_DB) as dsn:
+        yield dsn
+
+
+async def drop_database(name: str) -> None:
     admin = await asyncpg.connect(PG_ADMIN_DSN)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

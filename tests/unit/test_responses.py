@@ -7,6 +7,7 @@ import json
 import uuid
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 from aiohttp import web
@@ -109,6 +110,16 @@ def test_a_store_that_is_away_is_503_with_retry_after() -> None:
     r = as_response(RedisConnectionError("connection refused"), REQUEST)
     assert (r.status, body(r)["error"], r.headers["Retry-After"]) == (503, "unavailable", "1")
     assert "refused" not in json.dumps(body(r)), "internals stay in the log"
+    # PostgreSQL failing over, out of connections, or not there at all.
+    for exc in (
+        asyncpg.CannotConnectNowError("the database system is starting up"),
+        asyncpg.TooManyConnectionsError("too many clients already"),
+        asyncpg.InvalidCatalogNameError('database "buzzer" does not exist'),
+        asyncpg.InvalidPasswordError("password authentication failed"),
+    ):
+        r = as_response(exc, REQUEST)
+        assert (r.status, r.headers["Retry-After"]) == (503, "1"), exc
+        assert "buzzer" not in json.dumps(body(r)) and "password" not in json.dumps(body(r))
 
 
 def test_a_bug_is_a_json_500_without_details() -> None:

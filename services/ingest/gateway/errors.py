@@ -49,6 +49,23 @@ def error_response(err: ApiError) -> web.Response:
     )
 
 
+_STORE_AWAY = (
+    RedisError,
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    # PostgreSQL restarting or failing over (57P03, 57P01), out of connections (53300):
+    # what RDS says during a failover or a connection storm.
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    # Refused at connect: no such database, wrong role or password. The deployment is
+    # wrong, not the request: the operator reads why in the log's warning.
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+)
+"""Errors of a backing store that is away, rather than of the request or of our code."""
+
+
 def as_response(exc: BaseException, request: web.Request) -> web.StreamResponse:
     """The JSON answer for an exception a handler raised; re-raises what is not ours."""
     if isinstance(exc, ApiError):
@@ -60,9 +77,7 @@ def as_response(exc: BaseException, request: web.Request) -> web.StreamResponse:
         field = "body" if exc.status == 413 else None
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return error_response(ApiError(exc.status, code, message, field=field, headers=headers))
-    if isinstance(
-        exc, RedisError | asyncpg.PostgresConnectionError | asyncpg.InterfaceError | OSError
-    ):
+    if isinstance(exc, _STORE_AWAY):
         # A store that is away is the client's cue to retry, never a 500.
         log.warning("store unavailable", extra={"path": request.path, "error": str(exc)[:200]})
         return error_response(

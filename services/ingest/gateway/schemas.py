@@ -11,6 +11,7 @@ import msgspec
 from aiohttp import web
 from multidict import CIMultiDict
 
+from services.common.observability import SERVER_HEADER
 from services.ingest.gateway.errors import ApiError
 
 T = TypeVar("T")
@@ -54,6 +55,7 @@ async def read_body(request: web.Request, kind: type[T]) -> T:
 
 
 SECURITY_HEADERS = {
+    "Server": SERVER_HEADER,
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
