@@ -289,6 +289,35 @@ def redis_measure(sheet: RunSheet) -> Measure:
     return Measure("votes/s", figures.redis_votes_per_s, lambda v, _: v)
 
 
+def postgres_vcpus(sheet: RunSheet, peak: TierCounts) -> int | None:
+    """The vCPUs of the writer ``apply`` makes (the run sheet's class where it names one,
+    else the plan's); ``None`` where the database is not made by apply."""
+    pg = sheet.data.postgres
+    if pg is None or not pg.managed:
+        return None
+    if pg.instance_class:
+        size = pg.instance_class.rsplit(".", 1)[-1]
+        return next((n for n, s in RDS_SIZES if s == size), peak.postgres_vcpus)
+    return peak.postgres_vcpus
+
+
+def postgres_measure(sheet: RunSheet) -> Measure:
+    """The PostgreSQL writer in rows/s per vCPU: the tally's upserts of the totals, which
+    grow with the polls and options taking votes, not with every vote."""
+    profile = planner.PROFILES[sheet.capacity.profile]
+    overrides: dict[str, Any] = _figures(sheet)
+    figures = replace(profile, **overrides)
+
+    def rows(votes: float, viewers: int) -> float:
+        # The writer commits only what it read: no votes, no rows. With votes, the
+        # planner's figure, which does not grow with them.
+        if votes <= 0:
+            return 0.0
+        return planner.plan(_inputs(sheet, votes, viewers), profile).load["postgres_rows_per_s"]
+
+    return Measure("rows/s", figures.postgres_rows_per_vcpu_s, rows)
+
+
 def measure(sheet: RunSheet, tier: Tier, haproxy_binding: str = "") -> Measure:
     """The unit ``tier`` is sized in; for HAProxy, the one its ``haproxy_binding`` names:
     concurrent connections (memory) or busy cores (connection and handshake rate)."""

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from infra.capacity import Measure, measure, redis_measure
+from infra.capacity import Measure, measure, postgres_measure, postgres_vcpus, redis_measure
 from infra.runsheet import ASG_TIERS, Tier
 from infra.timeline import CapacityTimeline
 
@@ -87,6 +87,13 @@ def _redis(ax: Axes, tl: CapacityTimeline, times: list[datetime]) -> None:
     _panel(ax, tl, times, redis_measure(tl.sheet), shards, "redis (", "per shard", "shards")
 
 
+def _postgres(ax: Axes, tl: CapacityTimeline, times: list[datetime], vcpus: int) -> None:
+    # Made by apply before the show at the peak's size, like the Redis shards.
+    end = tl.steps[-1].at
+    counts = [vcpus if tl.haproxy_ready_by <= t <= end else 0 for t in times]
+    _panel(ax, tl, times, postgres_measure(tl.sheet), counts, "postgres (", "per vCPU", "vCPUs")
+
+
 def _panel(
     ax: Axes,
     tl: CapacityTimeline,
@@ -148,11 +155,15 @@ def figure(tl: CapacityTimeline) -> Figure:
     s = tl.sheet
     times = _times(tl)
     tiers: list[Tier] = ["haproxy", *ASG_TIERS]
-    fig = Figure(figsize=(12, 2.6 * (len(tiers) + 1) + 0.8), layout="constrained")
-    axes = fig.subplots(len(tiers) + 1, 1, sharex=True)
-    for ax, tier in zip(axes[:-1], tiers, strict=True):
+    pg_vcpus = postgres_vcpus(s, tl.peak)
+    panels = len(tiers) + 1 + (pg_vcpus is not None)
+    fig = Figure(figsize=(12, 2.6 * panels + 0.8), layout="constrained")
+    axes = fig.subplots(panels, 1, sharex=True)
+    for ax, tier in zip(axes, tiers, strict=False):
         _tier(ax, tl, tier, times)
-    _redis(axes[-1], tl, times)
+    _redis(axes[len(tiers)], tl, times)
+    if pg_vcpus is not None:
+        _postgres(axes[-1], tl, times, pg_vcpus)
     for ax in axes:
         for t in (s.on_air, s.off_air):
             ax.axvline(_x(t), color="black", lw=0.8)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import yaml
 
@@ -267,13 +268,14 @@ def test_chart_draws_capacity_and_load_in_one_unit_per_tier() -> None:
     tl = timeline.build(sheet)
     fig = chart.figure(tl)
     # One y-axis per tier: no twin axes with a second, unrelated unit.
-    assert len(fig.axes) == 5
+    assert len(fig.axes) == 6
     units = {ax.get_title(loc="left").split(" ")[0]: ax.get_ylabel() for ax in fig.axes}
     # HAProxy's unit is what binds it in the plan: connections (memory) or busy cores.
     haproxy_unit = measure(sheet, "haproxy", tl.peak.binding["haproxy"]).unit
     assert haproxy_unit in ("concurrent connections", "cores")
     assert units == {"haproxy": haproxy_unit, "ingest": "votes/s",
-                     "tally": "votes/s", "push": "viewers", "redis": "votes/s"}  # fmt: skip
+                     "tally": "votes/s", "push": "viewers", "redis": "votes/s",
+                     "postgres": "rows/s"}  # fmt: skip
     for ax in fig.axes[:4]:
         tier = ax.get_title(loc="left").split(" ")[0]
         lines = {line.get_label(): line for line in ax.get_lines()}
@@ -298,7 +300,7 @@ def test_chart_redis_panel_is_the_shards_votes_against_expected_votes() -> None:
 
     sheet = load(EXAMPLE)
     tl = timeline.build(sheet)
-    ax = chart.figure(tl).axes[-1]
+    ax = panel(chart.figure(tl), "redis")
     lines = {line.get_label(): line for line in ax.get_lines()}
     capacity = list(lines["capacity (100 %)"].get_ydata())
     load_ = list(lines["expected load"].get_ydata())
@@ -308,6 +310,37 @@ def test_chart_redis_panel_is_the_shards_votes_against_expected_votes() -> None:
     assert max(load_) == pytest.approx(tl.votes_at(final.call_to_action))
     # Made by apply before the show and never resized on air: one level throughout.
     assert {c for c in capacity if c} == {max(capacity)}
+
+
+def panel(fig: Any, name: str) -> Any:
+    return next(ax for ax in fig.axes if ax.get_title(loc="left").startswith(f"{name} ("))
+
+
+def test_chart_postgres_panel_is_the_writers_vcpus_against_its_rows() -> None:
+    from infra import chart
+
+    sheet = load(EXAMPLE)
+    tl = timeline.build(sheet)
+    ax = panel(chart.figure(tl), "postgres")
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    capacity = list(lines["capacity (100 %)"].get_ydata())
+    load_ = list(lines["expected load"].get_ydata())
+    profile = planner.PROFILES[sheet.capacity.profile]
+    assert max(capacity) == tl.peak.postgres_vcpus * profile.postgres_rows_per_vcpu_s
+    # One level throughout: made by apply, never resized on air.
+    assert {c for c in capacity if c} == {max(capacity)}
+    # No votes, no rows; the final's call to action is the busiest moment.
+    assert load_[0] == 0
+    final = next(p for p in sheet.polls if p.id == "final")
+    i = load_.index(max(load_))
+    assert 0 < max(load_) < max(capacity) * sheet.traffic.headroom
+    assert chart._times(tl)[i] == final.call_to_action
+    # An existing database, not made by apply, has no capacity to draw.
+    assert sheet.data.postgres is not None
+    pg = msgspec.structs.replace(sheet.data.postgres, existing_url_ssm="/show/DATABASE_URL")
+    existing = msgspec.structs.replace(sheet, data=msgspec.structs.replace(sheet.data, postgres=pg))
+    titles = [a.get_title(loc="left") for a in chart.figure(timeline.build(existing)).axes]
+    assert not any(t.startswith("postgres") for t in titles) and len(titles) == 5
 
 
 def test_redis_tier_is_sized_from_the_measured_shard_figure() -> None:
