@@ -12,6 +12,7 @@ from infra import userdata
 from infra.capacity import postgres_instance_class, processes_per_instance
 from infra.runsheet import ASG_TIERS, TIERS, Dns, GroupKey, RunSheet, Tier, port_of
 from infra.timeline import CapacityTimeline, ScheduledAction
+from tiers import HAPROXY_STATS_PORT
 
 SHOW_TAG = "buzzer:show"
 TIER_TAG = "buzzer:tier"
@@ -24,7 +25,7 @@ POSTGRES_PORT = 5432
 HASH_SLOTS = 16384
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Rule:
     """One ingress permission: from a CIDR, or from another tier's security group."""
 
@@ -35,6 +36,13 @@ class Rule:
 
     def __str__(self) -> str:
         return f"{self.protocol}/{self.port} from {self.cidr or f'sg {self.source}'}"
+
+    def __lt__(self, other: Rule) -> bool:
+        # A port can be open both to a CIDR and to a group: None sorts first, not a crash.
+        return self._key() < other._key()
+
+    def _key(self) -> tuple[int, str, str, str]:
+        return (self.port, self.cidr or "", self.source or "", self.protocol)
 
 
 @dataclass(frozen=True)
@@ -318,6 +326,10 @@ def _security_group(sheet: RunSheet, tier: Tier) -> SecurityGroupSpec:
     elif tier in ("ingest", "push"):
         rules.add(Rule(port_of(sheet, tier), source="haproxy"))
     # The tally takes no traffic: it only reads Redis and writes PostgreSQL.
+    if sheet.network.monitoring_cidr:
+        # /metrics: on the tier's own port, on HAProxy its exporter's (stats) port.
+        port = HAPROXY_STATS_PORT if tier == "haproxy" else port_of(sheet, tier)
+        rules.add(Rule(port, sheet.network.monitoring_cidr))
     if sheet.network.admin_cidr:
         rules.add(Rule(22, sheet.network.admin_cidr))
     return SecurityGroupSpec(tier, resource_name(sheet.show, tier), frozenset(rules))

@@ -6,6 +6,7 @@ sheet at 19:00 on show day can fix it without reading this file.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import fields
 from datetime import datetime
@@ -116,6 +117,10 @@ class Network(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
     instance_profile: str | None = None
     """Needs ec2:DescribeInstances (lb sync discovery) and ssm:GetParameter (secrets)."""
     admin_cidr: str | None = None
+    monitoring_cidr: str | None = None
+    """Where Prometheus scrapes from: every node lets it reach ``/metrics`` (the tier's
+    port; on HAProxy the stats port, then bound to the node's addresses, not loopback).
+    Unset, nothing outside a node can scrape it."""
 
 
 class Dns(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -270,6 +275,14 @@ def memory_gib(sheet: RunSheet, instance_type: str) -> float | None:
 def _check(sheet: RunSheet) -> None:
     if sheet.off_air <= sheet.on_air:
         raise _fail("off_air", "must be after on_air")
+    for name in ("admin_cidr", "monitoring_cidr"):
+        cidr = getattr(sheet.network, name)
+        if cidr is None:
+            continue
+        try:
+            ipaddress.ip_network(cidr)
+        except ValueError:
+            raise _fail(f"network.{name}", f"{cidr!r} is not a CIDR like 10.0.0.0/16") from None
     seen: set[str] = set()
     for i, poll in enumerate(sheet.polls):
         at = f"polls[{i}]"

@@ -241,6 +241,10 @@ def render(
             f"--maxconn {maxconn} --runtime-socket {RUNTIME_SOCKET}"
             f" --state-file /var/lib/buzzer/haproxy.state"
         )
+        if sheet.network.monitoring_cidr:
+            # Prometheus scrapes the exporter from elsewhere; the security group admits
+            # only the monitoring range (desired.py).
+            render_args += " --stats-bind 0.0.0.0"
         sync_args = (
             f"--socket {RUNTIME_SOCKET} --backend ingest --backend push --source {source}"
             f" {ports} --interval 15"

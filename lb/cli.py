@@ -186,6 +186,12 @@ def _render_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-redirect", action="store_true", help="serve plain HTTP beside TLS")
     g.add_argument("--tls-ticket-keys", help="file of TLS session ticket keys (default: none)")
     g.add_argument(
+        "--stats-bind",
+        default="127.0.0.1",
+        help="stats page and /metrics address; 0.0.0.0 for a Prometheus elsewhere"
+        " (default: %(default)s)",
+    )
+    g.add_argument(
         "--stats-port",
         type=int,
         default=tiers.HAPROXY_STATS_PORT,
@@ -270,6 +276,7 @@ def _render(args: argparse.Namespace) -> str:
         certs=tuple(args.cert),
         redirect_to_https=not args.no_redirect,
         tls_ticket_keys=args.tls_ticket_keys,
+        stats_host=args.stats_bind,
         stats_port=args.stats_port,
         log_target=None if args.log == "none" else args.log,
         nbthread=args.nbthread,

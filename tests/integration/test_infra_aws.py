@@ -173,12 +173,23 @@ def test_apply_creates_the_planned_fleet(aws: Clients, sheet: RunSheet) -> None:
         next(t["Value"] for t in g["Tags"] if t["Key"] == "buzzer:tier"): g
         for g in sgs["SecurityGroups"]
     }
-    lb_ports = {p["FromPort"] for p in by_tier["haproxy"]["IpPermissions"]}
-    assert lb_ports == {80, 443}
-    ingest_perm = by_tier["ingest"]["IpPermissions"]
-    assert [(p["FromPort"], p["UserIdGroupPairs"][0]["GroupId"]) for p in ingest_perm] == [
-        (8081, by_tier["haproxy"]["GroupId"])
-    ]
+
+    def sources(tier: str) -> set[tuple[int, str]]:
+        return {
+            (p["FromPort"], src)
+            for p in by_tier[tier]["IpPermissions"]
+            for src in [r["CidrIp"] for r in p.get("IpRanges", [])]
+            + [r["CidrIpv6"] for r in p.get("Ipv6Ranges", [])]
+            + [g["GroupId"] for g in p.get("UserIdGroupPairs", [])]
+        }
+
+    # Votes and websockets from anywhere; HAProxy's exporter only from Prometheus's range.
+    monitoring = sheet.network.monitoring_cidr
+    assert monitoring is not None
+    anywhere = {(port, cidr) for port in (80, 443) for cidr in ("0.0.0.0/0", "::/0")}
+    assert sources("haproxy") == anywhere | {(8404, monitoring)}
+    assert sources("ingest") == {(8081, by_tier["haproxy"]["GroupId"]), (8081, monitoring)}
+    assert sources("tally") == {(8090, monitoring)}
 
 
 def test_apply_twice_creates_nothing(aws: Clients, sheet: RunSheet) -> None:

@@ -71,6 +71,8 @@ def test_example_runsheet_parses() -> None:
             "data.redis.replicas_per_shard",
         ),
         (lambda d: d["data"]["postgres"].update(storage_gb=5), "data.postgres.storage_gb"),
+        (lambda d: d["network"].update(monitoring_cidr="10.0.64/33"), "network.monitoring_cidr"),
+        (lambda d: d["network"].update(admin_cidr="office"), "network.admin_cidr"),
     ],
 )
 def test_errors_name_the_field(raw: dict[str, Any], edit: Any, field: str) -> None:
@@ -141,8 +143,24 @@ def test_desired_resources_and_tags() -> None:
     ]
     sgs = {sg.tier: sg for sg in want.security_groups}
     assert desired.Rule(443, "0.0.0.0/0") in sgs["haproxy"].rules
+    # Prometheus reaches every /metrics from the monitoring range, and nothing else does.
+    monitoring = sheet.network.monitoring_cidr
+    assert monitoring is not None
+    assert sgs["ingest"].rules == {
+        desired.Rule(8081, source="haproxy"),
+        desired.Rule(8081, monitoring),
+    }
+    assert sgs["tally"].rules == {desired.Rule(8090, monitoring)}
+    assert desired.Rule(8404, monitoring) in sgs["haproxy"].rules
+    assert desired.Rule(8404, "0.0.0.0/0") not in sgs["haproxy"].rules
+    unmonitored = msgspec.structs.replace(
+        sheet, network=msgspec.structs.replace(sheet.network, monitoring_cidr=None)
+    )
+    want = desired.build(unmonitored, tl, sheet.on_air - timedelta(hours=3), "eu-west-1")
+    sgs = {sg.tier: sg for sg in want.security_groups}
     assert sgs["ingest"].rules == {desired.Rule(8081, source="haproxy")}
     assert sgs["tally"].rules == frozenset()
+    assert {r.port for r in sgs["haproxy"].rules} == {80, 443}
     assert want.tags("push") == {"buzzer:show": "final-2026", "buzzer:tier": "push"}
 
 
@@ -153,6 +171,12 @@ def test_user_data_installs_tier_and_keeps_secrets_out() -> None:
     assert "--source ec2:buzzer:show=final-2026" in lb
     assert "buzzer lb apply" in lb and "buzzer lb sync" in lb
     assert f"--maxconn {tl.peak.maxconn_per_node}" in lb
+    # The example names Prometheus's range, so HAProxy's exporter listens beyond loopback.
+    assert "--stats-bind 0.0.0.0" in lb
+    unmonitored = msgspec.structs.replace(
+        sheet, network=msgspec.structs.replace(sheet.network, monitoring_cidr=None)
+    )
+    assert "--stats-bind" not in userdata.render(unmonitored, tl, "haproxy", 8, "eu-west-1")
     ingest = userdata.render(sheet, tl, "ingest", 4, "eu-west-1")
     assert "buzzer serve ingest" in ingest
     assert "seq 1 4" in ingest

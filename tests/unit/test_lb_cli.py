@@ -41,6 +41,12 @@ def test_render_prints_config_with_plan_maxconn(capsys: pytest.CaptureFixture[st
 
     expected = plan(PlanInputs(peak_votes_per_s=1000, viewers=300_000), PROFILES["historical"])
     assert f"\n    maxconn {expected.maxconn_per_node}\n" in out
+    # The exporter stays on loopback unless a Prometheus elsewhere needs it.
+    assert "\nfrontend stats\n    bind 127.0.0.1:8404\n" in out
+    args = parse("lb", "render", "--peak-votes", "1000", "--viewers", "300000",
+                 "--profile", "historical", "--stats-bind", "0.0.0.0")  # fmt: skip
+    assert args.func(args) == 0
+    assert "\nfrontend stats\n    bind 0.0.0.0:8404\n" in capsys.readouterr().out
 
 
 def _subparser(*names: str) -> argparse.ArgumentParser:
