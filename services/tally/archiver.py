@@ -219,8 +219,14 @@ class Sealer:
     async def seal_pending(self) -> list[str]:
         """Seal what can be sealed now; the polls sealed by this call."""
         pool = await self.pg.pool()
+        # Only the polls whose every archive partition is closed: a poll frozen before
+        # the archive existed (migration 0004) never will be, and is not worth a
+        # transaction on every look. ``seal`` checks again under the poll's lock.
         polls = await pool.fetch(
-            "SELECT id FROM polls WHERE final AND archive_digest IS NULL ORDER BY id"
+            "SELECT id FROM polls p WHERE final AND archive_digest IS NULL"
+            " AND (SELECT count(*) FROM archive_partition_closed c WHERE c.poll_id = p.id)"
+            " >= coalesce(p.partitions, $1) ORDER BY id",
+            self.partitions,
         )
         sealed = []
         for row in polls:
