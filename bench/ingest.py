@@ -25,7 +25,7 @@ import sys
 import time
 
 from bench.target import vote_target, wait_http
-from bench.tools.proc import cpu_seconds
+from bench.tools.proc import cpu_seconds, steal_line, steal_pct, steal_seconds
 from bench.tools.rounds import order, summarise
 from bench.tools.wrk import WrkResult, pinned
 from buzzer.ports import free_port
@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, list[WrkResult]] = {"bare": [], "real": []}
     cpu_pct: dict[str, list[float]] = {"bare": [], "real": []}
     us_per_req: dict[str, list[float]] = {"bare": [], "real": []}
+    stolen: list[float] = []
     bare_port = free_port()
     bare = subprocess.Popen(pinned(0, [sys.executable, "-m", "bench.tools.bare", str(bare_port)]))
     try:
@@ -67,11 +68,12 @@ def run(args: argparse.Namespace) -> int:
                 accepted += r.ok if name == "real" else 0
             pids = {"bare": bare.pid, "real": target.pid}
             for rnd, name in order(args.rounds, tuple(urls)):
-                cpu0 = cpu_seconds(pids[name])
+                cpu0, steal0 = cpu_seconds(pids[name]), steal_seconds()
                 r = target.wrk(args.seconds, args.connections, urls[name])
                 # The server's share of its core: near 100 % it is the limit; well below,
                 # the clients or Redis are, and the ratio says little about the code.
                 busy = 100 * (cpu_seconds(pids[name]) - cpu0) / args.seconds
+                stolen.append(steal_pct(steal0, steal_seconds(), args.seconds))
                 results[name].append(r)
                 cpu_pct[name].append(busy)
                 us_per_req[name].append(busy * 1e4 / r.rps if r.rps else 0.0)
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                     f"  r{rnd} {name:5} {r.rps:9.0f} req/s  p50 {r.p50_ms:6.2f} ms"
                     f"  p99 {r.p99_ms:6.2f} ms  cpu {busy:4.0f} %"
                     f"  {us_per_req[name][-1]:5.1f} us/req  non-2xx {r.non2xx}"
-                    f"  socket errors {r.errors}",
+                    f"  socket errors {r.errors}  steal {stolen[-1]:3.0f} %",
                     flush=True,
                 )
             time.sleep(0.5)
@@ -115,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     print(cost.line("CPU per request, bare/real (what the ratio would be at 100 % CPU)"))
     for name in ("bare", "real"):
         print(f"{name} server CPU: {summarise(cpu_pct[name]).line('% of its core', '.0f')}")
+    print(steal_line(stolen))
     print(
         f"202s: {accepted}, entries in the stream: {in_stream} (+ up to {cut_off} cut off by wrk"
         f" in flight) -> {'every 202 is in the stream' if durable else 'MISMATCH'}"
@@ -137,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         "in_stream": in_stream,
         "durable": durable,
         "non2xx": sum(r.non2xx for r in results["real"]),
+        "steal_pct_max": round(max(stolen, default=0.0), 1),
     }
     print(json.dumps(summary))
     return 0 if durable else 1
