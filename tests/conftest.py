@@ -11,15 +11,13 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from services.common.db import migrate
 from services.common.messages import Keys
 from tests.support import delete_prefix
-from tests.support.tally import TallyEnv, tally_database, tally_env
+from tests.support.tally import TallyEnv, migrated_database, tally_database, tally_env
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEST_DB = os.environ.get("TEST_DATABASE", "buzzer_test")
-TEST_DSN = PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + TEST_DB
 
 # Tables a test may have written, emptied before each test that asks for the database.
 _TABLES = "vote_archive, archive_partition_closed, audit_log, outbox_watermark, applied_outbox, poll_partition_closed, rate_buckets, totals, options, polls, shows"
@@ -27,10 +25,10 @@ _TABLES = "vote_archive, archive_partition_closed, audit_log, outbox_watermark, 
 
 @pytest.fixture(scope="session")
 def pg_dsn() -> Iterator[str]:
-    import asyncio
-
-    asyncio.run(migrate(TEST_DSN))
-    yield TEST_DSN
+    """The session's database, its name unique to this run: two runs at once (CI and a
+    developer) never empty each other's tables."""
+    with migrated_database(TEST_DB) as dsn:
+        yield dsn
 
 
 @pytest.fixture

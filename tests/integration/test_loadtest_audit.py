@@ -25,18 +25,21 @@ from services.common.archive import (
     ensure_partition,
     partition_table,
 )
-from services.common.db import migrate
 from services.common.messages import Keys
-from tests.conftest import PG_ADMIN_DSN, REDIS_URL
+from tests.conftest import REDIS_URL
+from tests.support.tally import migrated_database
 
 pytestmark = pytest.mark.integration
 
-DSN = PG_ADMIN_DSN.rsplit("/", 1)[0] + "/buzzer_test_loadtest"
+
+@pytest.fixture(scope="module")
+def dsn() -> Iterator[str]:
+    with migrated_database("buzzer_test_loadtest") as url:
+        yield url
 
 
 @pytest.fixture
-def setup() -> Iterator[tuple[Plan, Keys, str]]:
-    asyncio.run(migrate(DSN))
+def setup(dsn: str) -> Iterator[tuple[Plan, Keys, str]]:
     prefix = f"lt{uuid.uuid4().hex[:10]}"
     keys = Keys(prefix=prefix, partitions=4)
     poll = PollPlan(
@@ -60,7 +63,7 @@ def setup() -> Iterator[tuple[Plan, Keys, str]]:
         out_dir="/tmp",
         polls=[poll],
     )
-    asyncio.run(_pg_poll(poll, {"clap": 7, "boo": 3, PROBE: 2}))
+    asyncio.run(_pg_poll(dsn, poll, {"clap": 7, "boo": 3, PROBE: 2}))
     r = redis_sync.Redis.from_url(REDIS_URL)
     r.hset(keys.counts(0, poll.id), mapping={"clap": 4, "boo": 3})
     r.hset(keys.counts(2, poll.id), mapping={"clap": 3, PROBE: 2})
@@ -70,11 +73,11 @@ def setup() -> Iterator[tuple[Plan, Keys, str]]:
         for k in r.scan_iter(match=f"{prefix}:*", count=1000):
             r.delete(k)
         r.close()
-        asyncio.run(_pg_drop(poll.id))
+        asyncio.run(_pg_drop(dsn, poll.id))
 
 
-async def _pg_poll(poll: PollPlan, totals: dict[str, int]) -> None:
-    conn = await asyncpg.connect(DSN)
+async def _pg_poll(dsn: str, poll: PollPlan, totals: dict[str, int]) -> None:
+    conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("INSERT INTO shows(id, name) VALUES ($1, 'lt')", poll.id)
         await conn.execute(
@@ -111,8 +114,8 @@ async def _pg_poll(poll: PollPlan, totals: dict[str, int]) -> None:
         await conn.close()
 
 
-async def _pg_drop(poll: str) -> None:
-    conn = await asyncpg.connect(DSN)
+async def _pg_drop(dsn: str, poll: str) -> None:
+    conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(f'DROP TABLE IF EXISTS "{partition_table(poll)}"')
         await conn.execute("DELETE FROM polls WHERE id = $1", poll)
@@ -129,10 +132,10 @@ def _clients(poll: str, accepted: dict[str, int], seen: list[dict[str, int]]) ->
     return Clients(accepted={poll: accepted}, viewers=viewers, processes=1)
 
 
-def test_exact_counts_pass(setup: tuple[Plan, Keys, str]) -> None:
+def test_exact_counts_pass(setup: tuple[Plan, Keys, str], dsn: str) -> None:
     plan, keys, prefix = setup
     poll = plan.polls[0].id
-    server, settled = drain(plan, REDIS_URL, DSN, prefix, keys.partitions, timeout=5)
+    server, settled = drain(plan, REDIS_URL, dsn, prefix, keys.partitions, timeout=5)
     assert settled
     want = {"clap": 7, "boo": 3, PROBE: 2}
     result = audit(plan, _clients(poll, want, [want, want]), server, settled)
@@ -140,13 +143,13 @@ def test_exact_counts_pass(setup: tuple[Plan, Keys, str]) -> None:
     assert [r["ok"] for r in result.table] == [True, True, True]
 
 
-def test_every_difference_is_reported_exactly(setup: tuple[Plan, Keys, str]) -> None:
+def test_every_difference_is_reported_exactly(setup: tuple[Plan, Keys, str], dsn: str) -> None:
     plan, keys, prefix = setup
     poll = plan.polls[0].id
     r = redis_sync.Redis.from_url(REDIS_URL)
     r.hincrby(keys.counts(2, poll), "clap", -1)  # a vote removed behind the system's back
     r.close()
-    server, settled = drain(plan, REDIS_URL, DSN, prefix, keys.partitions, timeout=5)
+    server, settled = drain(plan, REDIS_URL, dsn, prefix, keys.partitions, timeout=5)
     want = {"clap": 7, "boo": 3, PROBE: 2}
     clients = _clients(poll, {**want, "boo": 4}, [want, {**want, PROBE: 1}])
     clients.unresolved = [{"poll": poll, "option": "clap", "count": 1, "vote_id": "v"}]
@@ -169,11 +172,11 @@ def test_every_difference_is_reported_exactly(setup: tuple[Plan, Keys, str]) -> 
     assert line.split()[2:5] == ["7", "6", "7"] and "MISMATCH redis -1" in line
 
 
-def test_a_tampered_archive_fails_the_audit(setup: tuple[Plan, Keys, str]) -> None:
+def test_a_tampered_archive_fails_the_audit(setup: tuple[Plan, Keys, str], dsn: str) -> None:
     plan, keys, prefix = setup
     poll = plan.polls[0].id
-    asyncio.run(_tamper(poll))
-    server, settled = drain(plan, REDIS_URL, DSN, prefix, keys.partitions, timeout=2)
+    asyncio.run(_tamper(dsn, poll))
+    server, settled = drain(plan, REDIS_URL, dsn, prefix, keys.partitions, timeout=2)
     want = {"clap": 7, "boo": 3, PROBE: 2}
     result = audit(plan, _clients(poll, want, [want]), server, settled)
     assert not result.ok
@@ -185,8 +188,8 @@ def test_a_tampered_archive_fails_the_audit(setup: tuple[Plan, Keys, str]) -> No
     assert f"poll {poll}: 1 archived rows no longer match their hash" in result.problems
 
 
-async def _tamper(poll: str) -> None:
-    conn = await asyncpg.connect(DSN)
+async def _tamper(dsn: str, poll: str) -> None:
+    conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(
             "UPDATE vote_archive SET count = count + 1 WHERE poll_id = $1 AND option_key = 'boo'",
