@@ -319,15 +319,22 @@ def test_chart_draws_capacity_and_load_in_one_unit_per_tier() -> None:
     assert max(load_) == pytest.approx(tl.votes_at(final.call_to_action))
 
 
-def test_chart_redis_panel_is_the_shards_votes_against_expected_votes() -> None:
+def panel(tl: timeline.CapacityTimeline, name: str) -> tuple[list[float], list[float]]:
+    """The capacity and expected-load curves of one panel of the chart."""
     from infra import chart
 
+    ax = next(a for a in chart.figure(tl).axes if a.get_title(loc="left").startswith(f"{name} ("))
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    return (
+        list(lines["capacity (100 %)"].get_ydata()),
+        list(lines["expected load"].get_ydata()),
+    )
+
+
+def test_chart_redis_panel_is_the_shards_votes_against_expected_votes() -> None:
     sheet = load(EXAMPLE)
     tl = timeline.build(sheet)
-    ax = panel(chart.figure(tl), "redis")
-    lines = {line.get_label(): line for line in ax.get_lines()}
-    capacity = list(lines["capacity (100 %)"].get_ydata())
-    load_ = list(lines["expected load"].get_ydata())
+    capacity, load_ = panel(tl, "redis")
     per_shard = planner.PROFILES["measured"].redis_votes_per_s
     assert max(capacity) == tl.peak.redis_shards * per_shard
     final = next(p for p in sheet.polls if p.id == "final")
@@ -336,19 +343,12 @@ def test_chart_redis_panel_is_the_shards_votes_against_expected_votes() -> None:
     assert {c for c in capacity if c} == {max(capacity)}
 
 
-def panel(fig: Any, name: str) -> Any:
-    return next(ax for ax in fig.axes if ax.get_title(loc="left").startswith(f"{name} ("))
-
-
 def test_chart_postgres_panel_is_the_writers_vcpus_against_its_rows() -> None:
     from infra import chart
 
     sheet = load(EXAMPLE)
     tl = timeline.build(sheet)
-    ax = panel(chart.figure(tl), "postgres")
-    lines = {line.get_label(): line for line in ax.get_lines()}
-    capacity = list(lines["capacity (100 %)"].get_ydata())
-    load_ = list(lines["expected load"].get_ydata())
+    capacity, load_ = panel(tl, "postgres")
     profile = planner.PROFILES[sheet.capacity.profile]
     assert max(capacity) == tl.peak.postgres_vcpus * profile.postgres_rows_per_vcpu_s
     # One level throughout: made by apply, never resized on air.
