@@ -25,7 +25,13 @@ import sys
 import time
 
 from bench.target import vote_target, wait_http
-from bench.tools.proc import cpu_seconds, steal_line, steal_pct, steal_seconds
+from bench.tools.proc import (
+    NOISY_STEAL_PCT,
+    cpu_seconds,
+    steal_line,
+    steal_pct,
+    steal_seconds,
+)
 from bench.tools.rounds import order, summarise
 from bench.tools.wrk import WrkResult, pinned
 from buzzer.ports import free_port
@@ -55,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     cpu_pct: dict[str, list[float]] = {"bare": [], "real": []}
     us_per_req: dict[str, list[float]] = {"bare": [], "real": []}
     stolen: list[float] = []
+    steal_of: dict[str, list[float]] = {"bare": [], "real": []}
     bare_port = free_port()
     bare = subprocess.Popen(pinned(0, [sys.executable, "-m", "bench.tools.bare", str(bare_port)]))
     try:
@@ -74,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
                 # the clients or Redis are, and the ratio says little about the code.
                 busy = 100 * (cpu_seconds(pids[name]) - cpu0) / args.seconds
                 stolen.append(steal_pct(steal0, steal_seconds(), args.seconds))
+                steal_of[name].append(stolen[-1])
                 results[name].append(r)
                 cpu_pct[name].append(busy)
                 us_per_req[name].append(busy * 1e4 / r.rps if r.rps else 0.0)
@@ -118,6 +126,25 @@ def run(args: argparse.Namespace) -> int:
     for name in ("bare", "real"):
         print(f"{name} server CPU: {summarise(cpu_pct[name]).line('% of its core', '.0f')}")
     print(steal_line(stolen))
+    # The pairs the host left alone, where there are enough of them to judge.
+    quiet = [
+        real.rps / bare.rps
+        for bare, real, sb, sr in zip(
+            results["bare"], results["real"], steal_of["bare"], steal_of["real"], strict=True
+        )
+        if bare.rps and max(sb, sr) <= NOISY_STEAL_PCT
+    ]
+    if stolen and max(stolen) > NOISY_STEAL_PCT:
+        if len(quiet) >= 3:
+            print(
+                summarise(quiet).line(
+                    f"ratio real/bare, rounds with steal <= {NOISY_STEAL_PCT:.0f} %"
+                )
+            )
+        else:
+            print(
+                f"only {len(quiet)} round(s) with steal <= {NOISY_STEAL_PCT:.0f} %: too few to judge apart"
+            )
     print(
         f"202s: {accepted}, entries in the stream: {in_stream} (+ up to {cut_off} cut off by wrk"
         f" in flight) -> {'every 202 is in the stream' if durable else 'MISMATCH'}"
@@ -141,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         "durable": durable,
         "non2xx": sum(r.non2xx for r in results["real"]),
         "steal_pct_max": round(max(stolen, default=0.0), 1),
+        "ratio_quiet_rounds": summarise(quiet).as_dict() if quiet else None,
     }
     print(json.dumps(summary))
     return 0 if durable else 1
