@@ -11,6 +11,7 @@ penalises both sides alike instead of always the one measured second.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,8 +21,11 @@ BASELINE = "baseline"
 SUBJECT = "subject"
 
 DEFAULT_MAX_SPREAD = 0.10
-"""Widest relative spread ((max - min) / median) of the per-round ratios that still lets
-a run conclude: a target of 0.9 is not judged on ratios that wander by more than 0.1."""
+"""Widest relative spread (:func:`spread`) of the per-round ratios that still lets a run
+conclude: a target of 0.9 is not judged on ratios that wander by more than 0.1."""
+
+CONFIDENCE = 0.95
+"""How sure the interval of :func:`median_interval` is to hold the true median."""
 
 
 def median(values: Sequence[float]) -> float:
@@ -30,12 +34,34 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+def median_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """An interval holding the true median with at least ``confidence`` (or the whole
+    range when there are too few rounds for that), with no assumption about the noise:
+    the k-th smallest and k-th largest rounds, for the largest k the binomial allows.
+
+    Up to 8 rounds it is the range, min to max. With more, it narrows: the min and the
+    max are the rounds a neighbour disturbed, and more rounds leave them out, where a
+    range would only ever widen.
+    """
+    if not values:
+        raise ValueError("interval of no values")
+    xs = sorted(values)
+    n = len(xs)
+    k = 1
+    # P(the median lies outside [x(k+1), x(n-k)]) = 2 * P(Binomial(n, 1/2) <= k).
+    while k < n - k and 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n <= 1 - confidence:
+        k += 1
+    return xs[k - 1], xs[n - k]
+
+
 def spread(values: Sequence[float]) -> float:
-    """Relative spread, (max - min) / median: 0 for identical rounds."""
+    """Relative spread: the width of :func:`median_interval` over the median; 0 for
+    identical rounds. Up to 8 rounds, (max - min) / median."""
     m = median(values)
+    low, high = median_interval(values)
     if m == 0:
-        return 0.0 if max(values) == min(values) else float("inf")
-    return (max(values) - min(values)) / abs(m)
+        return 0.0 if high == low else float("inf")
+    return (high - low) / abs(m)
 
 
 def order(rounds: int, names: Sequence[str] = (BASELINE, SUBJECT)) -> list[tuple[int, str]]:
@@ -57,6 +83,8 @@ class Summary:
     spread: float
     rounds: int
     max_spread: float = DEFAULT_MAX_SPREAD
+    interval: tuple[float, float] = (0.0, 0.0)
+    """:func:`median_interval`; the spread is its width over the median."""
 
     @property
     def too_wide(self) -> bool:
@@ -74,6 +102,13 @@ class Summary:
         return f"spread {self.spread:.0%} <= {self.max_spread:.0%}: conclusive"
 
     @property
+    def _interval_note(self) -> str:
+        lo, hi = self.interval
+        if (lo, hi) == (self.low, self.high):
+            return ""
+        return f", median within {lo:.3g}-{hi:.3g} at {CONFIDENCE:.0%}"
+
+    @property
     def conclusive(self) -> bool:
         return self.rounds >= 3 and not self.too_wide
 
@@ -89,6 +124,7 @@ class Summary:
             "low": round(self.low, 4),
             "high": round(self.high, 4),
             "spread": round(self.spread, 4),
+            "interval": [round(self.interval[0], 4), round(self.interval[1], 4)],
             "rounds": self.rounds,
             "conclusive": self.conclusive,
         }
@@ -96,7 +132,7 @@ class Summary:
     def line(self, label: str, fmt: str = ".3f") -> str:
         return (
             f"{label}: median {self.median:{fmt}} (min {self.low:{fmt}}, max {self.high:{fmt}},"
-            f" {self.rounds} rounds) -> {self.verdict}"
+            f" {self.rounds} rounds{self._interval_note}) -> {self.verdict}"
         )
 
 
@@ -108,6 +144,7 @@ def summarise(values: Sequence[float], max_spread: float = DEFAULT_MAX_SPREAD) -
         spread=spread(values),
         rounds=len(values),
         max_spread=max_spread,
+        interval=median_interval(values),
     )
 
 

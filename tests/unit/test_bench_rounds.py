@@ -9,6 +9,7 @@ from bench.tools.rounds import (
     SUBJECT,
     Rounds,
     median,
+    median_interval,
     order,
     run_rounds,
     spread,
@@ -31,6 +32,31 @@ def test_spread_is_range_over_median() -> None:
     assert spread([1.0, 1.0, 1.0]) == 0.0
     assert spread([0.9, 1.0, 1.1]) == pytest.approx(0.2)
     assert spread([0.0, 0.0]) == 0.0
+
+
+def test_the_interval_of_the_median_is_the_range_up_to_8_rounds_then_narrows() -> None:
+    assert median_interval([5.0, 1.0, 3.0, 2.0, 4.0]) == (1.0, 5.0)
+    assert median_interval([float(x) for x in range(1, 9)]) == (1.0, 8.0)
+    # 9 rounds: 2nd to 8th smallest, which holds the median with 96 % (binomial).
+    assert median_interval([float(x) for x in range(1, 10)]) == (2.0, 8.0)
+    assert median_interval([float(x) for x in range(1, 16)]) == (4.0, 12.0)
+    with pytest.raises(ValueError):
+        median_interval([])
+
+
+def test_more_rounds_can_settle_a_run_two_disturbed_rounds_cannot_spoil() -> None:
+    # A noisy machine: most pairs agree, a neighbour disturbs one round now and then.
+    five = [0.60, 0.61, 0.62, 0.48, 0.63]
+    assert summarise(five).too_wide  # the disturbed round is the min: the range is wide
+    nine = [*five, 0.61, 0.62, 0.75, 0.60]
+    s = summarise(nine)
+    assert s.conclusive and s.interval == (0.60, 0.63)
+    assert (s.low, s.high) == (0.48, 0.75)  # still reported, no longer judged on
+    assert "median within 0.6-0.63 at 95%" in s.line("ratio")
+    assert s.as_dict()["interval"] == [0.6, 0.63]
+    # Rounds that really disagree stay too wide however many there are.
+    wide = summarise([0.4, 0.5, 0.6, 0.7, 0.8, 0.45, 0.55, 0.65, 0.75])
+    assert wide.too_wide
 
 
 def test_the_three_runs_from_the_issue_are_too_wide_to_conclude() -> None:
