@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.push import _passes, _write_profile, add_arguments
+from bench.push import _not_for_the_profile, _passes, _write_profile, add_arguments
 
 
 def step(**kw: Any) -> dict[str, Any]:
@@ -82,3 +82,15 @@ def test_two_processes_write_their_own_key_and_not_the_per_core_figure(tmp_path:
     assert got["viewers_two_processes"] == 18_000
     assert got["viewers_two_processes_measured"]["shared_cores"] is True
     assert "viewers_per_process" not in got and "cores_per_1m_viewers" not in got
+
+
+def test_a_run_behind_on_its_updates_does_not_write_its_cpu_per_viewer(tmp_path: Path) -> None:
+    a = args(tmp_path)  # --viewers 10000, --p99-ms 200
+    assert _not_for_the_profile(a, step()) is None
+    # Saturated: p99 1.9 s. Push used 88 % of its core for less than the viewers needed.
+    why = _not_for_the_profile(a, step(delay_to_all_ms_p99=1881.9, push_cpu_pct=88.0))
+    assert why is not None and "1881.9 ms is not under 200 ms" in why
+    assert _not_for_the_profile(a, step(connections_held=9_000)) is not None
+    # --find-max writes only the steps that passed (its "best"), whatever the last did.
+    a.find_max = True
+    assert _not_for_the_profile(a, step(delay_to_all_ms_p99=1881.9)) is None
