@@ -42,6 +42,40 @@ class ResilientConnection(Connection):
             raise RedisConnectionError(f"connection closed by the server: {exc}") from exc
 
 
+_STREAM_READS = ("XREAD", "XREADGROUP")
+
+
+def stream_read_keys(args: tuple[Any, ...]) -> list[Any]:
+    """The stream keys of an ``XREAD``/``XREADGROUP`` call (``args`` after the command):
+    the first half of what follows ``STREAMS``, the rest being their ids."""
+    for i, arg in enumerate(args):
+        word = arg.decode() if isinstance(arg, bytes) else str(arg)
+        if word.upper() == "STREAMS":
+            rest = args[i + 1 :]
+            return list(rest[: len(rest) // 2])
+    return []
+
+
+class Cluster(RedisCluster):
+    """redis-py's cluster client, routing stream reads without asking a server.
+
+    redis-py finds the keys of ``XREAD`` and ``XREADGROUP`` (``movablekeys``) by sending
+    ``COMMAND GETKEYS`` to the client's default node, before every read. When that node
+    is the primary that failed over, the question fails as a connection error outside the
+    step that marks the topology for refresh, so every later read asks the dead node
+    again: a push process stopped streaming for good (seen in
+    tests/cluster/test_push_failover.py). The keys follow ``STREAMS``; finding them here
+    also saves a round trip per read.
+    """
+
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        if str(command).upper() in _STREAM_READS:
+            slots = {self.keyslot(k) for k in stream_read_keys(args)}
+            if len(slots) == 1:
+                return slots.pop()
+        return await super()._determine_slot(command, *args)
+
+
 def is_cluster_url(url: str) -> bool:
     return url.split("://", 1)[0] in CLUSTER_SCHEMES
 
@@ -81,7 +115,7 @@ def connect(url: str, **kwargs: Any) -> Redis:
         opts.setdefault("ssl", True)
     # The pool size is per node in the cluster client; connections are made on demand.
     opts.pop("health_check_interval", None)
-    cluster = RedisCluster(
+    cluster = Cluster(
         startup_nodes=[ClusterNode(h, p) for h, p in seed_nodes(url)],
         # Slots whose primary is down must fail alone (503 for their votes), while the
         # other shards keep taking votes.
