@@ -60,7 +60,6 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, list[WrkResult]] = {"bare": [], "real": []}
     cpu_pct: dict[str, list[float]] = {"bare": [], "real": []}
     us_per_req: dict[str, list[float]] = {"bare": [], "real": []}
-    stolen: list[float] = []
     steal_of: dict[str, list[float]] = {"bare": [], "real": []}
     bare_port = free_port()
     bare = subprocess.Popen(pinned(0, [sys.executable, "-m", "bench.tools.bare", str(bare_port)]))
@@ -80,8 +79,7 @@ def run(args: argparse.Namespace) -> int:
                 # The server's share of its core: near 100 % it is the limit; well below,
                 # the clients or Redis are, and the ratio says little about the code.
                 busy = 100 * (cpu_seconds(pids[name]) - cpu0) / args.seconds
-                stolen.append(steal_pct(steal0, steal_seconds(), args.seconds))
-                steal_of[name].append(stolen[-1])
+                steal_of[name].append(steal_pct(steal0, steal_seconds(), args.seconds))
                 results[name].append(r)
                 cpu_pct[name].append(busy)
                 us_per_req[name].append(busy * 1e4 / r.rps if r.rps else 0.0)
@@ -91,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                     f"  r{rnd} {name:5} {r.rps:9.0f} req/s  p50 {r.p50_ms:6.2f} ms"
                     f"  p99 {r.p99_ms:6.2f} ms  cpu {busy:4.0f} %"
                     f"  {us_per_req[name][-1]:5.1f} us/req  non-2xx {r.non2xx}"
-                    f"  socket errors {r.errors}  steal {stolen[-1]:3.0f} %",
+                    f"  socket errors {r.errors}  steal {steal_of[name][-1]:3.0f} %",
                     flush=True,
                 )
             time.sleep(0.5)
@@ -125,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
     print(cost.line("CPU per request, bare/real (what the ratio would be at 100 % CPU)"))
     for name in ("bare", "real"):
         print(f"{name} server CPU: {summarise(cpu_pct[name]).line('% of its core', '.0f')}")
+    stolen = steal_of["bare"] + steal_of["real"]
     print(steal_line(stolen))
     # The pairs the host left alone, where there are enough of them to judge.
     quiet = [

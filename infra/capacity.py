@@ -282,48 +282,49 @@ class Measure:
     """Expected load in ``unit`` for (votes/s, viewers)."""
 
 
+def _sheet_figures(sheet: RunSheet) -> planner.Profile:
+    """The sheet's planner profile with the sheet's own figures over it."""
+    overrides: dict[str, Any] = _figures(sheet)
+    return replace(planner.PROFILES[sheet.capacity.profile], **overrides)
+
+
+def _planned_load(sheet: RunSheet, votes: float, viewers: int) -> dict[str, float]:
+    """The planner's expected load for (votes/s, viewers) under this sheet."""
+    profile = planner.PROFILES[sheet.capacity.profile]
+    return planner.plan(_inputs(sheet, votes, viewers), profile).load
+
+
 def redis_measure(sheet: RunSheet) -> Measure:
     """The Redis tier in votes/s per shard: every vote is accepted and applied on one."""
-    overrides: dict[str, Any] = _figures(sheet)
-    figures = replace(planner.PROFILES[sheet.capacity.profile], **overrides)
-    return Measure("votes/s", figures.redis_votes_per_s, lambda v, _: v)
+    return Measure("votes/s", _sheet_figures(sheet).redis_votes_per_s, lambda v, _: v)
 
 
 def postgres_vcpus(sheet: RunSheet, peak: TierCounts) -> int | None:
-    """The vCPUs of the writer ``apply`` makes (the run sheet's class where it names one,
-    else the plan's); ``None`` where the database is not made by apply."""
-    pg = sheet.data.postgres
-    if pg is None or not pg.managed:
+    """The vCPUs of the writer ``apply`` makes (its class, :func:`postgres_instance_class`);
+    ``None`` where the database is not made by apply."""
+    cls = postgres_instance_class(sheet, peak)
+    if cls is None:
         return None
-    if pg.instance_class:
-        size = pg.instance_class.rsplit(".", 1)[-1]
-        return next((n for n, s in RDS_SIZES if s == size), peak.postgres_vcpus)
-    return peak.postgres_vcpus
+    size = cls.rsplit(".", 1)[-1]
+    return next((n for n, s in RDS_SIZES if s == size), peak.postgres_vcpus)
 
 
 def postgres_measure(sheet: RunSheet) -> Measure:
     """The PostgreSQL writer in rows/s per vCPU: the tally's upserts of the totals, which
     grow with the polls and options taking votes, not with every vote."""
-    profile = planner.PROFILES[sheet.capacity.profile]
-    overrides: dict[str, Any] = _figures(sheet)
-    figures = replace(profile, **overrides)
 
     def rows(votes: float, viewers: int) -> float:
         # The writer commits only what it read: no votes, no rows. With votes, the
         # planner's figure, which does not grow with them.
-        if votes <= 0:
-            return 0.0
-        return planner.plan(_inputs(sheet, votes, viewers), profile).load["postgres_rows_per_s"]
+        return _planned_load(sheet, votes, viewers)["postgres_rows_per_s"] if votes > 0 else 0.0
 
-    return Measure("rows/s", figures.postgres_rows_per_vcpu_s, rows)
+    return Measure("rows/s", _sheet_figures(sheet).postgres_rows_per_vcpu_s, rows)
 
 
 def measure(sheet: RunSheet, tier: Tier, haproxy_binding: str = "") -> Measure:
     """The unit ``tier`` is sized in; for HAProxy, the one its ``haproxy_binding`` names:
     concurrent connections (memory) or busy cores (connection and handshake rate)."""
-    profile = planner.PROFILES[sheet.capacity.profile]
-    overrides: dict[str, Any] = _figures(sheet)
-    figures = replace(profile, **overrides)
+    figures = _sheet_figures(sheet)
     per = processes_per_instance(sheet, sheet.tiers.get(tier).instance_type) or 1
     if tier == "ingest":
         return Measure("votes/s", per * figures.ingest_votes_per_s, lambda v, _: v)
@@ -331,14 +332,10 @@ def measure(sheet: RunSheet, tier: Tier, haproxy_binding: str = "") -> Measure:
         return Measure("votes/s", per * figures.tally_votes_per_s, lambda v, _: v)
     if tier == "push":
         return Measure("viewers", per * figures.push_viewers, lambda _, n: float(n))
-
-    def planned(votes: float, viewers: int) -> dict[str, float]:
-        return planner.plan(_inputs(sheet, votes, viewers), profile).load
-
     if haproxy_binding.startswith("concurrent"):
         return Measure(
             "concurrent connections",
             float(haproxy_conn_limit(sheet, figures).maxconn),
-            lambda v, n: planned(v, n)["haproxy_concurrent_conns"],
+            lambda v, n: _planned_load(sheet, v, n)["haproxy_concurrent_conns"],
         )
-    return Measure("cores", float(per), lambda v, n: planned(v, n)["haproxy_cores"])
+    return Measure("cores", float(per), lambda v, n: _planned_load(sheet, v, n)["haproxy_cores"])

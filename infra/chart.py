@@ -75,22 +75,20 @@ def _tier(ax: Axes, tl: CapacityTimeline, tier: Tier, times: list[datetime]) -> 
     _panel(ax, tl, times, m, instances(tl, tier, times), f"{tier} (", f"per {itype}", "inst.")
 
 
-def redis_shards(tl: CapacityTimeline, times: list[datetime]) -> list[int]:
-    """The shards at the peak count from the HAProxy lead on: made by ``apply`` and not
-    resized on air."""
+def made_before_the_show(tl: CapacityTimeline, times: list[datetime], n: int) -> list[int]:
+    """``n`` from the HAProxy lead on: what ``apply`` makes at the peak's size and does
+    not resize on air (the Redis shards, the PostgreSQL writer)."""
     end = tl.steps[-1].at
-    return [tl.peak.redis_shards if tl.haproxy_ready_by <= t <= end else 0 for t in times]
+    return [n if tl.haproxy_ready_by <= t <= end else 0 for t in times]
 
 
 def _redis(ax: Axes, tl: CapacityTimeline, times: list[datetime]) -> None:
-    shards = redis_shards(tl, times)
+    shards = made_before_the_show(tl, times, tl.peak.redis_shards)
     _panel(ax, tl, times, redis_measure(tl.sheet), shards, "redis (", "per shard", "shards")
 
 
 def _postgres(ax: Axes, tl: CapacityTimeline, times: list[datetime], vcpus: int) -> None:
-    # Made by apply before the show at the peak's size, like the Redis shards.
-    end = tl.steps[-1].at
-    counts = [vcpus if tl.haproxy_ready_by <= t <= end else 0 for t in times]
+    counts = made_before_the_show(tl, times, vcpus)
     _panel(ax, tl, times, postgres_measure(tl.sheet), counts, "postgres (", "per vCPU", "vCPUs")
 
 

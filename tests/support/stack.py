@@ -16,9 +16,9 @@ import aiohttp
 
 from buzzer.ports import free_ports
 from buzzer.stack import Stack
-from tests.conftest import PG_ADMIN_DSN, REDIS_URL
+from tests.conftest import REDIS_URL
 from tests.support import delete_prefix
-from tests.support.tally import drop_database
+from tests.support.tally import migrated_database
 
 
 @dataclass
@@ -57,40 +57,35 @@ def local_stack(
     call and dropped afterwards: a test never finds another's rows, nor depends on a
     database another test happened to make first. ``database_url`` gives the processes'
     ``DATABASE_URL`` for that name, where they reach PostgreSQL some other way."""
-    prefix = f"e{uuid.uuid4().hex[:10]}"
-    database = f"{database}_{uuid.uuid4().hex[:8]}"
-    dsn = PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + database
-    admin = uuid.uuid4().hex
-    env = {
-        **os.environ,
-        "REDIS_URL": REDIS_URL,
-        "DATABASE_URL": dsn,
-        "BUZZER_KEY_PREFIX": prefix,
-        "BUZZER_ADMIN_TOKEN": admin,
-        "BUZZER_TOKEN_SECRET": uuid.uuid4().hex * 2,
-        "BUZZER_STATE_DIR": str(tmp_path / "state"),
-        **(extra_env or {}),
-    }
-    if database_url is not None:
-        env["DATABASE_URL"] = database_url(database)
-    base = free_ports(ingest + 6)
-    stack = Stack(
-        env=env,
-        http_port=base,
-        https_port=base + ingest + 1,
-        ingest=ingest,
-        haproxy=haproxy,
-        state_dir=tmp_path / "state",
-        ingest_base_port=base + ingest + 2 if haproxy else base,
-        tally_port=base + 2 * ingest + 2 if haproxy else base + ingest + 2,
-        push_port=base + 2 * ingest + 3 if haproxy else base + ingest + 3,
-        stats_port=base + 2 * ingest + 4 if haproxy else base + ingest + 4,
-        with_push=push,
-    )
-    from services.common.db import migrate
-
-    try:
-        asyncio.run(migrate(dsn))
+    with migrated_database(database) as dsn:
+        prefix = f"e{uuid.uuid4().hex[:10]}"
+        admin = uuid.uuid4().hex
+        env = {
+            **os.environ,
+            "REDIS_URL": REDIS_URL,
+            "DATABASE_URL": dsn,
+            "BUZZER_KEY_PREFIX": prefix,
+            "BUZZER_ADMIN_TOKEN": admin,
+            "BUZZER_TOKEN_SECRET": uuid.uuid4().hex * 2,
+            "BUZZER_STATE_DIR": str(tmp_path / "state"),
+            **(extra_env or {}),
+        }
+        if database_url is not None:
+            env["DATABASE_URL"] = database_url(dsn.rsplit("/", 1)[1])
+        base = free_ports(ingest + 6)
+        stack = Stack(
+            env=env,
+            http_port=base,
+            https_port=base + ingest + 1,
+            ingest=ingest,
+            haproxy=haproxy,
+            state_dir=tmp_path / "state",
+            ingest_base_port=base + ingest + 2 if haproxy else base,
+            tally_port=base + 2 * ingest + 2 if haproxy else base + ingest + 2,
+            push_port=base + 2 * ingest + 3 if haproxy else base + ingest + 3,
+            stats_port=base + 2 * ingest + 4 if haproxy else base + ingest + 4,
+            with_push=push,
+        )
         stack.plan()
         try:
             stack.start()
@@ -98,8 +93,6 @@ def local_stack(
         finally:
             stack.stop()
             asyncio.run(_cleanup(prefix))
-    finally:
-        asyncio.run(drop_database(database))
 
 
 async def _cleanup(prefix: str) -> None:

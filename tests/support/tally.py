@@ -57,7 +57,7 @@ def migrated_database(base: str) -> Iterator[str]:
         asyncio.run(migrate(dsn))
         yield dsn
     finally:
-        asyncio.run(drop_database(name))
+        asyncio.run(_drop_database(name))
 
 
 def tally_database() -> Iterator[str]:
@@ -66,7 +66,7 @@ def tally_database() -> Iterator[str]:
         yield dsn
 
 
-async def drop_database(name: str) -> None:
+async def _drop_database(name: str) -> None:
     admin = await asyncpg.connect(PG_ADMIN_DSN)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
