@@ -25,6 +25,7 @@ import time
 import uuid
 from typing import Any
 
+from bench.tools import jsonline
 from bench.tools.pgdb import drop_database
 
 BATCH = 1000
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         f"archived {result['archived']} of {result['votes']} votes"
         f" -> {'exact' if result['exact'] else 'MISMATCH'}"
     )
-    print(json.dumps({"bench": "archive", **result}))
+    print(jsonline.dumps({"bench": "archive", **result}))
     return 0 if result["exact"] and keeps_up else 1
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.tools import jsonline
 from lb.planner import MEASURED_DEFAULTS, MEASURED_PATH, REDIS_PATH, PlanInputs, plan
 
 PUSH_PATH = MEASURED_PATH.parent / "push.json"
@@ -366,7 +367,7 @@ def measure(args: argparse.Namespace) -> Measured:
                 **summary,
                 "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
-            (out / "ingest.json").write_text(json.dumps(ingest, indent=2) + "\n")
+            (out / "ingest.json").write_text(jsonline.dumps(ingest, indent=2) + "\n")
     paths = {
         "lb": out / "measured.json",
         "redis": out / "redis.json",
@@ -466,5 +467,5 @@ def run(args: argparse.Namespace) -> int:
         summary["profiles_dir"] = str(files["lb"].parent)
         summary["step_exit_codes"] = codes
         summary["not_fresh"] = not_fresh
-    print(json.dumps(summary))
+    print(jsonline.dumps(summary))
     return 0

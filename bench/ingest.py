@@ -18,13 +18,13 @@ Bare and real are measured in ``--rounds`` rounds, back to back in alternating o
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
 import time
 
 from bench.target import vote_target, wait_http
+from bench.tools import jsonline
 from bench.tools.proc import (
     NOISY_STEAL_PCT,
     cpu_seconds,
@@ -169,5 +169,5 @@ def run(args: argparse.Namespace) -> int:
         "steal_pct_max": round(max(stolen, default=0.0), 1),
         "ratio_quiet_rounds": summarise(quiet).as_dict() if quiet else None,
     }
-    print(json.dumps(summary))
+    print(jsonline.dumps(summary))
     return 0 if durable else 1

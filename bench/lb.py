@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.target import vote_target
-from bench.tools import h2load
+from bench.tools import h2load, jsonline
 from bench.tools.proc import cpu_seconds, rss_bytes
 from bench.tools.rounds import order, summarise
 from buzzer.certs import make_cert
@@ -386,7 +386,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_profile:
         write_profile(args.profile_out, summary, merge=bool(args.only))
         print(f"profile written to {args.profile_out}")
-    print(json.dumps(summary, sort_keys=True))
+    print(jsonline.dumps(summary, sort_keys=True))
     return 0
 
 
@@ -478,7 +478,7 @@ def write_profile(path: Path, summary: dict[str, Any], merge: bool) -> None:
             "profile": {**old.get("profile", {}), **summary["profile"]},
         }
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    path.write_text(jsonline.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
 def _summary(

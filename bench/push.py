@@ -25,7 +25,9 @@ viewers, so the figure is conservative for viewers on a real network.
 
 The update window is judged in ``--rounds`` consecutive slices of the published versions:
 delay-to-all p99 of each slice, their median and spread (bench.tools.rounds), so that a
-single stall or a noisy neighbour shows as spread rather than as the figure.
+single stall or a noisy neighbour shows as spread rather than as the figure. A delay that
+grows in every slice, to twice the first, is a backlog, not noise (``falling_behind``):
+push or the viewers cannot keep up, and the p99 then grows with ``--seconds``.
 
 ``--find-max``: the viewers one push process (or ``--push-procs`` of them) holds with
 delay-to-all p99 under ``--p99-ms`` (200) and no error. Each step starts fresh push
@@ -45,6 +47,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import multiprocessing as mp
@@ -62,6 +65,7 @@ from typing import IO, Any
 
 import msgspec
 
+from bench.tools import jsonline
 from bench.tools.proc import cpu_seconds, rss_bytes, steal_line, steal_pct, steal_seconds
 from bench.tools.rounds import summarise
 from buzzer.ports import free_port
@@ -151,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
             _write_profile(args, result)
         else:
             print(f"profile not written: {refused}", file=sys.stderr)
-    print(json.dumps(result, sort_keys=True))
+    print(jsonline.dumps(result, sort_keys=True))
     return 0 if ok else 1
 
 
@@ -322,7 +326,7 @@ def _write_profile(args: argparse.Namespace, result: dict[str, Any]) -> None:
             " target and no error, push procs on their own cores unless shared_cores",
         }
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(profile, indent=2, sort_keys=True) + "\n")
+    path.write_text(jsonline.dumps(profile, indent=2, sort_keys=True) + "\n")
     print(f"profile written to {path}", file=sys.stderr)
 
 
@@ -453,22 +457,34 @@ async def _server_delays(port: int) -> dict[str, Any]:
     import aiohttp
 
     async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
-        text = await r.text()
+        return server_delays(await r.text())
+
+
+def server_delays(text: str) -> dict[str, Any]:
+    """:func:`_server_delays` from the text of push's ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(text)}
     out: dict[str, Any] = {}
     for metric, name in (
         ("buzzer_push_delivery_delay_seconds", "server_publish_to_written_ms"),
         ("buzzer_push_fanout_seconds", "server_fanout_ms"),
     ):
-        buckets: list[tuple[float, float]] = []
-        for line in text.splitlines():
-            if line.startswith(metric + "_bucket{"):
-                le = line.split('le="', 1)[1].split('"', 1)[0]
-                buckets.append(
-                    (float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1]))
-                )
+        family = families.get(metric)
+        buckets = sorted(
+            (float(s.labels["le"]), s.value)
+            for s in (family.samples if family is not None else ())
+            if s.name.endswith("_bucket")
+        )
+        top = max((le for le, _ in buckets if math.isfinite(le)), default=None)
         for q in (0.5, 0.99):
             v = _hist_quantile(buckets, q)
-            out[f"{name}_p{int(q * 100)}_le"] = None if v is None else round(v * 1000, 1)
+            key = f"{name}_p{int(q * 100)}"
+            if v is not None and not math.isfinite(v) and top is not None:
+                # Past the histogram's last bound: say how far it does reach.
+                out[f"{key}_le"], out[f"{key}_above"] = None, round(top * 1000, 1)
+            else:
+                out[f"{key}_le"] = None if v is None else round(v * 1000, 1)
     return out
 
 
@@ -477,6 +493,15 @@ def _percentile(sorted_values: list[float], q: float) -> float | None:
         return None
     i = min(len(sorted_values) - 1, max(0, int(round(q * (len(sorted_values) - 1)))))
     return round(sorted_values[i], 1)
+
+
+def falling_behind(round_p99s: list[float]) -> bool:
+    """Whether the delay grew in every round, to at least twice the first: a backlog
+    building up rather than noise around a steady state."""
+    if len(round_p99s) < 3:
+        return False
+    rising = all(b > a for a, b in itertools.pairwise(round_p99s))
+    return rising and round_p99s[-1] >= 2 * round_p99s[0]
 
 
 def _round_p99s(per_version: dict[int, list[float]], held: int, rounds: int) -> list[float]:
@@ -777,6 +802,15 @@ async def _bench(args: argparse.Namespace, viewers: int, seconds: float) -> dict
             summary = summarise(rounds)
             result["delay_to_all_ms_p99_rounds"] = {**summary.as_dict(), "values": rounds}
             print(summary.line("delay-to-all p99 per round, ms", ".0f"), file=sys.stderr)
+            result["falling_behind"] = falling_behind(rounds)
+            if result["falling_behind"]:
+                print(
+                    f"WARNING: delay-to-all grew in every round ({rounds[0]:.0f} ->"
+                    f" {rounds[-1]:.0f} ms): not a steady state. Push or the viewers cannot"
+                    " keep up at this rate, and the p99 is only as long as the run; fewer"
+                    " viewers, or more cores",
+                    file=sys.stderr,
+                )
         result["delay_per_message_ms_p50"] = _hist_percentile(hist, 0.50)
         result["delay_per_message_ms_p99"] = _hist_percentile(hist, 0.99)
         result["messages_received"] = sum(hist)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import shutil
 import statistics
 import subprocess
@@ -33,6 +32,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from bench.tools import jsonline
 from bench.tools.redisproc import cli as _cli
 from bench.tools.redisproc import redis_server
 from bench.tools.rounds import order, summarise
@@ -304,8 +304,8 @@ def run(args: argparse.Namespace) -> int:
         }
         if args.out and str(args.out):
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps(result))
+            args.out.write_text(jsonline.dumps(result, indent=2) + "\n")
+        print(jsonline.dumps(result))
         return 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

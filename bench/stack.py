@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.tools import jsonline
 from bench.tools.rounds import order, summarise
 from buzzer.ports import free_ports
 
@@ -440,7 +441,7 @@ def run(args: argparse.Namespace) -> int:
         "fixed_rate": fixed,
         "seconds": round(time.monotonic() - started),
     }
-    print(json.dumps(summary))
+    print(jsonline.dumps(summary))
     return 0 if sb is not None and all_exact else 1
 
 

@@ -46,6 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.tools import jsonline
 from bench.tools.pgdb import drop_database
 from bench.tools.proc import cpu_seconds
 from bench.tools.redisproc import redis_server
@@ -154,9 +155,9 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.out and str(args.out):
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        args.out.write_text(jsonline.dumps(result, indent=2) + "\n")
         print(f"profile written to {args.out}")
-    print(json.dumps(result))
+    print(jsonline.dumps(result))
     return 0 if exact else 1
 
 
@@ -562,7 +563,7 @@ def _worker_main(argv: list[str]) -> int:
     # As the service runner sets the process up (services.common.runner.serve).
     uvloop.install()
     gc.set_threshold(100_000, 50, 100)
-    print(json.dumps(asyncio.run(_worker(json.loads(argv[0])))), flush=True)
+    print(jsonline.dumps(asyncio.run(_worker(json.loads(argv[0])))), flush=True)
     return 0
 
 

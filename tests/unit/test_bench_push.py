@@ -8,7 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.push import _not_for_the_profile, _passes, _write_profile, add_arguments
+from bench.push import (
+    _not_for_the_profile,
+    _passes,
+    _write_profile,
+    add_arguments,
+    falling_behind,
+    server_delays,
+)
 
 
 def step(**kw: Any) -> dict[str, Any]:
@@ -94,3 +101,37 @@ def test_a_run_behind_on_its_updates_does_not_write_its_cpu_per_viewer(tmp_path:
     # --find-max writes only the steps that passed (its "best"), whatever the last did.
     a.find_max = True
     assert _not_for_the_profile(a, step(delay_to_all_ms_p99=1881.9)) is None
+
+
+def test_server_delays_past_the_last_bucket_say_how_far_the_histogram_reaches() -> None:
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    registry = CollectorRegistry()
+    delivery = Histogram(
+        "buzzer_push_delivery_delay_seconds", "d", registry=registry, buckets=(0.1, 0.25, 1.0)
+    )
+    fanout = Histogram(
+        "buzzer_push_fanout_seconds", "f", registry=registry, buckets=(0.01, 0.05, 0.25)
+    )
+    for _ in range(60):
+        delivery.observe(0.2)  # p50 in the 250 ms bucket
+    for _ in range(40):
+        delivery.observe(3.0)  # p99 past the last bound
+    fanout.observe(0.02)
+    out = server_delays(generate_latest(registry).decode())
+    assert out["server_publish_to_written_ms_p50_le"] == 250.0
+    assert "server_publish_to_written_ms_p50_above" not in out
+    assert out["server_publish_to_written_ms_p99_le"] is None
+    assert out["server_publish_to_written_ms_p99_above"] == 1000.0
+    assert out["server_fanout_ms_p50_le"] == out["server_fanout_ms_p99_le"] == 50.0
+    assert json.loads(json.dumps(out, allow_nan=False)) == out
+
+
+def test_falling_behind_is_a_delay_that_grows_every_round_not_noise() -> None:
+    # This machine's 10,000-viewer run: each slice later than the one before.
+    assert falling_behind([2238.9, 3397.0, 4913.7, 7075.5, 10259.5])
+    # Noise around a steady state, even a wide one, is not a backlog.
+    assert not falling_behind([180.0, 95.0, 354.0, 103.0, 120.0])
+    # Rising a little every round, as a quiet run may: not twice the first.
+    assert not falling_behind([100.0, 110.0, 120.0, 130.0, 140.0])
+    assert not falling_behind([100.0, 900.0])  # too few rounds to call a trend
