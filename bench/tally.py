@@ -562,7 +562,9 @@ def _worker_main(argv: list[str]) -> int:
 
     # As the service runner sets the process up (services.common.runner.serve).
     uvloop.install()
-    gc.set_threshold(100_000, 50, 100)
+    from services.common.runner import gc_thresholds
+
+    gc.set_threshold(*gc_thresholds())
     print(jsonline.dumps(asyncio.run(_worker(json.loads(argv[0])))), flush=True)
     return 0
 

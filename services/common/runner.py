@@ -40,17 +40,35 @@ def watch_gc_pauses(service: str, threshold_s: float = 0.05) -> None:
     gc.callbacks.append(callback)
 
 
+YOUNG_GC = 100_000
+"""Net new tracked objects between two collections of the young generation."""
+MIDDLE_GC_EVERY = 5_000_000
+"""Net new tracked objects between two collections of the middle generation, whatever
+the young threshold: a process that collects its young generation more often does not
+collect the larger middle one more often for it."""
+
+
+def gc_thresholds(young: int = YOUNG_GC) -> tuple[int, int, int]:
+    """The collector's thresholds for a young generation of ``young`` objects."""
+    return young, max(1, MIDDLE_GC_EVERY // young), 100
+
+
 def serve(
     service: str,
     settings: CommonSettings,
     make_app: Callable[[], web.Application],
     *,
     backlog: int = 1024,
+    young_gc: int = YOUNG_GC,
 ) -> None:
     """Run one service until SIGTERM/SIGINT, then shut it down gracefully.
 
     ``make_app`` is called after uvloop is installed: nothing may create a loop or a
     client before that (aiohttp FAQ: clients made on another loop hang).
+
+    ``young_gc``: see :func:`gc_thresholds`. A young collection scans every object of
+    the young generation, and a process whose new objects mostly live on (viewers
+    joining push) pays that whole scan as one pause.
     """
     import uvloop
 
@@ -59,9 +77,9 @@ def serve(
     raise_fd_limit()
     # Thousands of long-lived connections are millions of tracked objects: a full
     # collection stalls every request for 0.25-0.5 s (measured on push). Collect the
-    # young generation less often and the old one rarely; most garbage here is acyclic
-    # and freed by reference counting anyway.
-    gc.set_threshold(100_000, 50, 100)
+    # middle and old generations rarely; most garbage here is acyclic and freed by
+    # reference counting anyway.
+    gc.set_threshold(*gc_thresholds(young_gc))
     watch_gc_pauses(service)
     app = make_app()
     gc.freeze()  # what startup built lives as long as the process: never scan it again
