@@ -38,8 +38,9 @@ async def _one_round_trip(
 
 
 def _turn_ended(app: web.Application, stream: str) -> None:
-    batch = app[WAITING]
-    app[WAITING] = []
+    waiting = app[WAITING]  # the same list for the app's life: a started app is frozen
+    batch = waiting.copy()
+    waiting.clear()
     asyncio.get_running_loop().create_task(_one_round_trip(app[REDIS], stream, batch))
 
 
