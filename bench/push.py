@@ -29,6 +29,13 @@ single stall or a noisy neighbour shows as spread rather than as the figure. A d
 grows in every slice, to twice the first, is a backlog, not noise (``falling_behind``):
 push or the viewers cannot keep up, and the p99 then grows with ``--seconds``.
 
+``--joiners N``: N more viewers connect while the updates flow, from one more load
+generator started with them, as viewers arrive at a show's start. The delay is still
+measured on the viewers that were there first, now through the join: handshakes,
+snapshots and the collector's work on what the newcomers leave behind. The JSON gives
+``joiners_connected`` and ``joiners_held``, and the joiners' CPU is among the load
+generators'.
+
 ``--find-max``: the viewers one push process (or ``--push-procs`` of them) holds with
 delay-to-all p99 under ``--p99-ms`` (200) and no error. Each step starts fresh push
 processes and measures ``--step-seconds`` of updates; the count doubles from
@@ -95,6 +102,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--connect-concurrency", type=int, default=200, help="handshakes in flight per process"
+    )
+    p.add_argument(
+        "--joiners",
+        type=int,
+        default=0,
+        help="more viewers that connect while the updates flow, as at a show's start; the"
+        " delay is measured on the others, through the join (default 0)",
     )
     p.add_argument(
         "--push-procs",
@@ -665,6 +679,7 @@ async def _bench(args: argparse.Namespace, viewers: int, seconds: float) -> dict
     ctx = mp.get_context("spawn")
     procs: list[tuple[Any, Connection]] = []
     alive: list[tuple[Any, Connection]] = []
+    joiner: tuple[Any, Connection] | None = None
     try:
         for i in range(npush):
             cmd = list(base_cmd)
@@ -724,6 +739,16 @@ async def _bench(args: argparse.Namespace, viewers: int, seconds: float) -> dict
         cpu_clients0 = [cpu_seconds(p.pid or 0) for p, _ in procs]
         steal0 = steal_seconds()
         wall0 = time.monotonic()
+        if args.joiners > 0:
+            # One more load generator, on the viewers' cores, started with the updates.
+            parent, child = ctx.Pipe()
+            source = f"127.0.0.{2 + nclients}" if viewers + args.joiners > PER_SOURCE else None
+            jp = ctx.Process(
+                target=_client_main,
+                args=(url, args.joiners, args.connect_concurrency, client_cpus, source, child),
+            )
+            jp.start()
+            joiner = (jp, parent)
         # Votes flowing: each round's votes appended, applied and published by the real
         # tally code at `rate` rounds per second; an update's ts is its publication time.
         updates = 0
@@ -739,6 +764,7 @@ async def _bench(args: argparse.Namespace, viewers: int, seconds: float) -> dict
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         wall = time.monotonic() - wall0
+        joiner_cpu = cpu_seconds(joiner[0].pid or 0) if joiner is not None else 0.0
         # A p99 over 200 ms with the host taking the cores is not the code's alone.
         result["steal_pct_max"] = round(steal_pct(steal0, steal_seconds(), wall), 1)
         print(steal_line([result["steal_pct_max"]]), file=sys.stderr)
@@ -753,6 +779,8 @@ async def _bench(args: argparse.Namespace, viewers: int, seconds: float) -> dict
         for (p, _), c0 in zip(procs, cpu_clients0, strict=True):
             with contextlib.suppress(OSError):
                 client_pct.append(round(100 * (cpu_seconds(p.pid or 0) - c0) / wall, 1))
+        if joiner is not None:
+            client_pct.append(round(100 * joiner_cpu / wall, 1))
         result["client_cpu_pct"] = client_pct
         result["clients_cpu_pct"] = round(sum(client_pct), 1)
         # Load generators pinned together share their cores: what is left of those.
@@ -770,6 +798,8 @@ async def _bench(args: argparse.Namespace, viewers: int, seconds: float) -> dict
                 _count(errors, exc, "metrics")
         result["updates_published"] = updates
         result["rss_end_mb"] = round(sum(rss_bytes(p.pid) // 1024 for p in pushes) / 1024, 1)
+        if joiner is not None:
+            await _joined(joiner, result, errors, connect_timeout)
         for _, c in alive:
             c.send("stop")
         stats: list[dict[str, Any]] = []
@@ -814,6 +844,8 @@ async def _bench(args: argparse.Namespace, viewers: int, seconds: float) -> dict
         result["delay_per_message_ms_p50"] = _hist_percentile(hist, 0.50)
         result["delay_per_message_ms_p99"] = _hist_percentile(hist, 0.99)
         result["messages_received"] = sum(hist)
+        if joiner is not None and "joiners_held" in result:
+            alive.append(joiner)  # its viewers see the shutdown too
         await _shutdown(pushes, alive, result, errors)
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
@@ -824,7 +856,7 @@ async def _bench(args: argparse.Namespace, viewers: int, seconds: float) -> dict
             if tail.strip():
                 sys.stderr.write(tail)
             f.close()
-        for p, _ in procs:
+        for p, _ in procs + ([joiner] if joiner is not None else []):
             p.join(timeout=5)
             if p.is_alive():
                 p.kill()
@@ -835,6 +867,31 @@ async def _bench(args: argparse.Namespace, viewers: int, seconds: float) -> dict
         await tally.cleanup()
         await redis.aclose()
     return result
+
+
+async def _joined(
+    joiner: tuple[Any, Connection],
+    result: dict[str, Any],
+    errors: dict[str, int],
+    timeout: float,
+) -> None:
+    """What the viewers that joined during the updates report once connected; their
+    stats are then read apart from the others' (they missed the first updates)."""
+    try:
+        ready = await _recv(joiner[1], timeout)
+    except (TimeoutError, EOFError, OSError) as exc:
+        _count(errors, exc, "joiners")
+        return
+    result["joiners_connected"] = ready["connected"]
+    for k, v in ready["errors"].items():
+        errors[f"joiners:{k}"] = errors.get(f"joiners:{k}", 0) + v
+    joiner[1].send("stop")
+    try:
+        stats = await _recv(joiner[1], 60)
+    except (TimeoutError, EOFError, OSError) as exc:
+        _count(errors, exc, "joiners")
+        return
+    result["joiners_held"] = stats["open"]
 
 
 async def _shutdown(

@@ -135,3 +135,33 @@ def test_falling_behind_is_a_delay_that_grows_every_round_not_noise() -> None:
     # Rising a little every round, as a quiet run may: not twice the first.
     assert not falling_behind([100.0, 110.0, 120.0, 130.0, 140.0])
     assert not falling_behind([100.0, 900.0])  # too few rounds to call a trend
+
+
+async def test_joiners_are_read_apart_from_the_measured_viewers() -> None:
+    import multiprocessing
+
+    from bench.push import _joined
+
+    ours, theirs = multiprocessing.Pipe()
+    # What a load generator sends: connected, then (after "stop") its stats.
+    theirs.send({"connected": 2_990, "snapshots": 2_990, "errors": {"HandshakeError": 10}})
+    theirs.send({"per_version": {}, "hist": [], "open": 2_985, "closes": {}})
+    result: dict[str, Any] = {}
+    errors: dict[str, int] = {}
+    await _joined((None, ours), result, errors, timeout=5)
+    assert result == {"joiners_connected": 2_990, "joiners_held": 2_985}
+    assert errors == {"joiners:HandshakeError": 10}
+    assert theirs.recv() == "stop"
+
+
+async def test_joiners_that_never_report_are_an_error_not_a_hang() -> None:
+    import multiprocessing
+
+    from bench.push import _joined
+
+    ours, _theirs = multiprocessing.Pipe()
+    result: dict[str, Any] = {}
+    errors: dict[str, int] = {}
+    await _joined((None, ours), result, errors, timeout=0.2)
+    assert result == {}
+    assert errors == {"joiners:TimeoutError": 1}
