@@ -614,7 +614,7 @@ async def _bench(args: argparse.Namespace, viewers: int, seconds: float) -> dict
     npush = max(1, args.push_procs)
     fd_cap = _fd_cap()
     nclients = max(1, args.client_procs, math.ceil(viewers / min(PER_SOURCE, fd_cap)))
-    per_proc = math.ceil(viewers / npush)
+    per_proc = math.ceil((viewers + args.joiners) / npush)
     if per_proc > fd_cap:
         print(
             f"WARNING: {per_proc} viewers per push process is over the file-descriptor limit"
@@ -641,8 +641,8 @@ async def _bench(args: argparse.Namespace, viewers: int, seconds: float) -> dict
         "REDIS_URL": args.redis_url,
         "BUZZER_KEY_PREFIX": prefix,
         "BUZZER_PORT": str(port),
-        "BUZZER_MAX_CONNECTIONS": str(viewers + 100),
-        "BUZZER_MAX_CONNECTIONS_PER_IP": str(viewers + 100),
+        "BUZZER_MAX_CONNECTIONS": str(viewers + args.joiners + 100),
+        "BUZZER_MAX_CONNECTIONS_PER_IP": str(viewers + args.joiners + 100),
         "BUZZER_LOG_LEVEL": "WARNING",
         "BUZZER_ADMIN_TOKEN": uuid.uuid4().hex,
         "BUZZER_TOKEN_SECRET": uuid.uuid4().hex,
@@ -892,6 +892,7 @@ async def _joined(
         _count(errors, exc, "joiners")
         return
     result["joiners_held"] = stats["open"]
+    result["joiners_closes"] = stats["closes"]
 
 
 async def _shutdown(

@@ -16,6 +16,6 @@ def run(settings: PushSettings) -> None:
 
     # Viewers joining (thousands a second at a show's start) leave objects that live as
     # long as their socket, so each young collection scans them all: at 100,000 objects
-    # that was a 50-100 ms stall of every live update, at 10,000 a 2-15 ms one, and less
-    # collector time in all (bench push, 4,000 viewers, docs/capacity.md).
+    # that was a 65-111 ms stall of every live update, at 10,000 one of 12-45 ms, with
+    # less collector time in all (bench push --joiners, docs/capacity.md).
     serve("push", settings, make_app, backlog=4096, young_gc=10_000)

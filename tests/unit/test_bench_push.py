@@ -145,11 +145,15 @@ async def test_joiners_are_read_apart_from_the_measured_viewers() -> None:
     ours, theirs = multiprocessing.Pipe()
     # What a load generator sends: connected, then (after "stop") its stats.
     theirs.send({"connected": 2_990, "snapshots": 2_990, "errors": {"HandshakeError": 10}})
-    theirs.send({"per_version": {}, "hist": [], "open": 2_985, "closes": {}})
+    theirs.send({"per_version": {}, "hist": [], "open": 2_984, "closes": {"1013": 1}})
     result: dict[str, Any] = {}
     errors: dict[str, int] = {}
     await _joined((None, ours), result, errors, timeout=5)
-    assert result == {"joiners_connected": 2_990, "joiners_held": 2_985}
+    assert result == {
+        "joiners_connected": 2_990,
+        "joiners_held": 2_984,
+        "joiners_closes": {"1013": 1},
+    }
     assert errors == {"joiners:HandshakeError": 10}
     assert theirs.recv() == "stop"
 
