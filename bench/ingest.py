@@ -132,12 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
     # The round whose rate is the median stands for each side in the figures below.
     best = {k: sorted(v, key=lambda r: r.rps)[len(v) // 2] for k, v in results.items()}
-    ratios = summarise(
-        [
-            real.rps / bare.rps if bare.rps else 0.0
-            for bare, real in zip(results["bare"], results["real"], strict=True)
-        ]
-    )
+    ratios = _ratios(results["bare"], results["real"])
     ratio = ratios.median
     floor_of_bare = _ratios(results["bare"], results["floor"])
     real_of_floor = _ratios(results["floor"], results["real"])

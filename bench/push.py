@@ -595,8 +595,14 @@ async def _recv(conn: Connection, timeout: float) -> Any:
 
 
 def _count(errors: dict[str, int], exc: BaseException, where: str) -> None:
-    key = f"{where}:{type(exc).__name__}"
-    errors[key] = errors.get(key, 0) + 1
+    _add_errors(errors, {type(exc).__name__: 1}, where)
+
+
+def _add_errors(errors: dict[str, int], counts: dict[str, int], where: str) -> None:
+    """A load generator's error counts, each under ``where:`` its name."""
+    for name, n in counts.items():
+        key = f"{where}:{name}"
+        errors[key] = errors.get(key, 0) + n
 
 
 def _fds(pid: int) -> int:
@@ -722,8 +728,7 @@ async def _bench(args: argparse.Namespace, viewers: int, seconds: float) -> dict
         connected = sum(r["connected"] for r in ready)
         result["connect_s"] = round(time.monotonic() - started, 2)
         for r in ready:
-            for k, v in r["errors"].items():
-                errors[f"connect:{k}"] = errors.get(f"connect:{k}", 0) + v
+            _add_errors(errors, r["errors"], "connect")
         result["snapshots"] = sum(r["snapshots"] for r in ready)
         await asyncio.sleep(1.0)
         rss_after = sum(rss_bytes(p.pid) // 1024 for p in pushes)
@@ -883,8 +888,7 @@ async def _joined(
         _count(errors, exc, "joiners")
         return
     result["joiners_connected"] = ready["connected"]
-    for k, v in ready["errors"].items():
-        errors[f"joiners:{k}"] = errors.get(f"joiners:{k}", 0) + v
+    _add_errors(errors, ready["errors"], "joiners")
     joiner[1].send("stop")
     try:
         stats = await _recv(joiner[1], 60)

@@ -20,6 +20,8 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from bench.tools import bare
+
 REDIS = web.AppKey("redis", aioredis.Redis)
 WAITING = web.AppKey("waiting", list)
 
@@ -54,25 +56,12 @@ def make_vote(stream: str) -> Handler:
             asyncio.get_running_loop().call_soon(_turn_ended, app, stream)
         waiting.append(fut)
         await fut
-        return web.Response(
-            status=202,
-            body=msgspec.json.encode(
-                {"vote_id": body["vote_id"], "accepted": body.get("count", 1)}
-            ),
-            content_type="application/json",
-        )
+        return bare.accepted(body)
 
     return vote
 
 
-async def ready(_: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
 def main(port: int, redis_url: str, stream: str) -> None:
-    import uvloop
-
-    uvloop.install()
     app = web.Application()
     app[WAITING] = []
 
@@ -82,9 +71,7 @@ def main(port: int, redis_url: str, stream: str) -> None:
         await app[REDIS].aclose()
 
     app.cleanup_ctx.append(redis_ctx)
-    app.router.add_post("/v1/polls/{poll}/votes", make_vote(stream))
-    app.router.add_get("/readyz", ready)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, backlog=1024)
+    bare.run(app, port, make_vote(stream))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The one JSON object each bench prints last, as strict JSON.
+"""The JSON the benches write, as strict JSON: the one object each prints last, and the
+profiles the planner reads.
 
 Python's ``json`` writes ``Infinity`` and ``NaN`` for non-finite floats, which no
 strict parser reads (``jq``, a browser, a dashboard): a bench whose histogram quantile

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 from pathlib import Path
 from typing import Any
 
 from bench.push import (
+    _joined,
     _not_for_the_profile,
     _passes,
     _write_profile,
@@ -138,10 +140,6 @@ def test_falling_behind_is_a_delay_that_grows_every_round_not_noise() -> None:
 
 
 async def test_joiners_are_read_apart_from_the_measured_viewers() -> None:
-    import multiprocessing
-
-    from bench.push import _joined
-
     ours, theirs = multiprocessing.Pipe()
     # What a load generator sends: connected, then (after "stop") its stats.
     theirs.send({"connected": 2_990, "snapshots": 2_990, "errors": {"HandshakeError": 10}})
@@ -159,10 +157,6 @@ async def test_joiners_are_read_apart_from_the_measured_viewers() -> None:
 
 
 async def test_joiners_that_never_report_are_an_error_not_a_hang() -> None:
-    import multiprocessing
-
-    from bench.push import _joined
-
     ours, _theirs = multiprocessing.Pipe()
     result: dict[str, Any] = {}
     errors: dict[str, int] = {}
