@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
 AnyRedis = Redis | RedisCluster
@@ -40,6 +40,14 @@ class ResilientConnection(Connection):
         except (RuntimeError, AttributeError) as exc:
             await self.disconnect(nowait=True)
             raise RedisConnectionError(f"connection closed by the server: {exc}") from exc
+
+
+REDIS_AWAY: tuple[type[Exception], ...] = (RedisError, OSError, RedisClusterException)
+"""What a call raises when Redis is away, to be waited out or answered 503. redis-py's
+cluster client raises ``RedisClusterException``, which is not a ``RedisError``, while
+it rebuilds its slot map in a failover (``SlotNotCoveredError``) or finds no node to
+ask: caught as ``(RedisError, OSError)`` it ended push's updates reader for good, and
+viewers' counts froze (seen in tests/cluster/test_push_failover.py)."""
 
 
 _STREAM_READS = ("XREAD", "XREADGROUP")

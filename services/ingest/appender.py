@@ -9,10 +9,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hiredis import pack_command
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from services.common.messages import Keys
-from services.common.redisconn import AnyRedis
+from services.common.redisconn import REDIS_AWAY, AnyRedis
 from services.common.scripts import (
     ScriptReplyError,
     Scripts,
@@ -145,7 +145,7 @@ class Appender:
                 replies.update(
                     await self._transport.execute(self._calls({p: batch[p] for p in missing}))
                 )
-        except (RedisError, OSError) as exc:
+        except REDIS_AWAY as exc:
             self._fail(batch, Unavailable(str(exc)))
         except BaseException as exc:  # cancelled at shutdown: callers must not hang
             self._fail(batch, Unavailable(repr(exc)))

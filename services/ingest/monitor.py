@@ -9,10 +9,10 @@ import time
 from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from services.common.live import load_polldef
 from services.common.messages import ARCHIVE_GROUP, TALLY_GROUP, Keys, PollDef
+from services.common.redisconn import REDIS_AWAY
 
 log = logging.getLogger("buzzer.ingest")
 
@@ -94,7 +94,7 @@ class BacklogMonitor:
             try:
                 await self.refresh()
                 self.redis_ok = True
-            except (RedisError, OSError) as exc:
+            except REDIS_AWAY as exc:
                 if self.redis_ok:
                     log.warning("redis unavailable", extra={"error": str(exc)})
                 self.redis_ok = False

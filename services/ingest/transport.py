@@ -35,7 +35,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from services.common.redisconn import AnyRedis
+from services.common.redisconn import REDIS_AWAY, AnyRedis
 
 log = logging.getLogger("buzzer.ingest.transport")
 
@@ -384,7 +384,7 @@ class ClusterNodes:
         self.refreshes += 1
         try:
             await self._cluster.nodes_manager.initialize()
-        except (RedisError, OSError) as exc:
+        except REDIS_AWAY as exc:
             log.warning("cluster slot map refresh failed", extra={"error": str(exc)})
         # A refresh right after a node died may still list it as primary (the failover
         # takes about twice cluster-node-timeout); the next failure refreshes again.

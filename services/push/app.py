@@ -12,11 +12,11 @@ from prometheus_client import Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
-from redis.exceptions import RedisError
 
 from services.common import redisconn
 from services.common.limits import handler_args
 from services.common.observability import OBS, setup_observability
+from services.common.redisconn import REDIS_AWAY
 from services.common.settings import PushSettings
 from services.common.tokens import Operators, TokenService
 from services.push.handlers import page_headers
@@ -167,7 +167,7 @@ async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
     # drops that socket) ends it. Unbounded, this wait hung SIGTERM (bench push).
     _, stuck = await asyncio.wait(tasks, timeout=1.0)
     await hub.stop()
-    with contextlib.suppress(RedisError, OSError):
+    with contextlib.suppress(*REDIS_AWAY):
         await remove_viewers(client, keys, settings.instance_id)
     await client.aclose()
     if stuck:
@@ -190,7 +190,7 @@ async def _report_viewers(app: web.Application) -> None:
                 len(hub.clients),
                 settings.viewers_interval_s,
             )
-        except (RedisError, OSError) as exc:
+        except REDIS_AWAY as exc:
             log.warning("viewer count not reported", extra={"error": str(exc)})
         await asyncio.sleep(settings.viewers_interval_s)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import msgspec
 from aiohttp import WSMsgType, web
 from aiohttp.typedefs import Handler
-from redis.exceptions import RedisError
 
 from services.common.limits import oversize
+from services.common.redisconn import REDIS_AWAY
 from services.common.settings import PushSettings
 from services.common.tokens import bearer_token
 from services.push import protocol
@@ -96,7 +96,7 @@ async def _handle(
             hub, client, ws, poll, since, max_subs=settings.max_subscriptions, strict=True
         ):
             await _receive(hub, client, ws, settings)
-    except (RedisError, OSError) as exc:
+    except REDIS_AWAY as exc:
         log.warning("live state unavailable", extra={"error": str(exc)})
         await _close(
             hub, client, ws, Close.TRY_AGAIN_LATER, "live state unavailable, try again later"

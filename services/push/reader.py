@@ -9,7 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+
+from services.common.redisconn import REDIS_AWAY
 
 log = logging.getLogger("buzzer.push")
 
@@ -44,7 +45,7 @@ class UpdatesReader:
                     {self.stream: last}, count=count, block=block_ms
                 )
                 backoff = 0.1
-            except (RedisError, OSError) as exc:
+            except REDIS_AWAY as exc:
                 _reraise_cancel(exc)
                 log.warning(
                     "updates stream unavailable", extra={"error": str(exc), "retry_s": backoff}
@@ -65,7 +66,7 @@ class UpdatesReader:
             try:
                 tail: Any = await self.redis.xrevrange(self.stream, count=1)
                 return tail[0][0] if tail else "0-0"
-            except (RedisError, OSError) as exc:
+            except REDIS_AWAY as exc:
                 _reraise_cancel(exc)
                 log.warning("redis unavailable at start", extra={"error": str(exc)})
                 await asyncio.sleep(1.0)

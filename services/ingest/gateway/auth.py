@@ -11,12 +11,12 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from services.common.api import DeviceIn, DeviceIssued
 from services.common.attest import AttestationError
 from services.common.devices import device_key
 from services.common.oidc import IdTokenError, KeysUnavailable, account_key
+from services.common.redisconn import REDIS_AWAY
 from services.common.tokens import Caller, InvalidToken, bearer_token
 from services.ingest.gateway.audit import OPERATOR
 from services.ingest.gateway.errors import ApiError
@@ -134,7 +134,7 @@ async def _count_registration(
         pipe.expire(key, settings.registration_window_s, nx=True)
         pipe.ttl(key)
         used, _, ttl = await pipe.execute()
-    except (RedisError, OSError) as exc:
+    except REDIS_AWAY as exc:
         raise ApiError(
             503, "unavailable", "redis unavailable", headers={"Retry-After": "1"}
         ) from exc
@@ -257,7 +257,7 @@ async def _record_device(
         )
         pipe.expireat(key, expires_at)
         await pipe.execute()
-    except (RedisError, OSError) as exc:
+    except REDIS_AWAY as exc:
         raise ApiError(
             503, "unavailable", "redis unavailable", headers={"Retry-After": "1"}
         ) from exc

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 import asyncpg
 import msgspec
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from services.common.api import ErrorBody
+from services.common.redisconn import REDIS_AWAY
 
 log = logging.getLogger("buzzer.gateway")
 
@@ -50,8 +50,7 @@ def error_response(err: ApiError) -> web.Response:
 
 
 _STORE_AWAY = (
-    RedisError,
-    OSError,
+    *REDIS_AWAY,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     # PostgreSQL restarting or failing over (57P03, 57P01), out of connections (53300):

@@ -7,11 +7,11 @@ import uuid
 
 import asyncpg
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from services.common.api import VoteStatus
 from services.common.archive import find_vote
 from services.common.oidc import account_key
+from services.common.redisconn import REDIS_AWAY
 from services.common.scripts import vote_partition
 from services.ingest.gateway.auth import caller_of
 from services.ingest.gateway.errors import ApiError
@@ -58,7 +58,7 @@ async def get_vote(request: web.Request) -> web.Response:
                 vote_id,
             )
         )
-    except (RedisError, OSError) as exc:
+    except REDIS_AWAY as exc:
         raise ApiError(503, "unavailable", "redis unavailable", headers=_RETRY) from exc
     if fp is None:
         raise ApiError(404, "vote_not_found", "no such vote from this device", field="vote_id")

@@ -1,0 +1,55 @@
+"""Push's updates reader waits out every error a Redis that is away raises, the cluster
+client's own included, and goes on reading from where it was."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import SlotNotCoveredError
+
+from services.push.reader import UpdatesReader
+from tests.support import eventually
+
+pytestmark = pytest.mark.integration
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+class FailingOver(aioredis.Redis):
+    """A real client whose next read fails as redis-py's cluster client fails while it
+    rebuilds its slot map in a failover: ``SlotNotCoveredError``, not a ``RedisError``."""
+
+    failures = 1
+
+    async def xread(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise SlotNotCoveredError('Slot "2" not covered by the cluster.')
+        return await super().xread(*args, **kwargs)
+
+
+async def test_the_reader_outlives_a_slot_map_being_rebuilt() -> None:
+    stream = f"test-reader-{uuid.uuid4().hex[:8]}:updates"
+    client = FailingOver.from_url(REDIS_URL)
+    assert isinstance(client, FailingOver)
+    got: list[bytes] = []
+    task = asyncio.create_task(UpdatesReader(client, stream, got.append).run(block_ms=100))
+    try:
+        await eventually(lambda: _true(client.failures == 0), 10)
+        await client.xadd(stream, {"d": b"after the failover"})
+        await eventually(lambda: _true(got == [b"after the failover"]), 10)
+        assert not task.done()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.delete(stream)
+        await client.aclose()
+
+
+async def _true(value: bool) -> bool:
+    return value
