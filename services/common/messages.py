@@ -151,9 +151,9 @@ class VoteEntry(msgspec.Struct, frozen=True):
     """Server's clock when ingest received it, ms since the epoch."""
 
     def values(self) -> tuple[str | int, ...]:
-        """The field values in the order of :meth:`to_fields` (the vote path's args)."""
+        """The field values in the order of :meth:`to_fields`, after the type (``t``),
+        which is the same for every vote: what the vote path sends per vote."""
         return (
-            "v",
             self.poll,
             self.option,
             self.count,

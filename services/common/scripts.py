@@ -2,11 +2,11 @@
 
 Every call goes through this module: a builder lays out a script's KEYS and ARGV from
 typed input, and a decoder turns its reply into a typed outcome. ``vote_batch.lua``
-finds each vote's keys and arguments by the names it receives with every call, and
-those names are the fields of the named tuples below, so the layout is written down
-in one place only.
+finds each vote's keys and arguments by name, in a layout written into it when it is
+registered (:func:`vote_batch_source`) from the fields of the named tuples below, so
+the layout is written down in one place only.
 
-Adding a vote rule: a field in :class:`VoteRules` and :class:`VoteArgs`, its check in
+Adding a vote rule: a field in :class:`VoteRules` and :class:`RuleArgs`, its check in
 ``vote_batch.lua`` answering a new :class:`VoteOutcome`, the outcome's field in
 :class:`VoteResult` and :func:`decode_vote`, and its row in the ingest handler's table
 of refusals (docs/architecture.md, "Adding a vote rule").
@@ -41,7 +41,7 @@ class Scripts:
         # register_script only hashes locally; EVALSHA falls back to loading on NOSCRIPT,
         # which also covers a Redis that restarted empty.
         return cls(
-            vote_batch=redis.register_script(_source("vote_batch.lua")),
+            vote_batch=redis.register_script(vote_batch_source()),
             close=redis.register_script(_source("close.lua")),
             apply=redis.register_script(_source("apply.lua")),
         )
@@ -79,39 +79,56 @@ class VoteKeys(NamedTuple):
     """Unused (never read or written) when the rule is off."""
 
 
-class VoteArgs(NamedTuple):
-    """One vote's arguments; its stream entry's fields follow them."""
+class RuleArgs(NamedTuple):
+    """One set of a poll's rules as the script reads them: sent once per call for all
+    the votes that share it (a show's votes mostly do), not once per vote."""
 
-    fingerprint: str
-    """What a retry with the same vote id must match to be a replay."""
-    taps: int
-    """The vote's count (a NamedTuple field cannot be called ``count``)."""
     max_votes: int
     max_account_votes: int
+    """0 for a vote without an account: the rule is off for it."""
     rate_per_s: int
     ttl_s: int
     """Of the dedupe key and the device's vote count."""
 
 
-ENTRY_FIELDS: tuple[str, ...] = tuple(VoteEntry("", "", 0, "", "", 0, 0).to_fields())
+_AN_ENTRY = VoteEntry("", "", 0, "", "", 0, 0).to_fields()
+
+ENTRY_FIELDS: tuple[str, ...] = tuple(_AN_ENTRY)
 """Stream entry field names; the script appends them with the values each vote carries."""
 
-_VOTE_LAYOUT: tuple[str | int, ...] = (
-    len(VoteKeys._fields),
-    len(VoteArgs._fields),
-    len(ENTRY_FIELDS),
-    *VoteKeys._fields,
-    *VoteArgs._fields,
-    *ENTRY_FIELDS,
-)
-"""Sent with every call: the script looks each key and argument up by these names."""
+VOTE_TYPE: tuple[str, str] = (ENTRY_FIELDS[0], str(_AN_ENTRY[ENTRY_FIELDS[0]]))
+"""The entry's first field and its value, the same for every vote: written by the
+script, not sent with each vote."""
+
+VOTE_FIELDS: tuple[str, ...] = ENTRY_FIELDS[1:]
+"""The entry fields whose values each vote sends (:meth:`VoteEntry.values`)."""
+
+
+def vote_batch_source() -> str:
+    """``vote_batch.lua`` with its layout written in: the names of the keys, rules and
+    entry fields, in the order Python lays them out. The script looks each one up by
+    name, and the layout is built here from the named tuples, so nothing is kept in
+    step by position, and no call carries the names (they were two dozen arguments of
+    every call, packed by ingest and parsed by Redis each time)."""
+
+    def names(xs: Sequence[str]) -> str:
+        return "{" + ", ".join(f"'{x}'" for x in xs) + "}"
+
+    layout = (
+        f"local LAYOUT = {{keys = {names(VoteKeys._fields)},"
+        f" rules = {names(RuleArgs._fields)}, fields = {names(VOTE_FIELDS)},"
+        f" type = {names(VOTE_TYPE)}}}\n"
+    )
+    return layout + _source("vote_batch.lua")
 
 
 class VoteCall(NamedTuple):
     """One vote's share of a ``vote_batch.lua`` call, built once when the vote arrives."""
 
     keys: VoteKeys
-    args: tuple[str | int, ...]
+    rules: RuleArgs
+    values: tuple[str | int, ...]
+    """The stream entry's values, in the order of :data:`VOTE_FIELDS`."""
 
 
 _tuple_new = tuple.__new__
@@ -144,27 +161,41 @@ def vote_call(
             f"{tag}:av:{poll}:{account_key or '-'}",
         ),
     )
-    args = (
-        f"{entry.option}:{entry.count}",
-        entry.count,
-        rules.max_votes,
-        rules.max_votes_per_account if account_key else 0,
-        rules.rate_per_s,
-        rules.dedupe_ttl_s,
-        *entry.values(),
+    rule_args = _tuple_new(
+        RuleArgs,
+        (
+            rules.max_votes,
+            rules.max_votes_per_account if account_key else 0,
+            rules.rate_per_s,
+            rules.dedupe_ttl_s,
+        ),
     )
-    return _tuple_new(VoteCall, (vote_keys, args))
+    return _tuple_new(VoteCall, (vote_keys, rule_args, entry.values()))
 
 
 def vote_batch_args(
     keys: Keys, p: int, calls: Sequence[VoteCall]
 ) -> tuple[list[str], list[str | int]]:
-    """KEYS and ARGV of one ``vote_batch.lua`` call for votes of partition ``p``."""
+    """KEYS and ARGV of one ``vote_batch.lua`` call for votes of partition ``p``.
+
+    KEYS: the partition's votes stream, then each vote's :class:`VoteKeys`.
+    ARGV: the number of votes and of rule sets, each distinct :class:`RuleArgs` once,
+    then per vote the (1-based) number of its rule set and its entry's values.
+    """
     ks: list[str] = [keys.votes(p)]
-    args: list[str | int] = [len(calls), *_VOTE_LAYOUT]
+    sets: dict[RuleArgs, int] = {}
+    per_vote: list[str | int] = []
     for call in calls:
         ks += call.keys
-        args += call.args
+        i = sets.get(call.rules)
+        if i is None:
+            i = sets[call.rules] = len(sets) + 1
+        per_vote.append(i)
+        per_vote += call.values
+    args: list[str | int] = [len(calls), len(sets)]
+    for rule_set in sets:
+        args += rule_set
+    args += per_vote
     return ks, args
 
 

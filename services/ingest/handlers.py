@@ -6,6 +6,7 @@ import functools
 import time
 from collections.abc import Callable
 
+import msgspec
 from aiohttp import web
 
 from services.common.api import VoteAccepted, VoteRequest
@@ -21,8 +22,9 @@ from services.common.scripts import (
 from services.ingest.appender import Overloaded, Unavailable
 from services.ingest.gateway.auth import caller_of
 from services.ingest.gateway.errors import ApiError
-from services.ingest.gateway.schemas import json_response, read_body
+from services.ingest.gateway.schemas import decode_body, json_response
 from services.ingest.keys import APPENDER, BACKLOG, KEYS, POLLS, SETTINGS
+from services.ingest.monitor import MISSING
 
 _RETRY = {"Retry-After": "1"}
 _REPLAYED = {"Idempotent-Replayed": "true"}
@@ -95,8 +97,13 @@ async def post_vote(request: web.Request) -> web.Response:
     caller = caller_of(request)
     device = caller.device
     poll_id = request.match_info["poll"]
-    vote = await read_body(request, VoteRequest)
-    pdef = await app[POLLS].get(poll_id)
+    # Not read_body's coroutine, and the cache looked up in place: each coroutine layer
+    # is a few µs of a vote's budget.
+    vote = decode_body(await request.read(), request.content_type, VoteRequest)
+    polls = app[POLLS]
+    pdef = polls.cached(poll_id)
+    if pdef is MISSING:
+        pdef = await polls.get(poll_id)
     if pdef is None:
         raise ApiError(404, "poll_not_found", f"no poll {poll_id!r}", field="poll")
     if vote.option not in pdef.option_keys:
@@ -123,7 +130,8 @@ async def post_vote(request: web.Request) -> web.Response:
 
     acc = account_key(caller.account) if caller.account else ""
     p = vote_partition(app[KEYS], device, acc)
-    vote_id = str(vote.vote_id)
+    # The canonical text of the UUID, as str() gives it, in C: a third of str()'s cost.
+    vote_id: str = msgspec.to_builtins(vote.vote_id)
     entry = VoteEntry(
         poll=poll_id,
         option=vote.option,

@@ -21,6 +21,7 @@ from services.common.scripts import (
     VoteRules,
     decode_vote_batch,
     vote_batch_args,
+    vote_batch_source,
     vote_call,
 )
 from services.ingest.app import create_app
@@ -156,12 +157,21 @@ async def test_a_vote_call_out_of_step_with_the_script_is_refused_whole(
     assert decode_vote_batch(await scripts.vote_batch(keys=ks, args=args, client=redis)) == [
         VoteResult(VoteOutcome.ACCEPTED, accepted=1)
     ]
-    # The same call with one argument renamed: the script finds nothing by that name.
-    renamed = ["max_votes_x" if a == "max_votes" else a for a in args]
+    # A call one value short: refused whole, nothing appended.
     e2 = VoteEntry("p1", "o1", 1, "d1", str(uuid.uuid4()), 0, 0)
-    ks, _ = vote_batch_args(keys, 0, [vote_call(keys, 0, e2, VoteRules())])
-    with pytest.raises(ResponseError, match="no argument max_votes"):
-        await scripts.vote_batch(keys=ks, args=renamed, client=redis)
+    e3 = VoteEntry("p1", "o2", 1, "d2", str(uuid.uuid4()), 0, 0)
+    ks, args = vote_batch_args(keys, 0, [vote_call(keys, 0, e, VoteRules()) for e in (e2, e3)])
+    with pytest.raises(ResponseError, match="out of step"):
+        await scripts.vote_batch(keys=ks, args=args[:-1], client=redis)
+    # A vote naming a rule set the call does not carry: refused whole too, even though
+    # the vote before it is valid.
+    bad = [*args[:-8], 2, *args[-7:]]
+    with pytest.raises(ResponseError, match="vote 2 names no rule set"):
+        await scripts.vote_batch(keys=ks, args=bad, client=redis)
+    # A script whose layout lacks a name it needs refuses every call.
+    lacking = redis.register_script(vote_batch_source().replace("'max_votes', ", "", 1))
+    with pytest.raises(ResponseError, match="no rule max_votes"):
+        await lacking(keys=ks, args=args, client=redis)
     assert await redis.xlen(keys.votes(0)) == 1
 
 

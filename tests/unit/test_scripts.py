@@ -12,11 +12,13 @@ import pytest
 from services.common.messages import TALLY_GROUP, CloseEntry, Keys, VoteEntry
 from services.common.scripts import (
     ENTRY_FIELDS,
+    VOTE_FIELDS,
+    VOTE_TYPE,
     ApplyArgs,
     ApplyResult,
     PollKeys,
+    RuleArgs,
     ScriptReplyError,
-    VoteArgs,
     VoteCall,
     VoteKeys,
     VoteOutcome,
@@ -29,6 +31,7 @@ from services.common.scripts import (
     decode_vote,
     decode_vote_batch,
     vote_batch_args,
+    vote_batch_source,
     vote_call,
 )
 from services.ingest.appender import Appender
@@ -58,26 +61,39 @@ def entry(n: int = 0, **kw: Any) -> VoteEntry:
     return VoteEntry(**{**fields, **kw})
 
 
+def layout_of(source: str) -> dict[str, list[str]]:
+    """The LAYOUT written into the registered script, read back from its first line."""
+    first = source.splitlines()[0]
+    assert first.startswith("local LAYOUT = {"), first
+    return {
+        name: re.findall(r"'([a-z_]+)'", names)
+        for name, names in re.findall(r"(\w+) = \{([^{}]*)\}", first)
+    }
+
+
 def read_like_the_script(ks: list[str], args: list[Any]) -> list[dict[str, Any]]:
-    """What vote_batch.lua sees for each vote: its keys and arguments by name, and the
-    stream entry it would append. The same lookups as the script's header."""
-    n, nk, na, ne = (int(a) for a in args[:4])
-    key_names = args[4 : 4 + nk]
-    arg_names = args[4 + nk : 4 + nk + na]
-    entry_names = args[4 + nk + na : 4 + nk + na + ne]
-    first = 4 + nk + na + ne
+    """What vote_batch.lua sees for each vote: its keys, rules and entry fields by the
+    names of the layout written into it, and the stream entry it would append. The same
+    lookups as the script."""
+    layout = layout_of(vote_batch_source())
+    nk, nrl, nf = len(layout["keys"]), len(layout["rules"]), len(layout["fields"])
+    n, nr = int(args[0]), int(args[1])
+    rule_sets = [args[2 + s * nrl : 2 + (s + 1) * nrl] for s in range(nr)]
+    first = 2 + nr * nrl
     votes = []
     for i in range(n):
-        values = args[first + i * (na + ne) : first + (i + 1) * (na + ne)]
+        values = args[first + i * (1 + nf) : first + (i + 1) * (1 + nf)]
         keys = ks[1 + i * nk : 1 + (i + 1) * nk]
+        fields = dict(zip(layout["fields"], values[1:], strict=True))
         votes.append(
             {
-                "keys": dict(zip(key_names, keys, strict=True)),
-                "args": dict(zip(arg_names, values[:na], strict=True)),
-                "entry": dict(zip(entry_names, values[na:], strict=True)),
+                "keys": dict(zip(layout["keys"], keys, strict=True)),
+                "rules": dict(zip(layout["rules"], rule_sets[int(values[0]) - 1], strict=True)),
+                "fingerprint": f"{fields['opt']}:{fields['n']}",
+                "entry": {layout["type"][0]: layout["type"][1], **fields},
             }
         )
-    assert len(args) == first + n * (na + ne), "nothing may follow the last vote"
+    assert len(args) == first + n * (1 + nf), "nothing may follow the last vote"
     assert len(ks) == 1 + n * nk
     return votes
 
@@ -104,9 +120,8 @@ def test_each_vote_is_found_by_name_where_the_script_looks() -> None:
             "rate": KEYS.rate(2, e.device),
             "account_votes": KEYS.account_votes(2, e.poll, a or "-"),
         }
-        assert got["args"] == {
-            "fingerprint": f"{e.option}:{e.count}",
-            "taps": e.count,
+        assert got["fingerprint"] == f"{e.option}:{e.count}"
+        assert got["rules"] == {
             "max_votes": r.max_votes,
             "max_account_votes": r.max_votes_per_account if a else 0,
             "rate_per_s": r.rate_per_s,
@@ -118,10 +133,27 @@ def test_each_vote_is_found_by_name_where_the_script_looks() -> None:
         assert VoteEntry.from_fields(raw) == e
 
 
-def test_an_empty_batch_is_only_the_layout() -> None:
+def test_an_empty_batch_is_two_counts() -> None:
     ks, args = vote_batch_args(KEYS, 0, [])
     assert ks == [KEYS.votes(0)]
+    assert args == [0, 0]
     assert read_like_the_script(ks, args) == []
+
+
+def test_votes_sharing_rules_send_them_once() -> None:
+    same = VoteRules(max_votes=2, rate_per_s=5)
+    calls = [vote_call(KEYS, 1, entry(i), same) for i in range(3)]
+    calls.append(vote_call(KEYS, 1, entry(3), VoteRules(max_votes=9)))
+    _, args = vote_batch_args(KEYS, 1, calls)
+    assert args[:2] == [4, 2]
+    assert args[2:10] == [*calls[0].rules, *calls[3].rules]
+    # Each vote: the number of its rule set, then its entry's values; nothing else.
+    assert args[10:] == [
+        x for i, c in zip((1, 1, 1, 2), calls, strict=True) for x in (i, *c.values)
+    ]
+    assert [
+        v["rules"]["max_votes"] for v in read_like_the_script(*vote_batch_args(KEYS, 1, calls))
+    ] == [2, 2, 2, 9]
 
 
 def test_a_vote_call_is_built_once_and_reused_as_is() -> None:
@@ -129,8 +161,9 @@ def test_a_vote_call_is_built_once_and_reused_as_is() -> None:
     _, first = vote_batch_args(KEYS, 1, [call])
     _, again = vote_batch_args(KEYS, 1, [call, call])
     # Resending (after NOSCRIPT) lays out the same values; the vote's part is not rebuilt.
-    assert again[len(first) :] == list(call.args)
+    assert again[len(first) :] == [1, *call.values]
     assert isinstance(call, VoteCall) and isinstance(call.keys, VoteKeys)
+    assert isinstance(call.rules, RuleArgs)
 
 
 def _lua_names(var: str, source: str = LUA) -> set[str]:
@@ -139,10 +172,20 @@ def _lua_names(var: str, source: str = LUA) -> set[str]:
     return set(re.findall(r"'([a-z_]+)'", m.group(1)))
 
 
-def test_the_script_asks_only_for_names_python_sends() -> None:
+def test_the_script_asks_only_for_names_python_lays_out() -> None:
     assert _lua_names("key") == set(VoteKeys._fields)
-    assert _lua_names("arg") == set(VoteArgs._fields)
-    assert not set(ENTRY_FIELDS) & set(VoteArgs._fields), "an entry field would shadow an arg"
+    assert _lua_names("rule") == set(RuleArgs._fields)
+    assert _lua_names("field") <= set(VOTE_FIELDS)
+    layout = layout_of(vote_batch_source())
+    assert layout == {
+        "keys": list(VoteKeys._fields),
+        "rules": list(RuleArgs._fields),
+        "fields": list(VOTE_FIELDS),
+        "type": list(VOTE_TYPE),
+    }
+    # The entry the script writes is the one the tally decodes, field for field.
+    assert (VOTE_TYPE[0], *VOTE_FIELDS) == ENTRY_FIELDS
+    assert VoteEntry("", "", 0, "", "", 0, 0).to_fields()[VOTE_TYPE[0]] == VOTE_TYPE[1]
 
 
 def test_the_script_answers_exactly_the_outcomes_python_decodes() -> None:
