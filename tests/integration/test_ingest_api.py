@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import jwt
@@ -553,3 +555,29 @@ async def test_postgres_away_degrades_but_votes_flow(
         f"/v1/polls/{poll['id']}/votes", json=vote(), headers=await device(client)
     )
     assert r.status == 202
+
+
+async def test_a_body_that_arrives_after_the_headers_is_waited_for(
+    aiohttp_client: Any, ingest_settings: Any, pg: Any, redis: Any, keys: Keys
+) -> None:
+    # The vote path reads a body that came with its headers in place (body_now), and
+    # awaits one still on its way: a slow phone's vote, or one over the limit, is no
+    # different from a fast one.
+    client = await make_client(aiohttp_client, ingest_settings)
+    poll = await new_poll(client)
+    dev = await device(client)
+    body = json.dumps(vote("o1")).encode()
+
+    async def trickle(data: bytes, step: int) -> AsyncIterator[bytes]:
+        for i in range(0, len(data), step):
+            await asyncio.sleep(0.02)
+            yield data[i : i + step]
+
+    headers = {**dev, "Content-Type": "application/json"}
+    url = f"/v1/polls/{poll['id']}/votes"
+    r = await client.post(url, data=trickle(body, 16), headers=headers)
+    assert r.status == 202, await r.text()
+    assert [e.vote_id for e in await stream_entries(redis, keys)] == [json.loads(body)["vote_id"]]
+    big = b'{"option": "o0", "pad": "' + b"x" * 10_000 + b'"}'
+    r = await client.post(url, data=trickle(big, 1024), headers=headers)
+    await expect_error(r, 413, "body_too_large", "body")
