@@ -15,7 +15,8 @@ of refusals (docs/architecture.md, "Adding a vote rule").
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, NamedTuple
@@ -24,6 +25,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from services.common.messages import TALLY_GROUP, CloseEntry, Keys, VoteEntry
+from services.common.oidc import account_key
 
 
 def _source(name: str) -> str:
@@ -140,6 +142,24 @@ def vote_partition(keys: Keys, device: str, account_key: str = "") -> int:
     else the device's. A token's account never changes, so a device's dedupe and rate
     keys stay in one partition either way."""
     return keys.partition_of(account_key or device)
+
+
+Placement = Callable[[str, str | None], tuple[int, str]]
+"""(device, account) -> (partition, account key): where a device's votes go."""
+
+
+def placements(keys: Keys, size: int = 100_000) -> Placement:
+    """A device's partition and account key (oidc.account_key, "" for none) by its
+    token's device and account. The same for every vote of the token, so worked out (a
+    CRC, and a SHA-256 for an account) once per device, not once per vote: ``size``
+    devices are remembered, as many as the token cache holds."""
+
+    @functools.lru_cache(maxsize=size)
+    def place(device: str, account: str | None) -> tuple[int, str]:
+        acc = account_key(account) if account else ""
+        return vote_partition(keys, device, acc), acc
+
+    return place
 
 
 def vote_call(

@@ -18,7 +18,7 @@ from services.common.attest import AppAttestVerifier, Attestation, AttestationVe
 from services.common.db import LazyPool
 from services.common.observability import OBS, setup_observability
 from services.common.oidc import OidcVerifier
-from services.common.scripts import Scripts
+from services.common.scripts import Scripts, placements
 from services.common.settings import IngestSettings
 from services.common.tokens import Operators, TokenService
 from services.ingest.appender import Appender
@@ -33,6 +33,7 @@ from services.ingest.keys import (
     OIDC,
     OPERATORS,
     PG,
+    PLACEMENT,
     POLLS,
     REDIS,
     REGISTRATIONS,
@@ -152,6 +153,7 @@ def create_app(settings: IngestSettings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes, handler_args=HANDLER_ARGS)
     app[SETTINGS] = settings
     app[KEYS] = settings.keys()
+    app[PLACEMENT] = placements(app[KEYS])
     app[TOKEN_SERVICE] = TokenService(
         settings.token_secret,
         settings.token_secrets_previous,

@@ -10,20 +10,18 @@ import msgspec
 from aiohttp import web
 
 from services.common.api import VoteAccepted, VoteRequest
-from services.common.messages import Keys, VoteEntry
-from services.common.oidc import account_key
+from services.common.messages import VoteEntry
 from services.common.scripts import (
     VoteOutcome,
     VoteResult,
     VoteRules,
     vote_call,
-    vote_partition,
 )
 from services.ingest.appender import Overloaded, Unavailable
 from services.ingest.gateway.auth import caller_of
 from services.ingest.gateway.errors import ApiError
 from services.ingest.gateway.schemas import body_now, decode_body, json_response
-from services.ingest.keys import APPENDER, BACKLOG, KEYS, POLLS, SETTINGS
+from services.ingest.keys import APPENDER, BACKLOG, KEYS, PLACEMENT, POLLS, SETTINGS
 from services.ingest.monitor import MISSING
 
 _RETRY = {"Retry-After": "1"}
@@ -80,15 +78,6 @@ def _rules(max_votes: int, max_account: int, rate_per_s: int, ttl_s: int) -> Vot
     )
 
 
-@functools.lru_cache(maxsize=100_000)
-def _placement(keys: Keys, device: str, account: str | None) -> tuple[int, str]:
-    """A device's partition and account key (oidc.account_key, "" for none): the same
-    for every vote of its token, so worked out (a hash, and a SHA-256 for an account)
-    once per device, not once per vote."""
-    acc = account_key(account) if account else ""
-    return vote_partition(keys, device, acc), acc
-
-
 def vote_response(vote_id: str, result: VoteResult) -> web.Response:
     """The answer to a vote, from the vote script's outcome."""
     if result.outcome is VoteOutcome.ACCEPTED:
@@ -141,7 +130,7 @@ async def post_vote(request: web.Request) -> web.Response:
         raise _unavailable("vote backlog over its bound, retry with the same vote_id")
 
     keys = app[KEYS]
-    p, acc = _placement(keys, device, caller.account)
+    p, acc = app[PLACEMENT](device, caller.account)
     # The canonical text of the UUID, as str() gives it, in C: a third of str()'s cost.
     vote_id: str = msgspec.to_builtins(vote.vote_id)
     entry = VoteEntry(

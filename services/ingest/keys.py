@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from services.common.attest import Attestation
 from services.common.messages import Keys
 from services.common.oidc import OidcVerifier
-from services.common.scripts import Scripts
+from services.common.scripts import Placement, Scripts
 from services.common.settings import IngestSettings
 from services.common.tokens import Operators, TokenService
 from services.ingest.appender import Appender
@@ -19,6 +19,8 @@ from services.ingest.monitor import BacklogMonitor, PollCache
 
 SETTINGS = web.AppKey("settings", IngestSettings)
 KEYS = web.AppKey("keys", Keys)
+PLACEMENT: web.AppKey[Placement] = web.AppKey("placement")
+"""Each device's partition and account key (scripts.placements)."""
 REDIS = web.AppKey("redis", Redis)
 SCRIPTS = web.AppKey("scripts", Scripts)
 APPENDER = web.AppKey("appender", Appender)

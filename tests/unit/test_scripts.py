@@ -317,3 +317,16 @@ def test_close_layout_and_reply() -> None:
     assert decode_close(1) is True and decode_close(0) is False
     with pytest.raises(ScriptReplyError):
         decode_close(b"OK")
+
+
+def test_a_devices_placement_is_its_votes_partition_and_account_key() -> None:
+    from services.common.oidc import account_key
+    from services.common.scripts import placements, vote_partition
+
+    place = placements(KEYS, size=2)
+    for device in (f"dev{i}" for i in range(8)):
+        assert place(device, None) == (vote_partition(KEYS, device), "")
+        acc = account_key("viewer-" + device)
+        # An account-bound device votes in its account's partition, whatever the device.
+        assert place(device, "viewer-" + device) == (vote_partition(KEYS, device, acc), acc)
+    assert {place(f"dev{i}", "v")[0] for i in range(8)} == {place("x", "v")[0]}
