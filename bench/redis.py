@@ -62,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=3, help="cluster/single alternating rounds")
     p.add_argument(
         "--out",
-        type=Path,
+        type=jsonline.out_path,
         default=Path("lb/profiles/redis.json"),
         help="where the planner reads the measured figures ('' to skip)",
     )
@@ -302,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
             "cluster_single_rounds": cluster_rounds.as_dict(),
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        if args.out and str(args.out):
+        if args.out is not None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(jsonline.dumps(result, indent=2) + "\n")
         print(jsonline.dumps(result))

@@ -92,7 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--database-url", help="PostgreSQL server URL (default: DATABASE_URL)")
     p.add_argument(
         "--out",
-        type=Path,
+        type=jsonline.out_path,
         default=TALLY_PATH,
         help=f"where `bench cost` reads the figures (default {TALLY_PATH}; '' to skip)",
     )
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         if exact
         else "MISMATCH: see the rounds' counts in the JSON"
     )
-    if args.out and str(args.out):
+    if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(jsonline.dumps(result, indent=2) + "\n")
         print(f"profile written to {args.out}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 
@@ -29,3 +30,9 @@ def finite(obj: Any) -> Any:
 def dumps(obj: Any, **kwargs: Any) -> str:
     """Strict JSON (RFC 8259) of ``obj``; ``kwargs`` as for :func:`json.dumps`."""
     return json.dumps(finite(obj), allow_nan=False, **kwargs)
+
+
+def out_path(text: str) -> Path | None:
+    """An ``--out`` argument: the profile's path, or None for '' (write none).
+    ``Path('')`` is ``Path('.')``, a directory, so an empty argument needs this type."""
+    return Path(text) if text else None

@@ -41,3 +41,21 @@ def test_plain_json_would_not_parse() -> None:
 def test_finite_leaves_finite_values_and_other_types_alone() -> None:
     obj = {"a": 0.1, "b": [1, "x", None, True]}
     assert finite(obj) == obj
+
+
+def test_an_empty_out_argument_writes_no_profile() -> None:
+    import argparse
+    from pathlib import Path
+
+    from bench.redis import add_arguments as redis_args
+    from bench.tally import add_arguments as tally_args
+    from bench.tools.jsonline import out_path
+
+    assert out_path("") is None
+    assert out_path("lb/profiles/x.json") == Path("lb/profiles/x.json")
+    for add in (redis_args, tally_args):
+        parser = argparse.ArgumentParser()
+        add(parser)
+        # Path('') would be '.', a directory: the bench then crashed at its very end.
+        assert parser.parse_args(["--out", ""]).out is None
+        assert parser.parse_args([]).out is not None
