@@ -18,18 +18,25 @@ be charged to ingest. ``--redis-cpu -1`` leaves it unpinned, as the figures befo
 
 Bare and real are measured in ``--rounds`` rounds, back to back in alternating order
 (bench.tools.rounds); the ratio is the median of the rounds' ratios, with its spread.
+
+``--against REV`` adds a fourth side: the vote endpoint served from git revision REV
+(a temporary worktree, with its own Redis, poll and tokens), in the same rounds. Its
+ratio real/against is what a change gained or lost, measured in one run; on these
+noisy machines two runs minutes apart differ by more than most changes do.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import subprocess
 import sys
 import time
 
-from bench.target import vote_target, wait_http
+from bench.target import VoteTarget, vote_target, wait_http
 from bench.tools import jsonline
+from bench.tools.checkout import checkout
 from bench.tools.proc import (
     NOISY_STEAL_PCT,
     cpu_seconds,
@@ -56,6 +63,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="always",
         help="the bench Redis's AOF policy (default always: the deployment's)",
     )
+    p.add_argument(
+        "--against",
+        metavar="REV",
+        help="also serve the vote endpoint from git revision REV (a temporary worktree)"
+        " in the same alternating rounds: real/against is a change's speed-up, measured"
+        " in one run",
+    )
 
 
 def _ratios(base: list[WrkResult], subject: list[WrkResult]) -> Summary:
@@ -67,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if not shutil.which("wrk"):
         print("wrk is not installed (scripts/setup installs it)", file=sys.stderr)
         return 2
-    sides = ("bare", "floor", "real")
+    sides: tuple[str, ...] = ("bare", "floor", "real") + (("against",) if args.against else ())
     results: dict[str, list[WrkResult]] = {k: [] for k in sides}
     cpu_pct: dict[str, list[float]] = {k: [] for k in sides}
     us_per_req: dict[str, list[float]] = {k: [] for k in sides}
@@ -75,9 +89,22 @@ def run(args: argparse.Namespace) -> int:
     bare_port, floor_port = free_port(), free_port()
     bare = subprocess.Popen(pinned(0, [sys.executable, "-m", "bench.tools.bare", str(bare_port)]))
     floor: subprocess.Popen[bytes] | None = None
+    against_commit = ""
     try:
         redis_cpu = None if args.redis_cpu < 0 else args.redis_cpu
-        with vote_target(args.devices, redis_cpu=redis_cpu, appendfsync=args.appendfsync) as target:
+        with contextlib.ExitStack() as stack:
+            target = stack.enter_context(
+                vote_target(args.devices, redis_cpu=redis_cpu, appendfsync=args.appendfsync)
+            )
+            other: VoteTarget | None = None
+            if args.against:
+                code, against_commit = stack.enter_context(checkout(args.against))
+                other = stack.enter_context(
+                    vote_target(
+                        args.devices, redis_cpu=redis_cpu, appendfsync=args.appendfsync, code=code
+                    )
+                )
+                print(f"against: {args.against} = {against_commit[:12]}, served from {code}")
             floor = subprocess.Popen(
                 pinned(
                     0,
@@ -98,14 +125,24 @@ def run(args: argparse.Namespace) -> int:
                 "floor": f"http://127.0.0.1:{floor_port}",
                 "real": target.url,
             }
-            accepted = 0
-            for name, url in urls.items():  # warm up both: caches, pools, token cache
-                r = target.wrk(2, args.connections, url)
-                accepted += r.ok if name == "real" else 0
             pids = {"bare": bare.pid, "floor": floor.pid, "real": target.pid}
+            # Each side's own poll, tokens and Redis: the other revision is driven by its
+            # own target, so that its 202s are checked against its own stream.
+            targets = {"bare": target, "floor": target, "real": target}
+            if other is not None:
+                urls["against"], pids["against"], targets["against"] = (
+                    other.url,
+                    other.pid,
+                    other,
+                )
+            ok = dict.fromkeys(("real", "against"), 0)
+            for name, url in urls.items():  # warm up every side: caches, pools, token cache
+                r = targets[name].wrk(2, args.connections, url)
+                if name in ok:
+                    ok[name] += r.ok
             for rnd, name in order(args.rounds, tuple(urls)):
                 cpu0, steal0 = cpu_seconds(pids[name]), steal_seconds()
-                r = target.wrk(args.seconds, args.connections, urls[name])
+                r = targets[name].wrk(args.seconds, args.connections, urls[name])
                 # The server's share of its core: near 100 % it is the limit; well below,
                 # the clients or Redis are, and the ratio says little about the code.
                 busy = 100 * (cpu_seconds(pids[name]) - cpu0) / args.seconds
@@ -113,8 +150,8 @@ def run(args: argparse.Namespace) -> int:
                 results[name].append(r)
                 cpu_pct[name].append(busy)
                 us_per_req[name].append(busy * 1e4 / r.rps if r.rps else 0.0)
-                if name == "real":
-                    accepted += r.ok
+                if name in ok:
+                    ok[name] += r.ok
                 print(
                     f"  r{rnd} {name:5} {r.rps:9.0f} req/s  p50 {r.p50_ms:6.2f} ms"
                     f"  p99 {r.p99_ms:6.2f} ms  cpu {busy:4.0f} %"
@@ -124,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             time.sleep(0.5)
             in_stream = target.entries()
+            against_in_stream = other.entries() if other is not None else 0
     finally:
         for proc in (bare, floor):
             if proc is not None:
@@ -145,7 +183,10 @@ def run(args: argparse.Namespace) -> int:
     # wrk stops with requests in flight: those may be appended without wrk counting
     # their 202, so the stream may hold up to one extra entry per connection per run.
     cut_off = args.connections * (args.rounds + 2)
+    accepted = ok["real"]
     durable = accepted <= in_stream <= accepted + cut_off
+    if args.against:
+        durable = durable and ok["against"] <= against_in_stream <= ok["against"] + cut_off
     print(f"bare aiohttp (ceiling): {best['bare'].rps:.0f} req/s, p99 {best['bare'].p99_ms:.2f} ms")
     print(
         f"floor (bare + Redis):   {best['floor'].rps:.0f} req/s, p99 {best['floor'].p99_ms:.2f} ms"
@@ -155,6 +196,31 @@ def run(args: argparse.Namespace) -> int:
     print(cost.line("CPU per request, bare/real (what the ratio would be at 100 % CPU)"))
     print(floor_of_bare.line("ratio floor/bare (aiohttp + one durable round trip per batch)"))
     print(real_of_floor.line("ratio real/floor (Buzzer's own work per vote)"))
+    against: dict[str, object] | None = None
+    if args.against:
+        speedup = _ratios(results["against"], results["real"])
+        cheaper = summarise(
+            [
+                old / new if new else 0.0
+                for old, new in zip(us_per_req["against"], us_per_req["real"], strict=True)
+            ]
+        )
+        print(
+            f"vote endpoint at {args.against} ({against_commit[:12]}): "
+            f"{best['against'].rps:.0f} req/s, p99 {best['against'].p99_ms:.2f} ms, "
+            f"{ok['against']} 202s, {against_in_stream} entries in its stream"
+        )
+        print(speedup.line(f"ratio real/against (this checkout's votes/s over {args.against}'s)"))
+        print(cheaper.line(f"CPU per vote, {args.against}/this checkout"))
+        against = {
+            "rev": args.against,
+            "commit": against_commit,
+            "vote_rps": round(best["against"].rps, 1),
+            "ratio_rounds": speedup.as_dict(),
+            "cpu_ratio_rounds": cheaper.as_dict(),
+            "accepted": ok["against"],
+            "in_stream": against_in_stream,
+        }
     for name in sides:
         print(f"{name} server CPU: {summarise(cpu_pct[name]).line('% of its core', '.0f')}")
     stolen = [pct for side in sides for pct in steal_of[side]]
@@ -205,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
         "non2xx": sum(r.non2xx for r in results["real"]),
         "steal_pct_max": round(max(stolen, default=0.0), 1),
         "ratio_quiet_rounds": summarise(quiet).as_dict() if quiet else None,
+        "against": against,
     }
     print(jsonline.dumps(summary))
     return 0 if durable else 1

@@ -90,16 +90,18 @@ def vote_target(
     cpu: int | None = 0,
     redis_cpu: int | None = 1,
     appendfsync: str = "always",
+    code: Path | None = None,
 ) -> Iterator[VoteTarget]:
     """Ingest on core ``cpu``, against its own ``redis-server`` (AOF, ``appendfsync
     always``: the deployment's promise for a 202) on core ``redis_cpu``: Redis's work is
-    another tier's cost, not ingest's."""
+    another tier's cost, not ingest's. ``code``: run ingest from that checkout (another
+    revision's worktree, bench.tools.checkout) instead of this one."""
     tmp = Path(tempfile.mkdtemp(prefix="buzzer-bench-"))
     try:
         pin = redis_cpu if (os.cpu_count() or 1) > 1 else None
         with (
             redis_server(tmp / "redis", cpu=pin, appendfsync=appendfsync) as port,
-            _vote_target(devices, cpu, f"redis://127.0.0.1:{port}/0", tmp) as target,
+            _vote_target(devices, cpu, f"redis://127.0.0.1:{port}/0", tmp, code) as target,
         ):
             yield target
     finally:
@@ -107,7 +109,9 @@ def vote_target(
 
 
 @contextlib.contextmanager
-def _vote_target(devices: int, cpu: int | None, redis_url: str, tmp: Path) -> Iterator[VoteTarget]:
+def _vote_target(
+    devices: int, cpu: int | None, redis_url: str, tmp: Path, code: Path | None = None
+) -> Iterator[VoteTarget]:
     from pydantic import SecretStr
 
     from services.common.db import migrate
@@ -128,13 +132,19 @@ def _vote_target(devices: int, cpu: int | None, redis_url: str, tmp: Path) -> It
         "REDIS_URL": redis_url,
         "BUZZER_LOG_LEVEL": "WARNING",
     }
+    if code is not None:
+        # `python -m` looks in the working directory first, then PYTHONPATH: both point
+        # at the other checkout, ahead of this one's editable install.
+        env["PYTHONPATH"] = str(code)
     script = tmp / "vote.lua"
     script.write_text(WRK_SCRIPT)
     tokens = TokenService(SecretStr(secret))
     (tmp / "tokens").write_text("\n".join(tokens.issue().token for _ in range(devices)) + "\n")
     port = free_port()
     argv = [sys.executable, "-m", "buzzer", "serve", "ingest", "--port", str(port)]
-    ingest = subprocess.Popen(pinned(cpu, argv) if cpu is not None else argv, env=env)
+    ingest = subprocess.Popen(
+        pinned(cpu, argv) if cpu is not None else argv, env=env, cwd=code or Path.cwd()
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/readyz")

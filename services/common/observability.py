@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -106,11 +107,36 @@ class Observability:
     balancer must keep sending votes to ingest while PostgreSQL is away)."""
     ready: bool = True
     """False while draining, so load balancers stop sending before we stop listening."""
+    ended: dict[str, str] = field(default_factory=dict)
+    """Essential background tasks that ended while the process served, by name, and why."""
 
     def __post_init__(self) -> None:
         self.http = HttpMetrics(self.service)
         self.registry.register(self.http)
         self.record = self.http.record
+
+    def essential(self, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+        """Watch ``task``, which must run as long as the process serves (push's updates
+        reader, the tally's partitions): if it ends while serving, with an error or
+        without one, log it at once with its traceback and fail readiness naming it, so
+        the load balancer and on-call take the process out. Unwatched, such a task died
+        in silence (asyncio reports an unretrieved error only when the task is freed, at
+        shutdown) while ``/readyz`` said ok: viewers' counts froze, votes went uncounted.
+        Cancelled, or ending while draining, is how it is meant to stop."""
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or not self.ready:
+            return  # stopped, or ending with the process (draining)
+        exc = task.exception()
+        why = f"{type(exc).__name__}: {exc}"[:200] if exc is not None else "returned"
+        self.ended[task.get_name()] = why
+        logging.getLogger(f"buzzer.{self.service}").error(
+            "essential task ended: not ready",
+            exc_info=exc,
+            extra={"task": task.get_name(), "error": why},
+        )
 
 
 OBS = web.AppKey("observability", Observability)
@@ -134,6 +160,9 @@ async def readyz(request: web.Request) -> web.Response:
     degraded = False
     if not obs.ready:
         results["process"] = "draining"
+    for name, why in obs.ended.items():
+        ok = False
+        results[f"task {name}"] = f"ended: {why}"
     for name, check in obs.checks.items():
         try:
             await check()

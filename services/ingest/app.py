@@ -105,7 +105,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         rtt.observe(seconds)
 
     appender.observe = observe
-    async with monitor.running():
+    async with monitor.running(watch=obs.essential):
         yield
         # Graceful stop: aiohttp already waited for handlers; answer whatever is queued.
         await appender.drain(timeout=settings.shutdown_timeout_s)

@@ -7,7 +7,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from redis.asyncio import Redis
 
@@ -118,8 +118,13 @@ class BacklogMonitor:
             await asyncio.sleep(self._interval)
 
     @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[BacklogMonitor]:
-        task = asyncio.create_task(self.run())
+    async def running(
+        self, watch: Callable[[asyncio.Task[None]], object] = lambda task: task
+    ) -> AsyncIterator[BacklogMonitor]:
+        """Refresh in the background while in the block; ``watch`` is given the task
+        (Observability.essential)."""
+        task = asyncio.create_task(self.run(), name="ingest-backlog")
+        watch(task)
         try:
             yield self
         finally:

@@ -149,15 +149,18 @@ async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
         registry=registry,
     ).set_function(hub.max_pending)
 
+    obs = app[OBS]
     tasks = [
-        asyncio.create_task(
-            UpdatesReader(client, keys.updates, hub.on_update).run(
-                block_ms=settings.xread_block_ms
-            ),
-            name="push-reader",
+        obs.essential(
+            asyncio.create_task(
+                UpdatesReader(client, keys.updates, hub.on_update).run(
+                    block_ms=settings.xread_block_ms
+                ),
+                name="push-reader",
+            )
         ),
-        asyncio.create_task(hub.housekeeping(), name="push-housekeeping"),
-        asyncio.create_task(_report_viewers(app), name="push-viewers"),
+        obs.essential(asyncio.create_task(hub.housekeeping(), name="push-housekeeping")),
+        obs.essential(asyncio.create_task(_report_viewers(app), name="push-viewers")),
     ]
     yield
     for t in tasks:

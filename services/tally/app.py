@@ -69,6 +69,8 @@ def create_app(settings: TallySettings) -> web.Application:
         tally = Tally(app[REDIS], app[PG], settings, metrics)
         app[TALLY] = tally
         await tally.start()
+        for task in tally.tasks:
+            obs.essential(task)
         yield
         await tally.stop()
 

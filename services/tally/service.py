@@ -107,6 +107,11 @@ class Tally:
             extra={"consumer": self.settings.consumer, "partitions": n, "prefix": self.keys.prefix},
         )
 
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """Every task :meth:`start` made; each runs until :meth:`stop`."""
+        return [*self._readers, *self._writers, *self._aux]
+
     async def stop(self) -> None:
         """Stop reading, finish the batches in hand, flush PostgreSQL and updates, log once."""
         deadline = time.monotonic() + self.settings.shutdown_timeout_s
