@@ -21,9 +21,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -33,9 +35,11 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from bench.tools import jsonline
+from bench.tools.checkout import checkout
 from bench.tools.redisproc import cli as _cli
 from bench.tools.redisproc import redis_server
 from bench.tools.rounds import order, summarise
+from bench.tools.wrk import pinned
 from buzzer.rediscluster import LocalCluster
 from services.common.messages import TALLY_GROUP, Keys, VoteEntry, decode_entry
 from services.common.redisconn import connect
@@ -65,6 +69,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=jsonline.out_path,
         default=Path("lb/profiles/redis.json"),
         help="where the planner reads the measured figures ('' to skip)",
+    )
+    p.add_argument(
+        "--against",
+        metavar="REV",
+        help="instead: Redis CPU per vote of vote_batch.lua as git revision REV calls it"
+        " against this checkout, alternating --rounds times on one redis-server"
+        " (bench.tools.script_cpu); writes no profile",
     )
 
 
@@ -214,11 +225,51 @@ async def appender_rate(url: str, seconds: float) -> float:
         await redis.aclose()
 
 
+def against(args: argparse.Namespace) -> int:
+    """``--against REV``: the script's Redis CPU per vote, REV against this checkout."""
+    tool = Path(__file__).resolve().parent / "tools" / "script_cpu.py"
+    here = Path(__file__).resolve().parents[1]
+    rates: dict[str, list[float]] = {"against": [], "this": []}
+    tmp = Path(tempfile.mkdtemp(prefix="buzzer-bench-redis-"))
+    try:
+        with checkout(args.against) as (code, commit), redis_server(tmp, cpu=1) as port:
+            print(f"against: {args.against} = {commit[:12]}, served from {code}")
+            for rnd, side in order(max(args.rounds, 3), ("against", "this")):
+                out = subprocess.run(
+                    [*pinned(0, [sys.executable, str(tool), str(port), "1500", "16"])],
+                    env={**os.environ, "PYTHONPATH": str(code if side == "against" else here)},
+                    cwd=code if side == "against" else here,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
+                rates[side].append(float(out.split()[-1]))
+                print(f"  r{rnd} {side:7} {rates[side][-1]:>10,.0f} votes/Redis CPU-s", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ratio = summarise([t / a for a, t in zip(rates["against"], rates["this"], strict=True)])
+    print(ratio.line(f"votes per Redis CPU-second, this checkout/{args.against}"))
+    print(
+        jsonline.dumps(
+            {
+                "bench": "redis-against",
+                "rev": args.against,
+                "commit": commit,
+                "votes_per_cpu_s": rates,
+                "ratio_rounds": ratio.as_dict(),
+            }
+        )
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     for tool in ("redis-server", "redis-cli", "redis-benchmark"):
         if shutil.which(tool) is None:
             print(f"bench redis: {tool} not found (Debian package redis-server)")
             return 2
+    if args.against:
+        return against(args)
     tmp = Path(tempfile.mkdtemp(prefix="buzzer-bench-redis-"))
     seconds = args.seconds
     try:
