@@ -72,6 +72,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _cheaper(base: list[float], subject: list[float]) -> Summary:
+    """Per-round ratios of CPU per request, base/subject: above 1, the subject is cheaper."""
+    return summarise([b / s if s else 0.0 for b, s in zip(base, subject, strict=True)])
+
+
 def _ratios(base: list[WrkResult], subject: list[WrkResult]) -> Summary:
     """Per-round throughput ratios subject/base, rounds paired as measured."""
     return summarise([s.rps / b.rps if b.rps else 0.0 for b, s in zip(base, subject, strict=True)])
@@ -174,12 +179,7 @@ def run(args: argparse.Namespace) -> int:
     ratio = ratios.median
     floor_of_bare = _ratios(results["bare"], results["floor"])
     real_of_floor = _ratios(results["floor"], results["real"])
-    cost = summarise(
-        [
-            bare / real if real else 0.0
-            for bare, real in zip(us_per_req["bare"], us_per_req["real"], strict=True)
-        ]
-    )
+    cost = _cheaper(us_per_req["bare"], us_per_req["real"])
     # wrk stops with requests in flight: those may be appended without wrk counting
     # their 202, so the stream may hold up to one extra entry per connection per run.
     cut_off = args.connections * (args.rounds + 2)
@@ -199,12 +199,7 @@ def run(args: argparse.Namespace) -> int:
     against: dict[str, object] | None = None
     if args.against:
         speedup = _ratios(results["against"], results["real"])
-        cheaper = summarise(
-            [
-                old / new if new else 0.0
-                for old, new in zip(us_per_req["against"], us_per_req["real"], strict=True)
-            ]
-        )
+        cheaper = _cheaper(us_per_req["against"], us_per_req["real"])
         print(
             f"vote endpoint at {args.against} ({against_commit[:12]}): "
             f"{best['against'].rps:.0f} req/s, p99 {best['against'].p99_ms:.2f} ms, "

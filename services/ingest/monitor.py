@@ -47,10 +47,10 @@ class PollCache:
         return MISSING
 
     async def get(self, poll: str) -> PollDef | None:
+        hit = self.cached(poll)
+        if hit is not MISSING:
+            return hit
         now = time.monotonic()
-        hit = self._entries.get(poll)
-        if hit is not None and hit[0] > now:
-            return hit[1]
         # One load per id however many requests miss at once.
         pending = self._loading.get(poll)
         if pending is not None:

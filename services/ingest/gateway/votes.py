@@ -10,13 +10,11 @@ from aiohttp import web
 
 from services.common.api import VoteStatus
 from services.common.archive import find_vote
-from services.common.oidc import account_key
 from services.common.redisconn import REDIS_AWAY
-from services.common.scripts import vote_partition
 from services.ingest.gateway.auth import caller_of
 from services.ingest.gateway.errors import ApiError
 from services.ingest.gateway.schemas import json_response
-from services.ingest.keys import KEYS, PG, REDIS
+from services.ingest.keys import KEYS, PG, PLACEMENT, REDIS
 
 _RETRY = {"Retry-After": "1"}
 
@@ -51,12 +49,7 @@ async def get_vote(request: web.Request) -> web.Response:
     try:
         # The key is the device's own: another device's vote id never matches.
         fp = await request.app[REDIS].get(
-            keys.dedupe(
-                vote_partition(keys, device, account_key(caller.account) if caller.account else ""),
-                poll,
-                device,
-                vote_id,
-            )
+            keys.dedupe(request.app[PLACEMENT](device, caller.account)[0], poll, device, vote_id)
         )
     except REDIS_AWAY as exc:
         raise ApiError(503, "unavailable", "redis unavailable", headers=_RETRY) from exc
