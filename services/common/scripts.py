@@ -37,6 +37,7 @@ class Scripts:
     vote_batch: AsyncScript
     close: AsyncScript
     apply: AsyncScript
+    trim: AsyncScript
 
     @classmethod
     def register(cls, redis: Redis) -> Scripts:
@@ -46,6 +47,7 @@ class Scripts:
             vote_batch=redis.register_script(vote_batch_source()),
             close=redis.register_script(_source("close.lua")),
             apply=redis.register_script(_source("apply.lua")),
+            trim=redis.register_script(_source("trim.lua")),
         )
 
 
@@ -413,3 +415,50 @@ async def close_partition(redis: Redis, scripts: Scripts, keys: Keys, p: int, po
     """Close ``poll`` on partition ``p`` with its close marker; True if this call did."""
     ks, args = close_args(keys, p, poll)
     return decode_close(await scripts.close(keys=ks, args=args, client=redis))
+
+
+# ------------------------------------------------------------------------- trim.lua
+
+
+class TrimKeys(NamedTuple):
+    stream: str
+
+
+class TrimResult(NamedTuple):
+    removed: int
+    """Entries this call deleted."""
+    safe: tuple[int, int]
+    """Every id below this one was delivered to and acknowledged by every group."""
+    first: tuple[int, int] | None
+    """The stream's first entry after the trim (None: the stream is empty)."""
+
+
+def _stream_id(raw: bytes | str) -> tuple[int, int]:
+    ms, _, seq = (raw.decode() if isinstance(raw, bytes) else raw).partition("-")
+    return int(ms), int(seq)
+
+
+def trim_args(stream: str, groups: Sequence[str]) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of ``trim.lua`` (ARGV: the groups that must all have acknowledged)."""
+    if not groups:
+        raise ValueError("trim.lua needs at least one group")
+    return list(TrimKeys(stream=stream)), list(groups)
+
+
+def decode_trim(reply: Any) -> TrimResult | None:
+    """The reply of ``trim.lua``; None while the stream or one of its groups is missing."""
+    if reply is None:
+        return None
+    try:
+        removed, safe, first = reply
+        return TrimResult(int(removed), _stream_id(safe), _stream_id(first) if first else None)
+    except (TypeError, ValueError) as exc:
+        raise ScriptReplyError(f"trim.lua answered {reply!r}") from exc
+
+
+async def trim_stream(
+    redis: Redis, scripts: Scripts, stream: str, groups: Sequence[str]
+) -> TrimResult | None:
+    """Remove from ``stream`` what every one of ``groups`` acknowledged (``trim.lua``)."""
+    ks, args = trim_args(stream, groups)
+    return decode_trim(await scripts.trim(keys=ks, args=args, client=redis))

@@ -54,7 +54,7 @@ class Tally:
         self.archiver = Archiver(
             redis, self.keys, pg, settings, metrics, self.stats, self.sealer.poke
         )
-        self.trimmer = Trimmer(redis, self.keys, pg, settings, metrics, self.stats)
+        self.trimmer = Trimmer(redis, self.keys, self.scripts, pg, settings, metrics, self.stats)
         self.reconciler = Reconciler(
             redis,
             self.keys,

@@ -1,10 +1,14 @@
 """Trims applied entries from the streams and reports lag and pending per partition.
 
-An entry may go once it was delivered to the group and acknowledged. The safe point
-is the oldest pending id if anything is pending, otherwise the id right after the
-group's last-delivered id; both are read in one MULTI so they describe one moment,
-and ``XTRIM MINID`` removes only ids below it. Delivery and acknowledgement only move
-forward, so a point that was safe when read stays safe when the trim runs.
+An entry may go once it was delivered to every group that reads it and acknowledged.
+``trim.lua`` reads the groups' positions and trims in one step on one node: positions
+read from a primary just before it died must never decide a trim on its promoted
+replica, which holds the entries but not yet their deliveries and acknowledgements.
+
+Below the outbox's first remaining entry, PostgreSQL forgets the writer's dedupe rows:
+those entries can no longer be delivered. With replica acknowledgement the trim must
+first reach a replica (``WAIT``), or a failover would bring back entries whose rows
+were forgotten, and the writer would count them twice.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from redis.exceptions import ResponseError
 
 from services.common.db import LazyPool
 from services.common.messages import ARCHIVE_GROUP, PG_GROUP, TALLY_GROUP, Keys
+from services.common.redisconn import ReplicasBehind, wait_replicas
+from services.common.scripts import Scripts, trim_stream
 from services.common.settings import TallySettings
 from services.tally.metrics import Stats, TallyMetrics
 from services.tally.store import forget_below
-from services.tally.streams import StreamId, format_id, next_id, parse_id, sleep_or_stop
+from services.tally.streams import StreamId, next_id, parse_id, sleep_or_stop
 
 log = logging.getLogger("buzzer.tally.trimmer")
 
@@ -75,26 +81,6 @@ async def snapshot(redis: Redis, stream: str, group: str) -> GroupSnapshot | Non
     return None
 
 
-async def trim_stream(
-    redis: Redis, stream: str, group: str, *others: str
-) -> tuple[int, StreamId] | None:
-    """Remove what every one of the groups acknowledged. Returns (entries removed, safe
-    point) or None while a group is missing.
-
-    Each group's safe point only moves forward, so the least of points read one after
-    the other is still safe when the trim runs.
-    """
-    points = []
-    for g in (group, *others):
-        snap = await snapshot(redis, stream, g)
-        if snap is None:
-            return None
-        points.append(snap.safe_point)
-    safe = min(points)
-    removed = await redis.xtrim(stream, minid=format_id(safe), approximate=False)
-    return int(removed), safe
-
-
 async def forget_outbox_rows(pg: LazyPool, p: int, below: StreamId) -> str:
     """Forget the dedupe rows of outbox entries below ``below``: they were trimmed and
     can no longer be delivered (``store.forget_below``)."""
@@ -108,6 +94,7 @@ class Trimmer:
         self,
         redis: Redis,
         keys: Keys,
+        scripts: Scripts,
         pg: LazyPool,
         settings: TallySettings,
         metrics: TallyMetrics,
@@ -115,6 +102,7 @@ class Trimmer:
     ) -> None:
         self.redis = redis
         self.keys = keys
+        self.scripts = scripts
         self.pg = pg
         self.settings = settings
         self.metrics = metrics
@@ -152,29 +140,47 @@ class Trimmer:
     async def trim_all(self) -> int:
         total = 0
         for kind, p, stream, groups in self.trimmed():
-            result = await trim_stream(self.redis, stream, *groups)
+            result = await trim_stream(self.redis, self.scripts, stream, groups)
             if result is None:
                 continue
-            removed, safe = result
-            total += removed
-            if removed:
-                self.metrics.trimmed.labels(kind).inc(removed)
+            total += result.removed
+            if result.removed:
+                self.metrics.trimmed.labels(kind).inc(result.removed)
             if kind == "applied":
-                first = await self.redis.xrange(stream, count=1)
-                below = parse_id(first[0][0]) if first and first[0][0] else safe
+                below = result.first or result.safe
                 if below > self._watermark.get(p, (0, 0)):
-                    try:
-                        await forget_outbox_rows(self.pg, p, below)
-                    except Exception as exc:
-                        # Only dedupe rows wait; the streams keep being trimmed.
-                        log.warning(
-                            "forgetting outbox rows failed",
-                            extra={"partition": p, "error": f"{type(exc).__name__}: {exc}"[:300]},
-                        )
-                    else:
-                        self._watermark[p] = below
+                    await self._forget(p, stream, below)
         self.stats.trimmed += total
         return total
+
+    async def _forget(self, p: int, stream: str, below: StreamId) -> None:
+        """Forget partition ``p``'s outbox dedupe rows below ``below``, the outbox's first
+        entry after a trim, once no failover can bring back an entry below it."""
+        try:
+            if self.settings.ack_replicas:
+                await wait_replicas(
+                    self.redis, stream, self.settings.ack_replicas, self.settings.ack_timeout_ms
+                )
+                # The replica now holds everything the node that answers for the stream
+                # had done. Had a failover come between the trim and the WAIT, that node
+                # may lack the trim: its first entry says what is really gone.
+                first = await self.redis.xrange(stream, count=1)
+                if first and first[0][0]:
+                    below = min(below, parse_id(first[0][0]))
+            await forget_outbox_rows(self.pg, p, below)
+        except ReplicasBehind as exc:
+            # Rows wait for the next round; the streams keep being trimmed.
+            log.info(
+                "outbox rows kept: trim not yet on a replica",
+                extra={"partition": p, "error": str(exc)},
+            )
+        except Exception as exc:
+            log.warning(
+                "forgetting outbox rows failed",
+                extra={"partition": p, "error": f"{type(exc).__name__}: {exc}"[:300]},
+            )
+        else:
+            self._watermark[p] = max(below, self._watermark.get(p, (0, 0)))
 
     async def gc_consumers(self) -> int:
         removed = 0

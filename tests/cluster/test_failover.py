@@ -87,11 +87,24 @@ def _stack(tmp_path: Path, cluster: LocalCluster, ack: int, database: str) -> ob
 
 async def _exact(rs: RunningStack, voters: Voters, poll: str) -> None:
     expected = dict(voters.accepted)
+    seen: dict[str, int] = {}
 
     async def settled() -> bool:
-        return await live_counts(rs, poll) == expected
+        seen.clear()
+        seen.update(await live_counts(rs, poll))
+        return seen == expected
 
-    await eventually(settled, timeout=60, interval=0.2)
+    try:
+        await eventually(settled, timeout=60, interval=0.2)
+    except AssertionError:
+        # Lost or doubled votes, or a tally that stopped: the counts and the tally's last
+        # complaints tell which.
+        log = (rs.stack.state_dir / "logs" / "tally.log").read_text().splitlines()
+        complaints = [line[:400] for line in log if '"level": "INFO"' not in line][-15:]
+        raise AssertionError(
+            f"live counts {seen} never reached the 202s {expected}; tally said:\n"
+            + "\n".join(complaints)
+        ) from None
     assert await redis_counts(rs, poll) == expected
     result = await close_and_final(rs, poll)
     assert {k: v for k, v in result["counts"].items() if v} == expected

@@ -16,10 +16,10 @@ import pytest
 from services.common.archive import HEADER, recount
 from services.common.messages import ARCHIVE_GROUP, TALLY_GROUP
 from services.common.polls import close_poll_redis
+from services.common.scripts import trim_stream
 from services.ingest.monitor import BacklogMonitor
 from services.tally.service import Tally
 from services.tally.streams import GroupReader
-from services.tally.trimmer import trim_stream
 from tests.support import eventually
 from tests.support.tally import TallyEnv, cast_vote, close_poll_pg, create_poll, pending
 
@@ -149,7 +149,7 @@ async def test_trim_needs_every_group(env: TallyEnv) -> None:
     while entries := await tally.consumer.readers[0].read_new(1000, None):
         await tally.consumer.apply(0, entries)
     # No archive group yet (an older tally made the stream): nothing is trimmed.
-    assert await trim_stream(env.redis, stream, TALLY_GROUP, ARCHIVE_GROUP) is None
+    assert await trim_stream(env.redis, env.scripts, stream, [TALLY_GROUP, ARCHIVE_GROUP]) is None
     assert await env.redis.xlen(stream) == 1
 
 

@@ -11,10 +11,10 @@ import msgspec
 import pytest
 
 from services.common.messages import PG_GROUP, AppliedBatch, Delta, decode_applied
+from services.common.scripts import trim_stream
 from services.tally.service import Tally
 from services.tally.store import Outboxed
 from services.tally.streams import GroupReader, parse_id
-from services.tally.trimmer import trim_stream
 from tests.support.tally import (
     TallyEnv,
     cast_vote,
@@ -154,7 +154,7 @@ async def test_trim_never_passes_pending_outbox(env: TallyEnv) -> None:
     tally = env.tally()
     await _votes_applied(env, tally, pdef.id, 100)
     entries = await tally.writer.readers[0].read_new(1000, None)
-    result = await trim_stream(env.redis, env.keys.applied(0), PG_GROUP)
+    result = await trim_stream(env.redis, env.scripts, env.keys.applied(0), [PG_GROUP])
     assert result is not None
-    assert result[0] == 0
+    assert result.removed == 0
     assert await env.redis.xlen(env.keys.applied(0)) == len(entries)

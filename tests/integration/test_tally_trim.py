@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import urlsplit
+
 import pytest
+import redis.asyncio as aioredis
 
 from services.common.messages import PG_GROUP, TALLY_GROUP
-from services.tally.trimmer import forget_outbox_rows, snapshot, trim_stream
+from services.common.scripts import trim_stream
+from services.tally.streams import next_id
+from services.tally.trimmer import forget_outbox_rows, snapshot
+from tests.support import delete_prefix
 from tests.support.tally import (
+    REDIS_URL,
     TallyEnv,
     cast_vote,
     create_poll,
@@ -35,18 +43,20 @@ async def test_trim_keeps_pending_and_undelivered(env: TallyEnv) -> None:
 
     # b applies the middle; a's older entries are pending: nothing may go.
     await b.consumer.apply(0, middle)
-    assert await trim_stream(env.redis, stream, TALLY_GROUP) == (0, _sid(ids[0]))
+    result = await trim_stream(env.redis, env.scripts, stream, [TALLY_GROUP])
+    assert result == (0, _sid(ids[0]), _sid(ids[0]))
     assert await _ids(env, stream) == ids
 
     # a applies: everything before c's pending entries goes, c's stay.
     await a.consumer.apply(0, first)
-    removed, safe = await trim_stream(env.redis, stream, TALLY_GROUP) or (0, (0, 0))
-    assert removed == 20 and safe == _sid(ids[20])
+    result = await trim_stream(env.redis, env.scripts, stream, [TALLY_GROUP])
+    assert result == (20, _sid(ids[20]), _sid(ids[20]))
     assert await _ids(env, stream) == ids[20:]
 
     # Nothing pending: trimmed up to the last delivered entry, undelivered ones stay.
     await c.consumer.apply(0, third)
-    assert (await trim_stream(env.redis, stream, TALLY_GROUP) or (0,))[0] == 10
+    result = await trim_stream(env.redis, env.scripts, stream, [TALLY_GROUP])
+    assert result == (10, next_id(_sid(ids[29])), _sid(ids[30]))
     assert await _ids(env, stream) == ids[30:]
 
     # The survivors are still applied afterwards, exactly.
@@ -56,9 +66,9 @@ async def test_trim_keeps_pending_and_undelivered(env: TallyEnv) -> None:
 
 async def test_snapshot_of_missing_stream_or_group(env: TallyEnv) -> None:
     assert await snapshot(env.redis, env.keys.votes(3), TALLY_GROUP) is None
-    assert await trim_stream(env.redis, env.keys.votes(3), TALLY_GROUP) is None
+    assert await trim_stream(env.redis, env.scripts, env.keys.votes(3), [TALLY_GROUP]) is None
     await env.redis.xadd(env.keys.votes(3), {"t": "c", "poll": "x"})
-    assert await trim_stream(env.redis, env.keys.votes(3), TALLY_GROUP) is None
+    assert await trim_stream(env.redis, env.scripts, env.keys.votes(3), [TALLY_GROUP]) is None
     assert await env.redis.xlen(env.keys.votes(3)) == 1
 
 
@@ -124,3 +134,83 @@ async def test_idle_consumers_removed_only_without_pending(env: TallyEnv) -> Non
     assert await tally.trimmer.gc_consumers() == 1
     names = {c["name"] for c in await env.redis.xinfo_consumers(env.keys.votes(0), TALLY_GROUP)}
     assert names == {b"holder"}
+
+
+class _FailedOverAfterOneCommand:
+    """A client whose first command reaches one node and every later one another: a
+    cluster client that learned of a failover between two of its commands."""
+
+    def __init__(self, before: aioredis.Redis, after: aioredis.Redis) -> None:
+        self._before, self._after, self._used = before, after, False
+
+    def __getattr__(self, name: str) -> Any:
+        target = self._after if self._used else self._before
+        self._used = True
+        return getattr(target, name)
+
+
+async def test_a_failover_between_commands_never_trims_what_the_promoted_node_has_not_applied(
+    env: TallyEnv,
+) -> None:
+    pdef = await create_poll(env, options=2)
+    tally = env.tally()
+    await tally.consumer.ensure_groups()
+    stream = env.keys.votes(0)
+    for _ in range(10):
+        await cast_vote(env, pdef.id, "opt0", partition=0)
+    # The promoted replica: another database standing in for another node, holding every
+    # entry but none of their deliveries and acknowledgements (replication lag).
+    promoted = aioredis.from_url(urlsplit(REDIS_URL)._replace(path="/9").geturl())
+    try:
+        for entry_id, fields in await env.redis.xrange(stream):
+            await promoted.xadd(stream, fields, id=entry_id)
+        await promoted.xgroup_create(stream, TALLY_GROUP, id="0")
+        await tally.consumer.apply(0, await tally.consumer.readers[0].read_new(100, None))
+        assert await redis_counts(env, pdef.id) == {"opt0": 10}
+        # The script is in the server's cache, so its one call is the first command.
+        assert await trim_stream(env.redis, env.scripts, "no-such-stream", [TALLY_GROUP]) is None
+
+        client = _FailedOverAfterOneCommand(env.redis, promoted)
+        result = await trim_stream(client, env.scripts, stream, [TALLY_GROUP])  # type: ignore[arg-type]
+
+        # Decided and done on the node it read: the promoted node keeps every entry it
+        # has not applied, and trims none of them on its own.
+        assert result is not None and result.removed == 10
+        assert await promoted.xlen(stream) == 10
+        assert await trim_stream(promoted, env.scripts, stream, [TALLY_GROUP]) == (
+            0,
+            (0, 1),
+            _sid((await promoted.xrange(stream, count=1))[0][0]),
+        )
+    finally:
+        await delete_prefix(promoted, env.keys.prefix)
+        await promoted.aclose()
+
+
+async def test_outbox_rows_are_forgotten_only_once_a_replica_holds_the_trim(
+    env: TallyEnv,
+) -> None:
+    info = await env.redis.info("replication")
+    assert info["connected_slaves"] == 0, "this test needs a Redis without replicas"
+    pdef = await create_poll(env)
+    tally = env.tally()
+    for part in (tally.consumer, tally.writer, tally.archiver):
+        await part.ensure_groups()
+    for i in range(40):
+        await cast_vote(env, pdef.id, f"opt{i % 8}")
+    for p in range(env.keys.partitions):
+        await tally.consumer.apply(p, await tally.consumer.readers[p].read_new(1000, None))
+        await tally.writer.process(p, await tally.writer.readers[p].read_new(1000, None))
+    assert await env.pool.fetchval("SELECT count(*) FROM applied_outbox") == 4
+
+    # Replica acknowledgement configured, and no replica confirms: the outbox is trimmed
+    # but its dedupe rows stay, since a failover could bring the entries back.
+    unconfirmed = env.tally(ack_replicas=1, ack_timeout_ms=20)
+    assert await unconfirmed.trimmer.trim_all() >= 4
+    for p in range(env.keys.partitions):
+        assert await env.redis.xlen(env.keys.applied(p)) == 0
+    assert await env.pool.fetchval("SELECT count(*) FROM applied_outbox") == 4
+
+    # Without replica acknowledgement the trim is all there is to wait for.
+    await tally.trimmer.trim_all()
+    assert await env.pool.fetchval("SELECT count(*) FROM applied_outbox") == 0

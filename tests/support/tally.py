@@ -26,6 +26,7 @@ from bench.tools.tally import accept_votes
 from services.common.db import LazyPool, create_pool, migrate
 from services.common.messages import Keys, OptionDef, PollDef, VoteEntry
 from services.common.polls import open_poll_redis, publish_poll
+from services.common.redisconn import connect
 from services.common.scripts import Scripts, VoteOutcome, VoteRules
 from services.common.settings import TallySettings
 from services.tally.metrics import TallyMetrics
@@ -81,11 +82,12 @@ class TallyEnv:
     keys: Keys
     scripts: Scripts
     dsn: str
+    redis_url: str = REDIS_URL
     _pgs: list[LazyPool] = field(default_factory=list)
 
     def settings(self, **overrides: Any) -> TallySettings:
         values: dict[str, Any] = {
-            "redis_url": REDIS_URL,
+            "redis_url": self.redis_url,
             "database_url": SecretStr(self.dsn),
             "key_prefix": self.keys.prefix,
             "partitions": self.keys.partitions,
@@ -107,7 +109,7 @@ class TallyEnv:
         env = dict(os.environ)
         env.update(
             {
-                "REDIS_URL": REDIS_URL,
+                "REDIS_URL": self.redis_url,
                 "DATABASE_URL": self.dsn,
                 "BUZZER_KEY_PREFIX": self.keys.prefix,
                 "BUZZER_PARTITIONS": str(self.keys.partitions),
@@ -119,12 +121,15 @@ class TallyEnv:
 
 
 @asynccontextmanager
-async def tally_env(dsn: str, partitions: int = 4) -> AsyncIterator[TallyEnv]:
+async def tally_env(
+    dsn: str, partitions: int = 4, redis_url: str = REDIS_URL
+) -> AsyncIterator[TallyEnv]:
+    """Keys of its own on ``redis_url`` (one server or a cluster) and a truncated database."""
     keys = Keys(prefix=f"t{uuid.uuid4().hex[:8]}", partitions=partitions)
-    redis = aioredis.from_url(REDIS_URL)
+    redis = connect(redis_url)
     pool = await create_pool(dsn, 4)
     await pool.execute(f"TRUNCATE {TABLES} CASCADE")
-    env = TallyEnv(redis, pool, keys, Scripts.register(redis), dsn)
+    env = TallyEnv(redis, pool, keys, Scripts.register(redis), dsn, redis_url)
     try:
         yield env
     finally:
