@@ -93,6 +93,9 @@ class PgWriter(GroupLoop):
             await wait_replicas(
                 self.redis, self.keys.applied(p), self.ack_replicas, self.ack_timeout_ms
             )
+            ready = await self._held(p, ready)
+            if not ready:
+                return CommitResult(0, [])
         result = await self.commit(p, ready)
         await reader.ack([d.id for d in ready])
         for poll in result.finalized:
@@ -102,6 +105,32 @@ class PgWriter(GroupLoop):
                 # PostgreSQL holds the truth; the reconciler brings Redis in line later.
                 log.exception("publishing a final result failed", extra={"poll": poll})
         return result
+
+    async def _held(self, p: int, ready: list[Outboxed]) -> list[Outboxed]:
+        """The entries still pending to this writer on the node that answered the WAIT.
+
+        Had a failover come between the read and the WAIT, the WAIT confirmed the
+        promoted node, which may lack entries read from the dead one; those are applied
+        again there under new ids, so committing them would count them twice."""
+        reader = self.readers[p]
+        pipe = self.redis.pipeline(transaction=False)
+        for d in ready:
+            pipe.xpending_range(
+                reader.stream,
+                reader.group,
+                min=d.id,
+                max=d.id,
+                count=1,
+                consumername=reader.consumer,
+            )
+        held = [d for d, rows in zip(ready, await pipe.execute(), strict=True) if rows]
+        if len(held) < len(ready):
+            # Claimed by another writer meanwhile, or lost with a failed primary.
+            log.info(
+                "outbox entries no longer pending to this writer, not committed",
+                extra={"partition": p, "entries": len(ready) - len(held)},
+            )
+        return held
 
     async def _ordered(
         self, p: int, decoded: list[Outboxed]
