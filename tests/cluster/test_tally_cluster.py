@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from buzzer.rediscluster import LocalCluster
-from tests.support.tally import cast_vote, create_poll, pg_counts, tally_env
+from tests.support.tally import counted_and_written, create_poll, pg_counts, tally_env
 
 pytestmark = pytest.mark.integration
 
@@ -16,13 +16,7 @@ async def test_outbox_rows_are_forgotten_once_a_replica_holds_the_trim(
     async with tally_env(tally_dsn, redis_url=redis_cluster.url) as env:
         pdef = await create_poll(env)
         tally = env.tally(ack_replicas=1, ack_timeout_ms=5000)
-        for part in (tally.consumer, tally.writer, tally.archiver):
-            await part.ensure_groups()
-        for i in range(40):
-            await cast_vote(env, pdef.id, f"opt{i % 8}")
-        for p in range(env.keys.partitions):
-            await tally.consumer.apply(p, await tally.consumer.readers[p].read_new(1000, None))
-            await tally.writer.process(p, await tally.writer.readers[p].read_new(1000, None))
+        await counted_and_written(env, tally, pdef.id, 40)
         assert sum((await pg_counts(env, pdef.id)).values()) == 40
         assert await env.pool.fetchval("SELECT count(*) FROM applied_outbox") == 4
 

@@ -17,6 +17,7 @@ from tests.support.tally import (
     REDIS_URL,
     TallyEnv,
     cast_vote,
+    counted_and_written,
     create_poll,
     pg_counts,
     redis_counts,
@@ -194,13 +195,7 @@ async def test_outbox_rows_are_forgotten_only_once_a_replica_holds_the_trim(
     assert info["connected_slaves"] == 0, "this test needs a Redis without replicas"
     pdef = await create_poll(env)
     tally = env.tally()
-    for part in (tally.consumer, tally.writer, tally.archiver):
-        await part.ensure_groups()
-    for i in range(40):
-        await cast_vote(env, pdef.id, f"opt{i % 8}")
-    for p in range(env.keys.partitions):
-        await tally.consumer.apply(p, await tally.consumer.readers[p].read_new(1000, None))
-        await tally.writer.process(p, await tally.writer.readers[p].read_new(1000, None))
+    await counted_and_written(env, tally, pdef.id, 40)
     assert await env.pool.fetchval("SELECT count(*) FROM applied_outbox") == 4
 
     # Replica acknowledgement configured, and no replica confirms: the outbox is trimmed

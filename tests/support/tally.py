@@ -219,6 +219,18 @@ async def cast_vote(
     return -429 if result.outcome is VoteOutcome.RATE_LIMITED else -409
 
 
+async def counted_and_written(env: TallyEnv, tally: Tally, poll: str, votes: int) -> None:
+    """Cast ``votes`` votes over 8 options, then apply them and write the outbox to
+    PostgreSQL by hand, every partition (the streams are left for the trimmer)."""
+    for part in (tally.consumer, tally.writer, tally.archiver):
+        await part.ensure_groups()
+    for i in range(votes):
+        await cast_vote(env, poll, f"opt{i % 8}")
+    for p in range(env.keys.partitions):
+        await tally.consumer.apply(p, await tally.consumer.readers[p].read_new(1000, None))
+        await tally.writer.process(p, await tally.writer.readers[p].read_new(1000, None))
+
+
 async def redis_counts(env: TallyEnv, poll: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for p in range(env.keys.partitions):
