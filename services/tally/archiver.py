@@ -113,7 +113,7 @@ class Archiver(GroupLoop):
         in_batch = {v.stream_id.encode() for v in votes}
         ready_closes: list[tuple[bytes, str]] = []
         for entry_id, poll in closes:
-            if await self._earlier_pending(p, entry_id, in_batch):
+            if not await reader.only_batch_before(entry_id, in_batch):
                 # The close completes this partition's archive of the poll: every vote
                 # before it must be in PostgreSQL first, in this commit or an earlier one.
                 self.retry_soon(p)
@@ -130,16 +130,6 @@ class Archiver(GroupLoop):
         fresh = await self.commit(p, votes, [poll for _, poll in ready_closes])
         await reader.ack([v.stream_id for v in votes] + [i.decode() for i, _ in ready_closes])
         return fresh
-
-    async def _earlier_pending(self, p: int, entry_id: bytes, in_batch: set[bytes]) -> bool:
-        earlier = await self.redis.xpending_range(
-            self.keys.votes(p),
-            ARCHIVE_GROUP,
-            min="-",
-            max=f"({entry_id.decode()}",
-            count=len(in_batch) + 1,
-        )
-        return any(e["message_id"] not in in_batch for e in earlier)
 
     async def commit(self, p: int, votes: list[ArchivedVote], closes: list[str]) -> int:
         """One transaction: stage by COPY, move what is new, record closes, seal digests.

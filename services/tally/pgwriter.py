@@ -142,21 +142,13 @@ class PgWriter(GroupLoop):
         ready_ids: set[bytes] = set()
         deferred: list[Outboxed] = []
         for d in decoded:
-            if d.batch.closes:
-                earlier = await self.redis.xpending_range(
-                    self.keys.applied(p),
-                    PG_GROUP,
-                    min="-",
-                    max=f"({d.id.decode()}",
-                    count=len(ready) + 1,
+            if d.batch.closes and not await self.readers[p].only_batch_before(d.id, ready_ids):
+                deferred.append(d)
+                log.info(
+                    "outbox close deferred: earlier entries still pending",
+                    extra={"partition": p, "entry_id": d.id.decode(), "polls": d.batch.closes},
                 )
-                if any(e["message_id"] not in ready_ids for e in earlier):
-                    deferred.append(d)
-                    log.info(
-                        "outbox close deferred: earlier entries still pending",
-                        extra={"partition": p, "entry_id": d.id.decode(), "polls": d.batch.closes},
-                    )
-                    continue
+                continue
             ready.append(d)
             ready_ids.add(d.id)
         return ready, deferred

@@ -152,6 +152,29 @@ class GroupReader:
                 await self.ack(deleted)
             yield claimed, True, len(deleted)
 
+    async def only_batch_before(self, entry_id: bytes, in_batch: set[bytes]) -> bool:
+        """Whether a close marker may complete its partition now: ``entry_id`` is pending
+        to this consumer on the node that answers, and every earlier entry pending there
+        is in ``in_batch`` (committed together with it).
+
+        The marker itself is asked for too, so that the answer comes from a node that
+        saw its delivery: a promoted replica behind in deliveries shows earlier entries
+        as unread, not pending, and would let the close through before them."""
+        rows = await self.redis.xpending_range(
+            self.stream, self.group, min="-", max=entry_id, count=len(in_batch) + 2
+        )
+        if not rows:
+            return False
+        *earlier, last = rows
+        consumer = last["consumer"]
+        if isinstance(consumer, bytes):
+            consumer = consumer.decode()
+        return (
+            last["message_id"] == entry_id
+            and consumer == self.consumer
+            and all(e["message_id"] in in_batch for e in earlier)
+        )
+
     async def ack(self, ids: list[bytes] | list[str]) -> int:
         if not ids:
             return 0

@@ -274,13 +274,13 @@ async def test_sync_adds_and_removes_a_node_without_reload_or_failure(
         report = await asyncio.to_thread(sync, hap.runtime, source, "ingest", drain_timeout=5)
         assert report.removed == [b.address] and report.forced == []
         removed_at = time.monotonic()
-        served_by_b = load.result.backends["ingest-b"]
         await asyncio.sleep(0.5)
 
     assert load.result.failed == 0, load.result.errors[:5]
-    assert load.result.backends["ingest-b"] == served_by_b
-    assert load.result.last_backend_at["ingest-b"] <= removed_at
-    assert load.result.last_backend_at["ingest-a"] > removed_at
+    # No request sent after the removal reached b (an answer b gave just before may
+    # still be on its way to the client then: counting answers raced with it).
+    assert load.result.last_sent_to["ingest-b"] <= removed_at
+    assert load.result.last_sent_to["ingest-a"] > removed_at
     assert (hap.master_pid, hap.worker_pids()) == (master, workers)
     b_state = {s.port: s for s in hap.runtime.servers_state("ingest")}[b.port]
     assert b_state.in_maint

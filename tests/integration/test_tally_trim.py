@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as aioredis
@@ -12,14 +11,13 @@ from services.common.messages import PG_GROUP, TALLY_GROUP
 from services.common.scripts import trim_stream
 from services.tally.streams import next_id
 from services.tally.trimmer import forget_outbox_rows, snapshot
-from tests.support import delete_prefix
 from tests.support.tally import (
-    REDIS_URL,
     TallyEnv,
     cast_vote,
     counted_and_written,
     create_poll,
     pg_counts,
+    promoted_copy,
     redis_counts,
 )
 
@@ -159,13 +157,8 @@ async def test_a_failover_between_commands_never_trims_what_the_promoted_node_ha
     stream = env.keys.votes(0)
     for _ in range(10):
         await cast_vote(env, pdef.id, "opt0", partition=0)
-    # The promoted replica: another database standing in for another node, holding every
-    # entry but none of their deliveries and acknowledgements (replication lag).
-    promoted = aioredis.from_url(urlsplit(REDIS_URL)._replace(path="/9").geturl())
-    try:
-        for entry_id, fields in await env.redis.xrange(stream):
-            await promoted.xadd(stream, fields, id=entry_id)
-        await promoted.xgroup_create(stream, TALLY_GROUP, id="0")
+    # The promoted replica holds every entry, none of their deliveries and acks yet.
+    async with promoted_copy(env, stream, TALLY_GROUP) as promoted:
         await tally.consumer.apply(0, await tally.consumer.readers[0].read_new(100, None))
         assert await redis_counts(env, pdef.id) == {"opt0": 10}
         # The script is in the server's cache, so its one call is the first command.
@@ -183,9 +176,6 @@ async def test_a_failover_between_commands_never_trims_what_the_promoted_node_ha
             (0, 1),
             _sid((await promoted.xrange(stream, count=1))[0][0]),
         )
-    finally:
-        await delete_prefix(promoted, env.keys.prefix)
-        await promoted.aclose()
 
 
 async def test_outbox_rows_are_forgotten_only_once_a_replica_holds_the_trim(

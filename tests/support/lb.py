@@ -99,7 +99,9 @@ class LoadResult:
     statuses: Counter[int] = field(default_factory=Counter)
     backends: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
-    last_backend_at: dict[str, float] = field(default_factory=dict)
+    last_sent_to: dict[str, float] = field(default_factory=dict)
+    """Per backend, when the latest request it answered was sent (monotonic): an answer
+    can reach the client well after its server left, the request cannot."""
 
 
 async def run_load(
@@ -126,6 +128,7 @@ async def run_load(
     async def client(session: aiohttp.ClientSession) -> None:
         while not stop.is_set() and time.monotonic() < deadline:
             for attempt in range(retries + 1):
+                sent = time.monotonic()
                 try:
                     async with session.request(method, url, data=b"{}") as resp:
                         body = await resp.json(content_type=None)
@@ -133,7 +136,7 @@ async def run_load(
                         if resp.status == 200:
                             result.ok += 1
                             result.backends[body["backend"]] += 1
-                            result.last_backend_at[body["backend"]] = time.monotonic()
+                            result.last_sent_to[body["backend"]] = sent
                             break
                         err = f"status {resp.status}"
                 except (TimeoutError, aiohttp.ClientError, ValueError) as exc:

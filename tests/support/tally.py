@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -229,6 +230,24 @@ async def counted_and_written(env: TallyEnv, tally: Tally, poll: str, votes: int
     for p in range(env.keys.partitions):
         await tally.consumer.apply(p, await tally.consumer.readers[p].read_new(1000, None))
         await tally.writer.process(p, await tally.writer.readers[p].read_new(1000, None))
+
+
+@asynccontextmanager
+async def promoted_copy(
+    env: TallyEnv, stream: str, group: str, db: int = 9
+) -> AsyncIterator[aioredis.Redis]:
+    """A replica just promoted, behind in deliveries: another database of the same
+    server standing for another node, holding every entry of ``stream`` but none of
+    their deliveries and acknowledgements in ``group``. Removed afterwards."""
+    promoted = aioredis.from_url(urlsplit(REDIS_URL)._replace(path=f"/{db}").geturl())
+    try:
+        for entry_id, fields in await env.redis.xrange(stream):
+            await promoted.xadd(stream, fields, id=entry_id)
+        await promoted.xgroup_create(stream, group, id="0", mkstream=True)
+        yield promoted
+    finally:
+        await delete_prefix(promoted, env.keys.prefix)
+        await promoted.aclose()
 
 
 async def redis_counts(env: TallyEnv, poll: str) -> dict[str, int]:
