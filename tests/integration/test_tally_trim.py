@@ -199,3 +199,22 @@ async def test_outbox_rows_are_forgotten_only_once_a_replica_holds_the_trim(
     # Without replica acknowledgement the trim is all there is to wait for.
     await tally.trimmer.trim_all()
     assert await env.pool.fetchval("SELECT count(*) FROM applied_outbox") == 0
+
+
+async def test_ids_beyond_a_doubles_precision_are_compared_exactly(env: TallyEnv) -> None:
+    stream = f"{env.keys.prefix}:bigseq"
+    low, high = "5-9007199254740992", "5-9007199254740993"  # 2**53, 2**53 + 1
+    for entry_id in (low, high, "6-0"):
+        await env.redis.xadd(stream, {"f": "v"}, id=entry_id)
+    for group in ("a", "b"):
+        await env.redis.xgroup_create(stream, group, id="0")
+    await env.redis.xreadgroup("a", "c", {stream: ">"}, count=3)
+    await env.redis.xack(stream, "a", low)  # a still holds `high`
+    await env.redis.xreadgroup("b", "c", {stream: ">"}, count=1)  # b still holds `low`
+
+    result = await trim_stream(env.redis, env.scripts, stream, ["a", "b"])
+
+    # As doubles the two points are equal, and the first group's would have deleted
+    # the entry b has not acknowledged.
+    assert result is not None and result.removed == 0 and result.safe == _sid(low.encode())
+    assert await env.redis.xlen(stream) == 3

@@ -15,15 +15,18 @@
 local stream = KEYS[1]
 if redis.call('EXISTS', stream) == 0 then return false end
 
-local function parse(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
+-- Ids compared as digit strings, exactly: a sequence number can exceed what a double
+-- holds in ones, and two such ids would compare equal as numbers.
+local function numless(a, b)
+  if #a ~= #b then return #a < #b end
+  return a < b
 end
 
 local function less(a, b)
-  local ams, aseq = parse(a)
-  local bms, bseq = parse(b)
-  return ams < bms or (ams == bms and aseq < bseq)
+  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
+  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
+  if ams ~= bms then return numless(ams, bms) end
+  return numless(aseq, bseq)
 end
 
 local function after(id)
