@@ -25,6 +25,16 @@ ARCHIVE_GROUP = "archiver"
 
 ENTRY_CLOSE = b"c"
 
+StreamId = tuple[int, int]
+"""A stream entry id as (milliseconds, sequence): compared as numbers, never as text."""
+
+
+def parse_id(raw: bytes | str) -> StreamId:
+    s = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = s.partition("-")
+    return int(ms), int(seq or 0)
+
+
 PollState = Literal["draft", "open", "closed"]
 
 

@@ -24,7 +24,14 @@ from typing import Any, NamedTuple
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from services.common.messages import TALLY_GROUP, CloseEntry, Keys, VoteEntry
+from services.common.messages import (
+    TALLY_GROUP,
+    CloseEntry,
+    Keys,
+    StreamId,
+    VoteEntry,
+    parse_id,
+)
 from services.common.oidc import account_key
 
 
@@ -427,15 +434,10 @@ class TrimKeys(NamedTuple):
 class TrimResult(NamedTuple):
     removed: int
     """Entries this call deleted."""
-    safe: tuple[int, int]
+    safe: StreamId
     """Every id below this one was delivered to and acknowledged by every group."""
-    first: tuple[int, int] | None
+    first: StreamId | None
     """The stream's first entry after the trim (None: the stream is empty)."""
-
-
-def _stream_id(raw: bytes | str) -> tuple[int, int]:
-    ms, _, seq = (raw.decode() if isinstance(raw, bytes) else raw).partition("-")
-    return int(ms), int(seq)
 
 
 def trim_args(stream: str, groups: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -451,7 +453,7 @@ def decode_trim(reply: Any) -> TrimResult | None:
         return None
     try:
         removed, safe, first = reply
-        return TrimResult(int(removed), _stream_id(safe), _stream_id(first) if first else None)
+        return TrimResult(int(removed), parse_id(safe), parse_id(first) if first else None)
     except (TypeError, ValueError) as exc:
         raise ScriptReplyError(f"trim.lua answered {reply!r}") from exc
 

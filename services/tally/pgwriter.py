@@ -16,12 +16,12 @@ import msgspec
 from redis.asyncio import Redis
 
 from services.common.db import LazyPool
-from services.common.messages import PG_GROUP, Keys, decode_applied
+from services.common.messages import PG_GROUP, Keys, decode_applied, parse_id
 from services.common.redisconn import wait_replicas
 from services.common.settings import TallySettings
 from services.tally.metrics import Stats, TallyMetrics
 from services.tally.store import CommitResult, Outboxed, apply_outbox
-from services.tally.streams import Entry, GroupLoop, parse_id
+from services.tally.streams import Entry, GroupLoop
 
 log = logging.getLogger("buzzer.tally.pgwriter")
 

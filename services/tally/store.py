@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from services.common.messages import AppliedBatch
-from services.tally.streams import StreamId
+from services.common.messages import AppliedBatch, StreamId
 
 log = logging.getLogger("buzzer.tally.store")
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from services.common.messages import Keys
+from services.common.messages import Keys, parse_id
 from services.common.settings import TallySettings
 from services.tally.metrics import Stats, TallyMetrics
 
@@ -24,25 +24,6 @@ log = logging.getLogger("buzzer.tally.streams")
 Fields = dict[bytes, bytes]
 Entry = tuple[bytes, Fields]
 """(id, fields); fields are empty for an entry deleted from the stream while pending."""
-
-StreamId = tuple[int, int]
-
-_MAX_SEQ = 2**64 - 1
-
-
-def parse_id(raw: bytes | str) -> StreamId:
-    s = raw.decode() if isinstance(raw, bytes) else raw
-    ms, _, seq = s.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def format_id(sid: StreamId) -> str:
-    return f"{sid[0]}-{sid[1]}"
-
-
-def next_id(sid: StreamId) -> StreamId:
-    """The smallest id greater than ``sid``."""
-    return (sid[0] + 1, 0) if sid[1] == _MAX_SEQ else (sid[0], sid[1] + 1)
 
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -22,13 +22,20 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from services.common.db import LazyPool
-from services.common.messages import ARCHIVE_GROUP, PG_GROUP, TALLY_GROUP, Keys
+from services.common.messages import (
+    ARCHIVE_GROUP,
+    PG_GROUP,
+    TALLY_GROUP,
+    Keys,
+    StreamId,
+    parse_id,
+)
 from services.common.redisconn import ReplicasBehind, wait_replicas
 from services.common.scripts import Scripts, trim_stream
 from services.common.settings import TallySettings
 from services.tally.metrics import Stats, TallyMetrics
 from services.tally.store import forget_below
-from services.tally.streams import StreamId, next_id, parse_id, sleep_or_stop
+from services.tally.streams import sleep_or_stop
 
 log = logging.getLogger("buzzer.tally.trimmer")
 
@@ -46,20 +53,11 @@ return 1
 @dataclass(frozen=True, slots=True)
 class GroupSnapshot:
     pending: int
-    oldest_pending: StreamId | None
-    last_delivered: StreamId
     lag: int | None
-
-    @property
-    def safe_point(self) -> StreamId:
-        """Every id below this one was delivered and acknowledged."""
-        if self.pending and self.oldest_pending is not None:
-            return self.oldest_pending
-        return next_id(self.last_delivered)
 
 
 async def snapshot(redis: Redis, stream: str, group: str) -> GroupSnapshot | None:
-    """The group's pending list and delivery point at one instant; None if it has none."""
+    """The group's pending count and lag at one instant; None if it has none."""
     pipe = redis.pipeline(transaction=True)
     pipe.xinfo_groups(stream)
     pipe.xpending(stream, group)
@@ -74,8 +72,6 @@ async def snapshot(redis: Redis, stream: str, group: str) -> GroupSnapshot | Non
         lag = g.get("lag")
         return GroupSnapshot(
             pending=int(pend["pending"]),
-            oldest_pending=parse_id(pend["min"]) if pend["min"] else None,
-            last_delivered=parse_id(g["last-delivered-id"]),
             lag=int(lag) if lag is not None else None,
         )
     return None

@@ -9,13 +9,9 @@ them: an archive sealed, or a result frozen, without votes that were still on th
 from __future__ import annotations
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from services.common.messages import ARCHIVE_GROUP, PG_GROUP
 from services.common.scripts import close_partition
-from services.tally.archiver import Archiver
-from services.tally.metrics import Stats, TallyMetrics
-from services.tally.pgwriter import PgWriter
 from tests.support.tally import TallyEnv, cast_vote, create_poll, promoted_copy
 
 pytestmark = pytest.mark.integration
@@ -37,15 +33,7 @@ async def test_the_archive_close_waits_on_a_promoted_node_behind_in_deliveries(
     # Where both deliveries are known, the close waits for the other archiver.
     assert await me.archiver.handle(0, [close]) == 0
     async with promoted_copy(env, env.keys.votes(0), ARCHIVE_GROUP) as promoted:
-        archiver = Archiver(
-            promoted,
-            env.keys,
-            me.archiver.pg,
-            me.settings,
-            TallyMetrics(CollectorRegistry()),
-            Stats(),
-        )
-        await archiver.handle(0, [close])
+        await env.tally(promoted, consumer="me").archiver.handle(0, [close])
     assert await env.pool.fetchval("SELECT count(*) FROM archive_partition_closed") == 0
 
     # Once the votes are archived, the close goes through.
@@ -73,15 +61,7 @@ async def test_the_outbox_close_waits_on_a_promoted_node_behind_in_deliveries(
 
     assert (await me.writer.process(0, [close])).fresh == 0
     async with promoted_copy(env, env.keys.applied(0), PG_GROUP) as promoted:
-        writer = PgWriter(
-            promoted,
-            env.keys,
-            me.writer.pg,
-            me.settings,
-            TallyMetrics(CollectorRegistry()),
-            Stats(),
-            me.writer.on_final,
-        )
+        writer = env.tally(promoted, consumer="me").writer
         assert (await writer.process(0, [close])).fresh == 0
     assert await env.pool.fetchval("SELECT count(*) FROM poll_partition_closed") == 0
 

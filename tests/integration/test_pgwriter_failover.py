@@ -11,11 +11,8 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from prometheus_client import CollectorRegistry
 
 from services.common.messages import PG_GROUP
-from services.tally.metrics import Stats, TallyMetrics
-from services.tally.pgwriter import PgWriter
 from tests.support.faults import PrivateRedis
 from tests.support.tally import TallyEnv, cast_vote, create_poll, pg_counts
 
@@ -60,18 +57,12 @@ async def test_entries_read_from_a_dead_primary_are_not_committed_after_the_fail
     promoted = aioredis.from_url(primary.url)
     try:
         await promoted.xgroup_create(env.keys.applied(0), PG_GROUP, id="0", mkstream=True)
-        settings = env.settings(
-            ack_replicas=1, ack_timeout_ms=5000, consumer=tally.writer.readers[0].consumer
-        )
-        writer = PgWriter(
+        writer = env.tally(
             promoted,
-            env.keys,
-            tally.writer.pg,
-            settings,
-            TallyMetrics(CollectorRegistry()),
-            Stats(),
-            lambda poll: asyncio.sleep(0),
-        )
+            ack_replicas=1,
+            ack_timeout_ms=5000,
+            consumer=tally.writer.readers[0].consumer,
+        ).writer
         result = await writer.process(0, held)
         assert result.fresh == 0
         assert await pg_counts(env, pdef.id) == {}

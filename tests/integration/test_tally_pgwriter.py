@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import msgspec
 import pytest
 
-from services.common.messages import PG_GROUP, AppliedBatch, Delta, decode_applied
+from services.common.messages import PG_GROUP, AppliedBatch, Delta, decode_applied, parse_id
 from services.common.scripts import trim_stream
 from services.tally.service import Tally
 from services.tally.store import Outboxed
-from services.tally.streams import GroupReader, parse_id
+from services.tally.streams import GroupReader
 from tests.support.tally import (
     TallyEnv,
     cast_vote,

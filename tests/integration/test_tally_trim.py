@@ -9,7 +9,6 @@ import redis.asyncio as aioredis
 
 from services.common.messages import PG_GROUP, TALLY_GROUP
 from services.common.scripts import trim_stream
-from services.tally.streams import next_id
 from services.tally.trimmer import forget_outbox_rows, snapshot
 from tests.support.tally import (
     TallyEnv,
@@ -55,7 +54,8 @@ async def test_trim_keeps_pending_and_undelivered(env: TallyEnv) -> None:
     # Nothing pending: trimmed up to the last delivered entry, undelivered ones stay.
     await c.consumer.apply(0, third)
     result = await trim_stream(env.redis, env.scripts, stream, [TALLY_GROUP])
-    assert result == (10, next_id(_sid(ids[29])), _sid(ids[30]))
+    last_ms, last_seq = _sid(ids[29])
+    assert result == (10, (last_ms, last_seq + 1), _sid(ids[30]))
     assert await _ids(env, stream) == ids[30:]
 
     # The survivors are still applied afterwards, exactly.

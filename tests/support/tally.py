@@ -98,12 +98,13 @@ class TallyEnv:
         values.update(overrides)
         return TallySettings(**values)
 
-    def tally(self, **overrides: Any) -> Tally:
-        """A tally whose parts the test drives by hand (not started)."""
+    def tally(self, redis: aioredis.Redis | None = None, **overrides: Any) -> Tally:
+        """A tally whose parts the test drives by hand (not started); ``redis``: another
+        server for it to talk to (a promoted replica, say) than this env's."""
         settings = self.settings(**overrides)
         pg = LazyPool(settings.database_url.get_secret_value(), 2)
         self._pgs.append(pg)
-        return Tally(self.redis, pg, settings, TallyMetrics(CollectorRegistry()))
+        return Tally(redis or self.redis, pg, settings, TallyMetrics(CollectorRegistry()))
 
     def env_vars(self, **overrides: str) -> dict[str, str]:
         """Environment of a tally subprocess on this env's keys and database."""
