@@ -8,13 +8,14 @@ the clients connect on first use, inside the caller's cleanup context.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 from hiredis import pack_command
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import Connection
+from redis.asyncio.connection import AbstractConnection, Connection, ConnectionPool, SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.maint_notifications import MaintNotificationsConfig
@@ -25,22 +26,49 @@ AnyRedis = Redis | RedisCluster
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 
-class ResilientConnection(Connection):
-    """A TCP connection whose writes to a peer that is gone fail as ``ConnectionError``.
+class ResilientWrites(AbstractConnection):
+    """A connection whose writes end the way the caller can act on.
 
-    Under uvloop, writing to a transport the peer already closed raises RuntimeError,
-    and a connection torn down during redis-py's connect handshake writes to a writer
-    that is already None (AttributeError); redis-py lets both through, so a killed
-    node would turn into a 500 instead of the 503 every Redis outage must be.
+    * Under uvloop, writing to a transport the peer already closed raises RuntimeError,
+      and a connection torn down during redis-py's connect handshake writes to a writer
+      that is already None (AttributeError); redis-py lets both through, so a killed
+      node would turn into a 500 instead of the 503 every Redis outage must be: both
+      become ``ConnectionError``.
+    * redis-py writes each command through ``asyncio.wait_for`` when a socket timeout is
+      set (its default since redis-py 6 is 5 s). On Python 3.11, ``wait_for`` returns the
+      write's result and drops a cancel that arrives as the write completes (CPython
+      gh-86296, fixed in 3.12). The task then goes on as if never told to stop: push's
+      updates reader, cancelled at shutdown, read on for ever (CI hung 120 s in
+      tests/integration/test_push_reader.py; one cancel in a few hundred did it). The
+      dropped cancel is raised again here, after closing the connection, whose reply
+      to the command just written would otherwise be read as the answer to the next.
     """
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
         try:
             await super().send_packed_command(command, check_health)
         except (RuntimeError, AttributeError) as exc:
             await self.disconnect(nowait=True)
             raise RedisConnectionError(f"connection closed by the server: {exc}") from exc
+        if task is not None and task.cancelling() > cancels:
+            await self.disconnect(nowait=True)
+            raise asyncio.CancelledError
 
+
+class ResilientConnection(ResilientWrites, Connection):
+    """A TCP connection with :class:`ResilientWrites`'s writes."""
+
+
+class ResilientSSLConnection(ResilientWrites, SSLConnection):
+    """A TLS connection (``rediss://``) with :class:`ResilientWrites`'s writes."""
+
+
+_RESILIENT: dict[type[AbstractConnection], type[AbstractConnection]] = {
+    Connection: ResilientConnection,
+    SSLConnection: ResilientSSLConnection,
+}
 
 REDIS_AWAY: tuple[type[Exception], ...] = (RedisError, OSError, RedisClusterException)
 """What a call raises when Redis is away, to be waited out or answered 503. redis-py's
@@ -110,9 +138,12 @@ def connect(url: str, **kwargs: Any) -> Redis:
     the difference (the appender's transport) asks :func:`is_cluster`.
     """
     if not is_cluster_url(url):
-        if url.startswith("redis://"):
-            kwargs.setdefault("connection_class", ResilientConnection)
-        return Redis.from_url(url, **kwargs)
+        pool = ConnectionPool.from_url(url, **kwargs)
+        # The URL's scheme chose redis-py's class (TLS for rediss://); ours adds to it.
+        resilient = _RESILIENT.get(pool.connection_class)
+        if resilient is not None and "connection_class" not in kwargs:
+            pool.connection_class = resilient
+        return Redis.from_pool(pool)
     parts = urlsplit(url)
     opts: dict[str, Any] = dict(kwargs)
     if parts.username:
@@ -133,12 +164,12 @@ def connect(url: str, **kwargs: Any) -> Redis:
         maint_notifications_config=MaintNotificationsConfig(enabled=False),
         **opts,
     )
-    if not opts.get("ssl"):
-        # RedisCluster takes no connection class: nodes it discovers later are built
-        # from these kwargs, the seed nodes were built already.
-        cluster.connection_kwargs["connection_class"] = ResilientConnection
-        for node in cluster.nodes_manager.startup_nodes.values():
-            node.connection_class = ResilientConnection
+    # RedisCluster takes no connection class: nodes it discovers later are built from
+    # these kwargs, the seed nodes were built already.
+    resilient = ResilientSSLConnection if opts.get("ssl") else ResilientConnection
+    cluster.connection_kwargs["connection_class"] = resilient
+    for node in cluster.nodes_manager.startup_nodes.values():
+        node.connection_class = resilient
     return cast(Redis, cluster)
 
 

@@ -1,0 +1,100 @@
+"""The connections every process opens (``services/common/redisconn.connect``): a cancel
+redis-py's write drops on Python 3.11 is raised again, and the reply to the command
+written then is never read as the answer to the next."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from typing import Any, ClassVar
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection, ConnectionPool
+
+from services.common.redisconn import (
+    ResilientConnection,
+    ResilientSSLConnection,
+    ResilientWrites,
+    connect,
+)
+
+pytestmark = pytest.mark.integration
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+class DropsACancel(Connection):
+    """Writes the command, then leaves the task as Python 3.11's ``asyncio.wait_for``
+    leaves it when a cancel arrives as the write completes (CPython gh-86296): the
+    cancel requested and consumed, nothing raised. A real race hits one cancel in a few
+    hundred; this one hits the write it is told to."""
+
+    drop_next: ClassVar[bool] = False
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        await super().send_packed_command(command, check_health)
+        if DropsACancel.drop_next:
+            DropsACancel.drop_next = False
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0)
+
+
+class ResilientDropsACancel(ResilientWrites, DropsACancel):
+    pass
+
+
+async def _get_with_a_dropped_cancel(connection_class: type[Connection]) -> tuple[Any, Any]:
+    """(outcome of a GET whose write dropped a cancel, the next command's answer) on a
+    pool of one connection, so the next command goes on the same connection if kept."""
+    client = Redis.from_pool(
+        ConnectionPool.from_url(REDIS_URL, connection_class=connection_class, max_connections=1)
+    )
+    key = f"test-connect-{uuid.uuid4().hex[:8]}"
+    try:
+        await client.set(key, "the value")
+        DropsACancel.drop_next = True
+        task = asyncio.create_task(client.get(key))
+        done, _ = await asyncio.wait([task], timeout=10)
+        assert done, "the GET neither answered nor ended"
+        outcome = "cancelled" if task.cancelled() else task.result()
+        return outcome, await client.echo("the next command")
+    finally:
+        await client.delete(key)
+        await client.aclose()
+
+
+async def test_a_cancel_the_write_dropped_is_raised_and_the_connection_not_reused() -> None:
+    outcome, following = await _get_with_a_dropped_cancel(ResilientDropsACancel)
+    assert outcome == "cancelled"
+    assert following == b"the next command"
+
+
+async def test_without_it_the_cancelled_task_goes_on() -> None:
+    """What redis-py alone does with the same dropped cancel: the cancelled GET answers
+    as if never cancelled, so a loop told to stop reads on."""
+    outcome, following = await _get_with_a_dropped_cancel(DropsACancel)
+    assert outcome == b"the value"
+    assert following == b"the next command"
+
+
+def test_every_client_connect_makes_uses_the_resilient_connections() -> None:
+    plain = connect("redis://127.0.0.1:6379/0")
+    tls = connect("rediss://127.0.0.1:6380/0")
+    assert plain.connection_pool.connection_class is ResilientConnection
+    assert tls.connection_pool.connection_class is ResilientSSLConnection
+    for url, expected in (
+        ("redis+cluster://127.0.0.1:7000", ResilientConnection),
+        ("rediss+cluster://127.0.0.1:7000", ResilientSSLConnection),
+    ):
+        cluster = connect(url)
+        assert isinstance(cluster, RedisCluster)
+        assert cluster.connection_kwargs["connection_class"] is expected
+        nodes = cluster.nodes_manager.startup_nodes.values()
+        assert {node.connection_class for node in nodes} == {expected}
