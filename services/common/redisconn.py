@@ -35,9 +35,9 @@ class ResilientWrites(AbstractConnection):
       node would turn into a 500 instead of the 503 every Redis outage must be: both
       become ``ConnectionError``.
     * redis-py writes each command through ``asyncio.wait_for`` when a socket timeout is
-      set (its default since redis-py 6 is 5 s). On Python 3.11, ``wait_for`` returns the
-      write's result and drops a cancel that arrives as the write completes (CPython
-      gh-86296, fixed in 3.12). The task then goes on as if never told to stop: push's
+      set (5 s by default in the redis-py this project locks). On Python 3.11,
+      ``wait_for`` returns the write's result and drops a cancel that arrives as the
+      write completes (CPython gh-86296, fixed in 3.12). The task then goes on as if never told to stop: push's
       updates reader, cancelled at shutdown, read on for ever (CI hung 120 s in
       tests/integration/test_push_reader.py; one cancel in a few hundred did it). The
       dropped cancel is raised again here, after closing the connection, whose reply
