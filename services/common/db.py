@@ -112,4 +112,5 @@ class LazyPool:
     async def close(self, timeout: float | None = None) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
-            await asyncio.wait_for(pool.close(), timeout)
+            async with asyncio.timeout(timeout):
+                await pool.close()

@@ -226,9 +226,8 @@ class Hub:
     async def _close(self, client: Client, code: Close, reason: str) -> None:
         transport = client.transport
         try:
-            await asyncio.wait_for(
-                client.ws.close(code=code, message=reason.encode()[:123]), self.close_timeout
-            )
+            async with asyncio.timeout(self.close_timeout):
+                await client.ws.close(code=code, message=reason.encode()[:123])
         except (TimeoutError, ConnectionError, RuntimeError):
             pass
         finally:

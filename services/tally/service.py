@@ -121,7 +121,8 @@ class Tally:
         await _join(self._writers, deadline)
         for p in range(self.keys.partitions):
             try:
-                await asyncio.wait_for(self.writer.flush(p), max(0.0, deadline - time.monotonic()))
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await self.writer.flush(p)
             except Exception as exc:
                 # Left pending: the next process, or a claimer, writes it.
                 log.warning(
@@ -129,9 +130,8 @@ class Tally:
                     extra={"partition": p, "error": f"{type(exc).__name__}: {exc}"[:300]},
                 )
             try:
-                await asyncio.wait_for(
-                    self.archiver.flush(p), max(0.0, deadline - time.monotonic())
-                )
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await self.archiver.flush(p)
             except Exception as exc:
                 # Left pending: the next process, or a claimer, archives it.
                 log.warning(
@@ -142,9 +142,8 @@ class Tally:
         self.sealer.poke()
         await _join(self._aux, deadline)
         try:
-            await asyncio.wait_for(
-                self.publisher.flush(deadline), max(0.0, deadline - time.monotonic())
-            )
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self.publisher.flush(deadline)
         except Exception:
             log.warning("final publish incomplete", extra={"dirty": sorted(self.publisher.dirty)})
         log.info(

@@ -29,7 +29,8 @@ Entry = tuple[bytes, Fields]
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
     """Sleep, but wake at once when ``stop`` is set."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+        async with asyncio.timeout(seconds):
+            await stop.wait()
 
 
 def is_nogroup(exc: BaseException) -> bool:
