@@ -7,20 +7,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection, ConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from buzzer.certs import make_cert
+from buzzer.ports import free_port
 from services.common.redisconn import (
     ResilientConnection,
     ResilientSSLConnection,
     ResilientWrites,
     connect,
 )
+from tests.support.faults import REDIS_SERVER
 
 pytestmark = pytest.mark.integration
 
@@ -98,3 +105,61 @@ def test_every_client_connect_makes_uses_the_resilient_connections() -> None:
         assert cluster.connection_kwargs["connection_class"] is expected
         nodes = cluster.nodes_manager.startup_nodes.values()
         assert {node.connection_class for node in nodes} == {expected}
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A ``redis-server`` of the test's own that speaks TLS only: (port, its certificate)."""
+    pem = make_cert(tmp_path, "ecdsa")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            REDIS_SERVER,
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--tls-cert-file",
+            str(pem),
+            "--tls-key-file",
+            str(pem),
+            "--tls-auth-clients",
+            "no",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield port, pem
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_a_tls_redis_is_reached_and_its_certificate_checked(
+    tls_redis: tuple[int, Path],
+) -> None:
+    port, pem = tls_redis
+    trusted = connect(f"rediss://localhost:{port}/0", ssl_ca_certs=str(pem))
+    stranger = connect(f"rediss://localhost:{port}/0")
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    await trusted.set("tls", "reached")
+                    break
+                except RedisConnectionError:
+                    await asyncio.sleep(0.05)  # still starting
+        assert await trusted.get("tls") == b"reached"
+        assert trusted.connection_pool.connection_class is ResilientSSLConnection
+        with pytest.raises(RedisConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+            await stranger.get("tls")
+    finally:
+        await trusted.aclose()
+        await stranger.aclose()
