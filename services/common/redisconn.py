@@ -20,6 +20,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
+SOCKET_TIMEOUT_S = 5.0
+"""How long a client waits for a reply before it gives up on the connection (redis-py's
+own default, made explicit so that the waits the settings allow stay under it)."""
+
 AnyRedis = Redis | RedisCluster
 """What a process may hold; code that routes by node checks with :func:`is_cluster`."""
 
@@ -137,6 +141,7 @@ def connect(url: str, **kwargs: Any) -> Redis:
     the functions that take a client need no second signature. Code that must know
     the difference (the appender's transport) asks :func:`is_cluster`.
     """
+    kwargs.setdefault("socket_timeout", SOCKET_TIMEOUT_S)
     if not is_cluster_url(url):
         pool = ConnectionPool.from_url(url, **kwargs)
         # The URL's scheme chose redis-py's class (TLS for rediss://); ours adds to it.

@@ -14,6 +14,12 @@ import tiers
 from services.common.attest import Policy
 from services.common.messages import Keys
 from services.common.oidc import OidcIssuer
+from services.common.redisconn import SOCKET_TIMEOUT_S
+
+LONGEST_WAIT_MS = int(SOCKET_TIMEOUT_S * 1000) - 1000
+"""The longest a Redis call may be told to wait (``WAIT``, a blocking read): a second
+short of the clients' socket timeout, which would cut it off as a timeout and close the
+connection, every time."""
 
 
 class CommonSettings(BaseSettings):
@@ -40,7 +46,7 @@ class CommonSettings(BaseSettings):
     ack_replicas: int = Field(0, ge=0, le=5)
     """Replicas that must hold a write before it counts as done: ingest's 202 (one WAIT
     per pipeline per node), the tally's copy of an outbox entry into PostgreSQL."""
-    ack_timeout_ms: int = Field(500, ge=1)
+    ack_timeout_ms: int = Field(500, ge=1, le=LONGEST_WAIT_MS)
     """How long WAIT may take; past it votes get 503 (the client retries) and the
     PostgreSQL writer retries its batch."""
 
@@ -117,7 +123,7 @@ class TallySettings(CommonSettings):
     consumer: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     """Name in both consumer groups; a fixed name lets a restart resume its own pending entries."""
     batch_size: int = Field(1000, ge=1, le=10_000)
-    block_ms: int = Field(50, ge=1)
+    block_ms: int = Field(50, ge=1, le=LONGEST_WAIT_MS)
     claim_idle_ms: int = Field(5000, ge=100)
     """Pending entries idle this long belong to a consumer presumed dead."""
     recover_interval_s: float = 1.0
@@ -195,4 +201,4 @@ class PushSettings(CommonSettings):
     snapshot_cache_ms: int = 250
     """Snapshots read from Redis are shared this long: a mass reconnect costs one read per poll."""
     viewers_interval_s: float = 1.0
-    xread_block_ms: int = 1000
+    xread_block_ms: int = Field(1000, ge=1, le=LONGEST_WAIT_MS)

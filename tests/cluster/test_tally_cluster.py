@@ -15,7 +15,7 @@ async def test_outbox_rows_are_forgotten_once_a_replica_holds_the_trim(
 ) -> None:
     async with tally_env(tally_dsn, redis_url=redis_cluster.url) as env:
         pdef = await create_poll(env)
-        tally = env.tally(ack_replicas=1, ack_timeout_ms=5000)
+        tally = env.tally(ack_replicas=1, ack_timeout_ms=4000)
         await counted_and_written(env, tally, pdef.id, 40)
         assert sum((await pg_counts(env, pdef.id)).values()) == 40
         assert await env.pool.fetchval("SELECT count(*) FROM applied_outbox") == 4

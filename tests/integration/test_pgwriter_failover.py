@@ -60,7 +60,7 @@ async def test_entries_read_from_a_dead_primary_are_not_committed_after_the_fail
         writer = env.tally(
             promoted,
             ack_replicas=1,
-            ack_timeout_ms=5000,
+            ack_timeout_ms=4000,
             consumer=tally.writer.readers[0].consumer,
         ).writer
         result = await writer.process(0, held)

@@ -14,18 +14,28 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from buzzer.certs import make_cert
 from buzzer.ports import free_port
 from services.common.redisconn import (
+    SOCKET_TIMEOUT_S,
     ResilientConnection,
     ResilientSSLConnection,
     ResilientWrites,
     connect,
+)
+from services.common.settings import (
+    LONGEST_WAIT_MS,
+    CommonSettings,
+    IngestSettings,
+    PushSettings,
+    TallySettings,
 )
 from tests.support.faults import REDIS_SERVER
 
@@ -163,3 +173,35 @@ async def test_a_tls_redis_is_reached_and_its_certificate_checked(
     finally:
         await trusted.aclose()
         await stranger.aclose()
+
+
+@pytest.mark.parametrize(
+    ("cls", "env"),
+    [
+        (IngestSettings, "BUZZER_ACK_TIMEOUT_MS"),
+        (TallySettings, "BUZZER_BLOCK_MS"),
+        (PushSettings, "BUZZER_XREAD_BLOCK_MS"),
+    ],
+)
+def test_a_wait_past_the_socket_timeout_is_refused_at_start(
+    cls: type[CommonSettings], env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(env, str(int(SOCKET_TIMEOUT_S * 1000)))
+    with pytest.raises(ValidationError) as refused:
+        cls(admin_token="a", token_secret="s" * 32)
+    assert env.removeprefix("BUZZER_").lower() in str(refused.value)
+    monkeypatch.setenv(env, str(LONGEST_WAIT_MS))
+    cls(admin_token="a", token_secret="s" * 32)
+
+
+async def test_the_longest_wait_allowed_ends_as_an_answer_not_a_timeout() -> None:
+    """A blocking read for the longest the settings allow gets Redis's empty answer;
+    one past the socket timeout is cut off (what the bound keeps the settings from)."""
+    client = connect(REDIS_URL)
+    stream = f"test-connect-{uuid.uuid4().hex[:8]}"
+    try:
+        assert await client.xread({stream: "$"}, block=LONGEST_WAIT_MS) in (None, [], {})
+        with pytest.raises(RedisTimeoutError):
+            await client.xread({stream: "$"}, block=int(SOCKET_TIMEOUT_S * 1000) + 500)
+    finally:
+        await client.aclose()
