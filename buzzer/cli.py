@@ -74,8 +74,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    rc = args.func(args)
+    try:
+        rc = args.func(args)
+    except Exception as exc:
+        message = _settings_refused(exc)
+        if message is None:
+            raise
+        print(f"buzzer {args.command}: {message}", file=sys.stderr)
+        rc = 2
     sys.exit(rc or 0)
+
+
+def _settings_refused(exc: Exception) -> str | None:
+    # Imported here: most commands never build settings, and `buzzer --help` stays quick.
+    from pydantic import ValidationError
+
+    from services.common.settings import refused
+
+    return refused(exc) if isinstance(exc, ValidationError) else None
 
 
 if __name__ == "__main__":

@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from pydantic import ValidationError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
@@ -24,18 +19,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from services.common.settings import IngestSettings, PushSettings, TallySettings
 
     overrides = {"port": args.port} if args.port else {}
     kind = {"ingest": IngestSettings, "tally": TallySettings, "push": PushSettings}
-    cls = kind[args.service]
-    try:
-        settings = cls(**overrides)
-    except ValidationError as exc:
-        print(refused_settings(args.service, exc), file=sys.stderr)
-        return 2
+    settings = kind[args.service](**overrides)
     if isinstance(settings, IngestSettings):
         from services.ingest.main import run
 
@@ -49,17 +37,6 @@ def _serve(args: argparse.Namespace) -> int:
 
         run_push(settings)
     return 0
-
-
-def refused_settings(service: str, exc: ValidationError) -> str:
-    """One line per setting the environment got wrong, named as it is set
-    (``BUZZER_ACK_TIMEOUT_MS``), without the value: it may be a secret."""
-    lines = [f"buzzer serve {service}: settings refused"]
-    for err in exc.errors():
-        name = str(err["loc"][0]) if err["loc"] else "?"
-        env = name if name.isupper() else f"BUZZER_{name.upper()}"
-        lines.append(f"  {env}: {err['msg']}")
-    return "\n".join(lines)
 
 
 def _migrate(_: argparse.Namespace) -> int:

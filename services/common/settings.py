@@ -7,7 +7,7 @@ import secrets
 import socket
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import tiers
@@ -202,3 +202,17 @@ class PushSettings(CommonSettings):
     """Snapshots read from Redis are shared this long: a mass reconnect costs one read per poll."""
     viewers_interval_s: float = 1.0
     xread_block_ms: int = Field(1000, ge=1, le=LONGEST_WAIT_MS)
+
+
+def refused(exc: ValidationError) -> str | None:
+    """What to tell the operator when the environment got a settings class wrong: one
+    line per setting, named as it is set (``BUZZER_ACK_TIMEOUT_MS``), without the value,
+    which may be a secret. None when ``exc`` is not about settings."""
+    if not exc.title.endswith("Settings"):
+        return None
+    lines = ["settings refused"]
+    for err in exc.errors():
+        name = str(err["loc"][0]) if err["loc"] else "?"
+        env = name if name.isupper() else f"BUZZER_{name.upper()}"
+        lines.append(f"  {env}: {err['msg']}")
+    return "\n".join(lines)

@@ -17,8 +17,19 @@ def test_bad_settings_are_named_without_their_values(
         main(["serve", "push"])
     assert exited.value.code == 2
     err = capsys.readouterr().err
-    assert "buzzer serve push: settings refused" in err
+    assert "buzzer serve: settings refused" in err
     assert "BUZZER_XREAD_BLOCK_MS: Input should be less than or equal to 4000" in err
     assert "BUZZER_PARTITIONS: " in err
     assert "hunter2" not in err
     assert "Traceback" not in err
+
+
+def test_every_command_that_reads_settings_refuses_them_the_same_way(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BUZZER_PARTITIONS", "0")
+    with pytest.raises(SystemExit) as exited:
+        main(["db", "migrate"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "buzzer db: settings refused\n  BUZZER_PARTITIONS: Input should be greater than" in err
