@@ -19,23 +19,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from services.common.settings import IngestSettings, PushSettings, TallySettings
-
     overrides = {"port": args.port} if args.port else {}
-    kind = {"ingest": IngestSettings, "tally": TallySettings, "push": PushSettings}
-    settings = kind[args.service](**overrides)
-    if isinstance(settings, IngestSettings):
+    if args.service == "ingest":
+        from services.common.settings import IngestSettings
         from services.ingest.main import run
 
-        run(settings)
-    elif isinstance(settings, TallySettings):
+        run(IngestSettings(**overrides))
+    elif args.service == "tally":
+        from services.common.settings import TallySettings
         from services.tally.main import run as run_tally
 
-        run_tally(settings)
+        run_tally(TallySettings(**overrides))
     else:
+        from services.common.settings import PushSettings
         from services.push.main import run as run_push
 
-        run_push(settings)
+        run_push(PushSettings(**overrides))
     return 0
 
 

@@ -41,11 +41,12 @@ class ResilientWrites(AbstractConnection):
     * redis-py writes each command through ``asyncio.wait_for`` when a socket timeout is
       set (5 s by default in the redis-py this project locks). On Python 3.11,
       ``wait_for`` returns the write's result and drops a cancel that arrives as the
-      write completes (CPython gh-86296, fixed in 3.12). The task then goes on as if never told to stop: push's
-      updates reader, cancelled at shutdown, read on for ever (CI hung 120 s in
-      tests/integration/test_push_reader.py; one cancel in a few hundred did it). The
-      dropped cancel is raised again here, after closing the connection, whose reply
-      to the command just written would otherwise be read as the answer to the next.
+      write completes (CPython gh-86296, fixed in 3.12). The task then goes on as if
+      never told to stop: push's updates reader, cancelled at shutdown, read on for
+      ever (CI hung 120 s in tests/integration/test_push_reader.py; one cancel in a
+      few hundred did it). The dropped cancel is raised again here, after closing the
+      connection, whose reply to the command just written would otherwise be read as
+      the answer to the next.
     """
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
