@@ -29,13 +29,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
 
 from bench.target import VoteTarget, vote_target, wait_http
-from bench.tools import jsonline
+from bench.tools import callgrind, exact, jsonline
 from bench.tools.checkout import checkout
 from bench.tools.proc import (
     NOISY_STEAL_PCT,
@@ -70,6 +78,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         " in the same alternating rounds: real/against is a change's speed-up, measured"
         " in one run",
     )
+    p.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count each side's instructions per request under valgrind's callgrind"
+        " instead of timing it with wrk: a cost a busy machine cannot move (user space"
+        " only; bench.tools.callgrind)",
+    )
+    p.add_argument(
+        "--requests",
+        type=int,
+        default=3000,
+        help="--instructions: requests per side and round, sent exactly (default 3000)",
+    )
 
 
 def _cheaper(base: list[float], subject: list[float]) -> Summary:
@@ -83,6 +104,8 @@ def _ratios(base: list[WrkResult], subject: list[WrkResult]) -> Summary:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.instructions:
+        return _instructions(args)
     if not shutil.which("wrk"):
         print("wrk is not installed (scripts/setup installs it)", file=sys.stderr)
         return 2
@@ -270,3 +293,177 @@ def run(args: argparse.Namespace) -> int:
     }
     print(jsonline.dumps(summary))
     return 0 if durable else 1
+
+
+_WARM_DEVICES = 1000
+"""Devices the counted requests come from, each seen once before counting starts: the
+token cache then holds them all, as it does in a show (a device votes many times)."""
+
+
+def _votes(target: VoteTarget, n: int) -> list[bytes]:
+    """``n`` unique votes on ``target``'s poll, from its first devices in turn, shaped as
+    wrk's script shapes them (bench.tools.wrk)."""
+    tokens = Path(target.script_args[0]).read_text().split()[:_WARM_DEVICES]
+    poll, options = target.wrk_env["BENCH_POLL"], int(target.wrk_env["BENCH_OPTIONS"])
+    return [
+        exact.post(
+            f"/v1/polls/{poll}/votes",
+            msgspec.json.encode(
+                {"option": f"o{i % options}", "count": 1, "vote_id": str(uuid.uuid4())}
+            ),
+            {
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {tokens[i % len(tokens)]}",
+            },
+        )
+        for i in range(n)
+    ]
+
+
+def _instructions(args: argparse.Namespace) -> int:
+    """The sides of the bench, each counted by callgrind (bench.tools.callgrind) while it
+    answers the same number of votes over the same connections, in alternating rounds."""
+    if not callgrind.available():
+        print("valgrind is not installed (scripts/setup installs it)", file=sys.stderr)
+        return 2
+    if args.devices < _WARM_DEVICES:
+        print(f"--instructions needs --devices >= {_WARM_DEVICES}", file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="buzzer-callgrind-"))
+    redis_cpu = None if args.redis_cpu < 0 else args.redis_cpu
+    procs: list[subprocess.Popen[bytes]] = []
+    per_request: dict[str, list[float]] = {}
+    statuses: dict[str, Counter[int]] = {}
+    against_commit = ""
+    try:
+        with contextlib.ExitStack() as stack:
+
+            def counted_by(name: str) -> Callable[[list[str]], list[str]]:
+                return lambda argv: callgrind.wrapped(argv, tmp / f"{name}.out")
+
+            def serve(name: str, module: str, *extra: str) -> int:
+                port = free_port()
+                argv = [sys.executable, "-m", module, str(port), *extra]
+                procs.append(subprocess.Popen(pinned(0, counted_by(name)(argv))))
+                counters[name] = callgrind.Counted(procs[-1].pid, tmp / f"{name}.out")
+                return port
+
+            counters: dict[str, callgrind.Counted] = {}
+            target = stack.enter_context(
+                vote_target(
+                    args.devices,
+                    redis_cpu=redis_cpu,
+                    appendfsync=args.appendfsync,
+                    wrap=counted_by("real"),
+                )
+            )
+            targets = {"bare": target, "floor": target, "real": target}
+            ports = {
+                "bare": serve("bare", "bench.tools.bare"),
+                "floor": serve(
+                    "floor", "bench.tools.floor", target.redis_url, f"{target.prefix}:floor"
+                ),
+                "real": int(target.url.rsplit(":", 1)[1]),
+            }
+            counters["real"] = callgrind.Counted(target.pid, tmp / "real.out")
+            if args.against:
+                code, against_commit = stack.enter_context(checkout(args.against))
+                other = stack.enter_context(
+                    vote_target(
+                        args.devices,
+                        redis_cpu=redis_cpu,
+                        appendfsync=args.appendfsync,
+                        code=code,
+                        wrap=counted_by("against"),
+                    )
+                )
+                print(f"against: {args.against} = {against_commit[:12]}, served from {code}")
+                targets["against"] = other
+                ports["against"] = int(other.url.rsplit(":", 1)[1])
+                counters["against"] = callgrind.Counted(other.pid, tmp / "against.out")
+            for name, port in ports.items():
+                wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120)
+                # Not counted: every device's token checked once, pools and caches filled.
+                warm = exact.send(port, _votes(targets[name], _WARM_DEVICES), args.connections)
+                statuses[name] = Counter()
+                per_request[name] = []
+                if set(warm) != {202}:
+                    print(f"{name}: warm-up answered {dict(warm)}", file=sys.stderr)
+            before = {k: t.entries() for k, t in targets.items() if k in ("real", "against")}
+            for rnd, name in order(args.rounds, tuple(ports)):
+                votes = _votes(targets[name], args.requests)
+                ir, answered = counters[name].count(
+                    functools.partial(exact.send, ports[name], votes, args.connections)
+                )
+                statuses[name] += answered
+                per_request[name].append(ir / args.requests)
+                print(
+                    f"  r{rnd} {name:7} {ir / args.requests:11,.0f} instructions/request"
+                    f"  answers {dict(answered)}",
+                    flush=True,
+                )
+            time.sleep(0.5)
+            added = {k: targets[k].entries() - n for k, n in before.items()}
+    finally:
+        for proc in procs:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    # Callgrind's counts repeat within a fraction of a percent: 2 % is already a change.
+    def paired(base: str, subject: str) -> Summary:
+        """Per-round ratios base/subject of instructions per request: above 1, the
+        subject costs less."""
+        return summarise(
+            [b / s for b, s in zip(per_request[base], per_request[subject], strict=True)],
+            max_spread=0.02,
+        )
+
+    cheaper = paired("bare", "real")
+    print(cheaper.line("instructions per request, bare/real (target >= 0.65, stretch 0.8)"))
+    floor_of_bare = paired("bare", "floor")
+    print(floor_of_bare.line("instructions per request, bare/floor"))
+    real_of_floor = paired("floor", "real")
+    print(real_of_floor.line("instructions per request, floor/real (Buzzer's own work)"))
+    against: dict[str, object] | None = None
+    if args.against:
+        speedup = paired("against", "real")
+        print(speedup.line(f"instructions per vote, {args.against}/this checkout"))
+        against = {"rev": args.against, "commit": against_commit, **speedup.as_dict()}
+    accepted = {k: statuses[k][202] for k in added}
+    # An exact client: every vote it was answered 202 for is in the stream, and no other.
+    durable = all(accepted[k] == added[k] for k in added)
+    all_202 = all(set(c) == {202} for c in statuses.values())
+    for k in added:
+        print(
+            f"{k}: {accepted[k]} votes answered 202, {added[k]} added to the stream"
+            f" -> {'every 202 is in the stream' if accepted[k] == added[k] else 'MISMATCH'}"
+        )
+    print(
+        jsonline.dumps(
+            {
+                "bench": "ingest",
+                "mode": "instructions",
+                "instructions_per_request": {
+                    k: round(summarise(v).median) for k, v in per_request.items()
+                },
+                "instructions_per_request_rounds": {
+                    k: summarise(v, max_spread=0.02).as_dict() for k, v in per_request.items()
+                },
+                "cpu_ratio_rounds": cheaper.as_dict(),
+                "floor_ratio_rounds": floor_of_bare.as_dict(),
+                "real_floor_ratio_rounds": real_of_floor.as_dict(),
+                "against": against,
+                "requests": args.requests,
+                "connections": args.connections,
+                "statuses": {k: dict(v) for k, v in statuses.items()},
+                "accepted": accepted,
+                "in_stream": added,
+                "durable": durable,
+            }
+        )
+    )
+    return 0 if durable and all_202 else 1

@@ -13,7 +13,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,17 +91,19 @@ def vote_target(
     redis_cpu: int | None = 1,
     appendfsync: str = "always",
     code: Path | None = None,
+    wrap: Callable[[list[str]], list[str]] | None = None,
 ) -> Iterator[VoteTarget]:
     """Ingest on core ``cpu``, against its own ``redis-server`` (AOF, ``appendfsync
     always``: the deployment's promise for a 202) on core ``redis_cpu``: Redis's work is
     another tier's cost, not ingest's. ``code``: run ingest from that checkout (another
-    revision's worktree, bench.tools.checkout) instead of this one."""
+    revision's worktree, bench.tools.checkout) instead of this one. ``wrap``: what runs
+    ingest's command line (callgrind, bench.tools.callgrind)."""
     tmp = Path(tempfile.mkdtemp(prefix="buzzer-bench-"))
     try:
         pin = redis_cpu if (os.cpu_count() or 1) > 1 else None
         with (
             redis_server(tmp / "redis", cpu=pin, appendfsync=appendfsync) as port,
-            _vote_target(devices, cpu, f"redis://127.0.0.1:{port}/0", tmp, code) as target,
+            _vote_target(devices, cpu, f"redis://127.0.0.1:{port}/0", tmp, code, wrap) as target,
         ):
             yield target
     finally:
@@ -110,7 +112,12 @@ def vote_target(
 
 @contextlib.contextmanager
 def _vote_target(
-    devices: int, cpu: int | None, redis_url: str, tmp: Path, code: Path | None = None
+    devices: int,
+    cpu: int | None,
+    redis_url: str,
+    tmp: Path,
+    code: Path | None = None,
+    wrap: Callable[[list[str]], list[str]] | None = None,
 ) -> Iterator[VoteTarget]:
     from pydantic import SecretStr
 
@@ -142,12 +149,15 @@ def _vote_target(
     (tmp / "tokens").write_text("\n".join(tokens.issue().token for _ in range(devices)) + "\n")
     port = free_port()
     argv = [sys.executable, "-m", "buzzer", "serve", "ingest", "--port", str(port)]
+    if wrap is not None:
+        argv = wrap(argv)
     ingest = subprocess.Popen(
         pinned(cpu, argv) if cpu is not None else argv, env=env, cwd=code or Path.cwd()
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_http(f"{base}/readyz")
+        # Under callgrind, ingest takes several times as long to start.
+        wait_http(f"{base}/readyz", timeout=20 if wrap is None else 120)
         show = api("POST", f"{base}/v1/admin/shows", admin, {"name": "bench"})
         poll = api(
             "POST",
