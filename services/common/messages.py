@@ -44,12 +44,13 @@ class Keys:
 
     prefix: str = "buzzer"
     partitions: int = 4
-    _tags: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    tags: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    """Each partition's tag (:meth:`tag`), the start of every key of the partition."""
 
     def __post_init__(self) -> None:
         # Every key of a vote starts with its partition's tag: built once, not per vote.
         tags = tuple(f"{self.prefix}:{{p{p}}}" for p in range(self.partitions))
-        object.__setattr__(self, "_tags", tags)
+        object.__setattr__(self, "tags", tags)
 
     def partition_of(self, device_id: str) -> int:
         # By device, so that one device's retries, its one-vote marker and its rate
@@ -59,7 +60,7 @@ class Keys:
         return zlib.crc32(device_id.encode()) % self.partitions
 
     def tag(self, p: int) -> str:
-        return self._tags[p]
+        return self.tags[p]
 
     def votes(self, p: int) -> str:
         return f"{self.tag(p)}:votes"

@@ -178,7 +178,7 @@ def vote_call(
     ``p`` must be the account's partition."""
     # The same names as Keys.state/dedupe/device_votes/rate/account_votes (a unit test
     # holds them equal), built from one tag: this runs once per vote.
-    tag, poll, device = keys.tag(p), entry.poll, entry.device
+    tag, poll, device = keys.tags[p], entry.poll, entry.device
     # tuple.__new__: half the cost of the named tuples' constructors, once per vote.
     vote_keys = _tuple_new(
         VoteKeys,
@@ -262,25 +262,30 @@ _OUTCOMES: dict[str | bytes, VoteOutcome] = {
 }
 
 
-_COMMON_RESULTS: dict[tuple[VoteOutcome, int], VoteResult] = {
-    (o, n): VoteResult(o, n)
+_COMMON_RESULTS: dict[str | bytes, tuple[VoteResult, ...]] = {
+    code: tuple(VoteResult(o, n) for n in range(101))
     for o in (VoteOutcome.ACCEPTED, VoteOutcome.REPLAYED)
-    for n in range(1, 101)
+    for code in (o.value, o.value.encode())
 }
+"""By reply code and count: a vote's result, built once. Keyed by the code as Redis
+sends it, not by the outcome: an enum's hash is a Python call, once per vote."""
 
 
 def decode_vote(reply: Sequence[Any]) -> VoteResult:
     """One vote's reply ``[outcome, value]`` as a :class:`VoteResult`."""
     try:
         code, value = reply
+        common = _COMMON_RESULTS.get(code)
+        if common is not None:
+            # Every vote's path: accepted or replayed, most with a small count.
+            n = int(value)
+            if 0 < n < len(common):
+                return common[n]
         outcome = _OUTCOMES[code]
+        if outcome is VoteOutcome.ACCEPTED or outcome is VoteOutcome.REPLAYED:
+            return VoteResult(outcome, int(value))
     except (TypeError, ValueError, KeyError) as exc:
         raise ScriptReplyError(f"vote_batch.lua answered {reply!r}") from exc
-    if outcome is VoteOutcome.ACCEPTED or outcome is VoteOutcome.REPLAYED:
-        # Every vote's path: most carry a small count, whose result is built once.
-        n = int(value)
-        common = _COMMON_RESULTS.get((outcome, n))
-        return common if common is not None else VoteResult(outcome, n)
     if outcome is VoteOutcome.NOT_OPEN:
         return VoteResult(outcome, state=value.decode() if isinstance(value, bytes) else str(value))
     if outcome is VoteOutcome.RATE_LIMITED:

@@ -40,6 +40,8 @@ from services.ingest.keys import (
     SCRIPTS,
     SETTINGS,
     TOKEN_SERVICE,
+    VOTE_PATH,
+    VotePath,
 )
 from services.ingest.monitor import BacklogMonitor, PollCache
 from services.ingest.routes import setup_routes
@@ -74,6 +76,15 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     monitor = BacklogMonitor(client, app[KEYS])
     app[BACKLOG] = monitor
+    app[VOTE_PATH] = VotePath(
+        settings=settings,
+        keys=app[KEYS],
+        placement=app[PLACEMENT],
+        tokens=app[TOKEN_SERVICE],
+        polls=app[POLLS],
+        backlog=monitor,
+        appender=appender,
+    )
     obs = app[OBS]
     Gauge(
         "buzzer_ingest_backlog", "Unapplied vote entries (all partitions)", registry=obs.registry
@@ -176,7 +187,8 @@ def create_app(settings: IngestSettings) -> web.Application:
         {"redis": redis_check, "postgres": pg_check},
         optional=frozenset({"postgres"}),
         with_middleware=False,
-        wrap=edge,
+        # OBS is set by the time the health routes are wrapped.
+        wrap=lambda path, handler: edge(path, handler, app[OBS]),
     )
     app[REGISTRATIONS] = Counter(
         "buzzer_device_registrations",

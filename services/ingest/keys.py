@@ -3,6 +3,8 @@ append path and the gateway alike, all set by ``create_app`` and its cleanup con
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import asyncpg
 from aiohttp import web
 from prometheus_client import Counter
@@ -33,3 +35,21 @@ OIDC = web.AppKey("oidc", OidcVerifier)
 ATTESTATION = web.AppKey("attestation", Attestation)
 REGISTRATIONS = web.AppKey("registrations", Counter)
 """Device registrations by result (``anonymous``, ``account``, or why refused)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VotePath:
+    """What the vote handler reads of the app, under one key: each ``app[KEY]`` is a
+    Python call (``Application.__getitem__``), and a vote made eight of them."""
+
+    settings: IngestSettings
+    keys: Keys
+    placement: Placement
+    tokens: TokenService
+    polls: PollCache
+    backlog: BacklogMonitor
+    appender: Appender
+
+
+VOTE_PATH = web.AppKey("vote_path", VotePath)
+"""Set with the appender (app.redis_ctx), from the keys above."""

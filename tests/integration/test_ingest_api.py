@@ -586,3 +586,43 @@ async def test_a_body_that_arrives_after_the_headers_is_waited_for(
     big = b'{"option": "o0", "pad": "' + b"x" * 10_000 + b'"}'
     r = await client.post(url, data=trickle(big, 1024), headers=headers)
     await expect_error(r, 413, "body_too_large", "body")
+
+
+@pytest.mark.parametrize(
+    ("authorization", "content_type", "status"),
+    [
+        # As apps send them: the vote path's fast paths.
+        ("Bearer {t}", "application/json", 202),
+        # Any other spelling is read as before, by the full parsers.
+        ("bearer {t}", "application/json", 202),
+        ("Bearer   {t}", "application/json; charset=utf-8", 202),
+        ("BEARER {t}", "Application/JSON", 202),
+        ("Bearer\t{t}", "application/json", 401),
+        ("Bearer ", "application/json", 401),
+        ("Basic {t}", "application/json", 401),
+        ("Bearer {t}", "application/jsonx", 415),
+        ("Bearer {t}", "text/plain; a=application/json", 415),
+    ],
+)
+async def test_a_vote_reads_its_headers_however_they_are_spelled(
+    aiohttp_client: Any,
+    ingest_settings: Any,
+    pg: Any,
+    redis: Any,
+    authorization: str,
+    content_type: str,
+    status: int,
+) -> None:
+    client = await make_client(aiohttp_client, ingest_settings)
+    poll = await new_poll(client, max_votes_per_device=None)
+    token = (await device(client))["Authorization"].removeprefix("Bearer ")
+    r = await client.post(
+        f"/v1/polls/{poll['id']}/votes",
+        data=json.dumps(vote("o1")),
+        headers={"Authorization": authorization.format(t=token), "Content-Type": content_type},
+    )
+    assert r.status == status, await r.text()
+    if status == 401:
+        assert (await r.json())["field"] == "Authorization"
+    elif status == 415:
+        assert (await r.json())["field"] == "Content-Type"

@@ -200,6 +200,9 @@ def test_the_script_answers_exactly_the_outcomes_python_decodes() -> None:
     [
         ([b"accepted", 7], VoteResult(VoteOutcome.ACCEPTED, accepted=7)),
         ([b"replayed", 7], VoteResult(VoteOutcome.REPLAYED, accepted=7)),
+        # Past the results built once, and a count sent as text.
+        ([b"accepted", 250], VoteResult(VoteOutcome.ACCEPTED, accepted=250)),
+        ([b"replayed", b"3"], VoteResult(VoteOutcome.REPLAYED, accepted=3)),
         ([b"not_open", b"closed"], VoteResult(VoteOutcome.NOT_OPEN, state="closed")),
         ([b"not_open", b"draft"], VoteResult(VoteOutcome.NOT_OPEN, state="draft")),
         ([b"rate_limited", 640], VoteResult(VoteOutcome.RATE_LIMITED, retry_after_ms=640)),
@@ -223,7 +226,16 @@ def test_every_outcome_decodes() -> None:
 
 @pytest.mark.parametrize(
     "reply",
-    [[202, 7, 0], [b"ok", 1], [b"accepted"], b"accepted", None, [b"ACCEPTED", 1]],
+    [
+        [202, 7, 0],
+        [b"ok", 1],
+        [b"accepted"],
+        b"accepted",
+        None,
+        [b"ACCEPTED", 1],
+        [b"accepted", b"many"],
+        [[b"accepted"], 1],
+    ],
 )
 def test_a_reply_out_of_step_is_an_error_not_a_guess(reply: Any) -> None:
     with pytest.raises(ScriptReplyError):

@@ -17,7 +17,7 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from services.common.observability import OBS
+from services.common.observability import OBS, Observability
 from services.ingest.gateway.auth import check_admin
 from services.ingest.gateway.errors import as_response
 from services.ingest.gateway.limits import check_sizes
@@ -27,9 +27,11 @@ UNMATCHED = "unmatched"
 """The metrics' route label of a request that matched no route."""
 
 
-def edge(path: str, handler: Handler) -> Handler:
+def edge(path: str, handler: Handler, obs: Observability) -> Handler:
     """``handler`` of the route ``path`` (its canonical form, the metrics' label), with
-    the edge around it."""
+    the edge around it; its requests are recorded in ``obs`` (the app's ``OBS``, taken
+    once here rather than looked up in the app on every request)."""
+    record = obs.record
     # By the route, not by the request's path: the router matches the decoded path, so
     # a percent-encoded "/v1/%61dmin/..." reaches an admin handler and must be checked.
     admin = path.startswith("/v1/admin/")
@@ -49,7 +51,7 @@ def edge(path: str, handler: Handler) -> Handler:
         if "X-Frame-Options" not in headers:
             for name, value in SECURITY_HEADERS.items():
                 headers.setdefault(name, value)
-        request.app[OBS].record(path, request.method, response.status, time.perf_counter() - start)
+        record(path, request.method, response.status, time.perf_counter() - start)
         return response
 
     return at_the_edge
@@ -73,9 +75,9 @@ async def no_route(request: web.Request) -> web.StreamResponse:
 
 def add_route(app: web.Application, method: str, path: str, handler: Handler) -> None:
     """Register ``handler`` with the edge around it."""
-    app.router.add_route(method, path, edge(path, handler))
+    app.router.add_route(method, path, edge(path, handler, app[OBS]))
 
 
 def add_no_route(app: web.Application) -> None:
     """The catch-all: must be the last route registered."""
-    app.router.add_route("*", "/{tail:.*}", edge(UNMATCHED, no_route))
+    app.router.add_route("*", "/{tail:.*}", edge(UNMATCHED, no_route, app[OBS]))
