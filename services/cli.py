@@ -43,7 +43,8 @@ def _migrate(_: argparse.Namespace) -> int:
     from services.common.observability import configure_logging
     from services.common.settings import CommonSettings
 
+    settings = CommonSettings()  # refused before anything is set up (buzzer.cli.main)
     configure_logging("INFO", "db")
-    applied = asyncio.run(migrate(CommonSettings().database_url.get_secret_value()))
+    applied = asyncio.run(migrate(settings.database_url.get_secret_value()))
     print(f"applied migrations: {applied or 'none (up to date)'}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +22,20 @@ TEST_DB = os.environ.get("TEST_DATABASE", "buzzer_test")
 
 # Tables a test may have written, emptied before each test that asks for the database.
 _TABLES = "vote_archive, archive_partition_closed, audit_log, outbox_watermark, applied_outbox, poll_partition_closed, rate_buckets, totals, options, polls, shows"
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """A test that runs a command in process may configure logging
+    (observability.configure_logging): its handler writes to that test's captured
+    stderr, closed once the test ends, and every later test in the worker that logs
+    would print a logging error into its own output. Each test starts from the same
+    root logger."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
