@@ -58,6 +58,32 @@ async def test_an_over_long_header_is_a_json_431_naming_it(
     assert len(no_tracebacks(caplog)) == 1
 
 
+@pytest.mark.parametrize(
+    ("headers", "status", "field"),
+    [
+        # Over the limit together, each under it: served.
+        ({f"X-Part-{i}": "p" * 3000 for i in range(4)}, 200, None),
+        # One of several over it: the one named.
+        ({"X-Before": "b" * 3000, "X-Long": "l" * 9000, "X-After": "a"}, 431, "X-Long"),
+        # Name and value together over it, each under it.
+        ({"X-" + "n" * 4200: "v" * 4200}, 431, "X-" + "n" * 62),
+    ],
+)
+async def test_the_header_limit_is_per_header(
+    aiohttp_client: Any,
+    ingest_settings: Any,
+    redis: Any,
+    headers: dict[str, str],
+    status: int,
+    field: str | None,
+) -> None:
+    c = await client(aiohttp_client, ingest_settings)
+    r = await c.get("/v1/openapi.json", headers=headers)
+    assert r.status == status
+    if field is not None:
+        assert (await r.json())["field"] == field
+
+
 async def test_what_the_parser_refuses_is_one_warning_line_not_a_traceback(
     aiohttp_client: Any, ingest_settings: Any, redis: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
