@@ -57,7 +57,12 @@ def caller_by(tokens: TokenService, require_account: bool, request: web.Request)
     """:func:`caller_of`, with what it reads of the app given (the vote path has it)."""
     header = request.headers.get("Authorization", "")
     # The header as apps send it, sliced here; any other spelling goes through bearer().
-    if header.startswith("Bearer ") and len(header) > 7 and not header[7].isspace():
+    if (
+        header.startswith("Bearer ")
+        and len(header) > 7
+        and not header[7].isspace()
+        and not header[-1].isspace()
+    ):
         token = header[7:]
     else:
         token = bearer(request)
