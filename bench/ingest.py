@@ -51,6 +51,7 @@ from bench.tools.proc import (
     steal_line,
     steal_pct,
     steal_seconds,
+    stop,
 )
 from bench.tools.rounds import Summary, order, summarise
 from bench.tools.wrk import WrkResult, pinned
@@ -193,8 +194,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for proc in (bare, floor):
             if proc is not None:
-                proc.terminate()
-                proc.wait(15)
+                stop(proc)
 
     # The round whose rate is the median stands for each side in the figures below.
     best = {k: sorted(v, key=lambda r: r.rps)[len(v) // 2] for k, v in results.items()}
@@ -300,24 +300,28 @@ _WARM_DEVICES = 1000
 token cache then holds them all, as it does in a show (a device votes many times)."""
 
 
-def _votes(target: VoteTarget, n: int) -> list[bytes]:
-    """``n`` unique votes on ``target``'s poll, from its first devices in turn, shaped as
-    wrk's script shapes them (bench.tools.wrk)."""
+def _voter(target: VoteTarget) -> Callable[[int], list[bytes]]:
+    """``n`` -> ``n`` unique votes on ``target``'s poll, from its first devices in turn,
+    shaped as wrk's script shapes them (bench.tools.wrk). The tokens are read once."""
     tokens = Path(target.script_args[0]).read_text().split()[:_WARM_DEVICES]
     poll, options = target.wrk_env["BENCH_POLL"], int(target.wrk_env["BENCH_OPTIONS"])
-    return [
-        exact.post(
-            f"/v1/polls/{poll}/votes",
-            msgspec.json.encode(
-                {"option": f"o{i % options}", "count": 1, "vote_id": str(uuid.uuid4())}
-            ),
-            {
-                "Content-Type": "application/json",
-                "Authorization": f"Bearer {tokens[i % len(tokens)]}",
-            },
-        )
-        for i in range(n)
-    ]
+
+    def votes(n: int) -> list[bytes]:
+        return [
+            exact.post(
+                f"/v1/polls/{poll}/votes",
+                msgspec.json.encode(
+                    {"option": f"o{i % options}", "count": 1, "vote_id": str(uuid.uuid4())}
+                ),
+                {
+                    "Content-Type": "application/json",
+                    "Authorization": f"Bearer {tokens[i % len(tokens)]}",
+                },
+            )
+            for i in range(n)
+        ]
+
+    return votes
 
 
 def _instructions(args: argparse.Namespace) -> int:
@@ -332,23 +336,31 @@ def _instructions(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="buzzer-callgrind-"))
     redis_cpu = None if args.redis_cpu < 0 else args.redis_cpu
     procs: list[subprocess.Popen[bytes]] = []
+    targets: dict[str, VoteTarget] = {}
+    ports: dict[str, int] = {}
+    counters: dict[str, callgrind.Counted] = {}
     per_request: dict[str, list[float]] = {}
     statuses: dict[str, Counter[int]] = {}
     against_commit = ""
+
+    def out(name: str) -> Path:
+        return tmp / f"{name}.out"
+
+    def counted_by(name: str) -> Callable[[list[str]], list[str]]:
+        return lambda argv: callgrind.wrapped(argv, out(name))
+
+    def side(name: str, target: VoteTarget, port: int, pid: int) -> None:
+        targets[name], ports[name] = target, port
+        counters[name] = callgrind.Counted(pid, out(name))
+
+    def serve(name: str, target: VoteTarget, module: str, *extra: str) -> None:
+        port = free_port()
+        argv = [sys.executable, "-m", module, str(port), *extra]
+        procs.append(subprocess.Popen(pinned(0, counted_by(name)(argv))))
+        side(name, target, port, procs[-1].pid)
+
     try:
         with contextlib.ExitStack() as stack:
-
-            def counted_by(name: str) -> Callable[[list[str]], list[str]]:
-                return lambda argv: callgrind.wrapped(argv, tmp / f"{name}.out")
-
-            def serve(name: str, module: str, *extra: str) -> int:
-                port = free_port()
-                argv = [sys.executable, "-m", module, str(port), *extra]
-                procs.append(subprocess.Popen(pinned(0, counted_by(name)(argv))))
-                counters[name] = callgrind.Counted(procs[-1].pid, tmp / f"{name}.out")
-                return port
-
-            counters: dict[str, callgrind.Counted] = {}
             target = stack.enter_context(
                 vote_target(
                     args.devices,
@@ -357,15 +369,9 @@ def _instructions(args: argparse.Namespace) -> int:
                     wrap=counted_by("real"),
                 )
             )
-            targets = {"bare": target, "floor": target, "real": target}
-            ports = {
-                "bare": serve("bare", "bench.tools.bare"),
-                "floor": serve(
-                    "floor", "bench.tools.floor", target.redis_url, f"{target.prefix}:floor"
-                ),
-                "real": int(target.url.rsplit(":", 1)[1]),
-            }
-            counters["real"] = callgrind.Counted(target.pid, tmp / "real.out")
+            serve("bare", target, "bench.tools.bare")
+            serve("floor", target, "bench.tools.floor", target.redis_url, f"{target.prefix}:floor")
+            side("real", target, target.port, target.pid)
             if args.against:
                 code, against_commit = stack.enter_context(checkout(args.against))
                 other = stack.enter_context(
@@ -378,20 +384,19 @@ def _instructions(args: argparse.Namespace) -> int:
                     )
                 )
                 print(f"against: {args.against} = {against_commit[:12]}, served from {code}")
-                targets["against"] = other
-                ports["against"] = int(other.url.rsplit(":", 1)[1])
-                counters["against"] = callgrind.Counted(other.pid, tmp / "against.out")
+                side("against", other, other.port, other.pid)
+            voters = {name: _voter(t) for name, t in targets.items()}
             for name, port in ports.items():
                 wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120)
                 # Not counted: every device's token checked once, pools and caches filled.
-                warm = exact.send(port, _votes(targets[name], _WARM_DEVICES), args.connections)
+                warm = exact.send(port, voters[name](_WARM_DEVICES), args.connections)
                 statuses[name] = Counter()
                 per_request[name] = []
                 if set(warm) != {202}:
                     print(f"{name}: warm-up answered {dict(warm)}", file=sys.stderr)
             before = {k: t.entries() for k, t in targets.items() if k in ("real", "against")}
             for rnd, name in order(args.rounds, tuple(ports)):
-                votes = _votes(targets[name], args.requests)
+                votes = voters[name](args.requests)
                 ir, answered = counters[name].count(
                     functools.partial(exact.send, ports[name], votes, args.connections)
                 )
@@ -406,11 +411,7 @@ def _instructions(args: argparse.Namespace) -> int:
             added = {k: targets[k].entries() - n for k, n in before.items()}
     finally:
         for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc, 30)
         shutil.rmtree(tmp, ignore_errors=True)
 
     # Callgrind's counts repeat within a fraction of a percent: 2 % is already a change.

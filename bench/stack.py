@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.tools import jsonline
+from bench.tools.proc import stop
 from bench.tools.rounds import order, summarise
 from buzzer.ports import free_ports
 
@@ -360,11 +361,7 @@ def run(args: argparse.Namespace) -> int:
         if bare_lb is not None:
             bare_lb.stop()
         for proc in bares:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc, 10)
         stack.stop()
         _drop_prefix(common.redis_url, prefix)
         shutil.rmtree(tmp, ignore_errors=True)

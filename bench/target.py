@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.tools.proc import stop
 from bench.tools.redisproc import redis_server
 from bench.tools.wrk import WRK_SCRIPT, WrkResult, pinned, wrk
 from buzzer.http import api
@@ -74,6 +75,10 @@ class VoteTarget:
     partitions: int
     pid: int
     """The ingest process (for its CPU time)."""
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
 
     def wrk(self, seconds: float, connections: int, url: str | None = None) -> WrkResult:
         return wrk(
@@ -183,9 +188,5 @@ def _vote_target(
             pid=ingest.pid,
         )
     finally:
-        ingest.terminate()
-        try:
-            ingest.wait(15)
-        except subprocess.TimeoutExpired:
-            ingest.kill()
+        stop(ingest)
         asyncio.run(_drop_prefix(redis_url, prefix))

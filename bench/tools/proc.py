@@ -1,9 +1,10 @@
 """A process's CPU time and memory, from /proc: what the benchmarks read of the servers
-they measure."""
+they measure; and how they stop them."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -59,3 +60,14 @@ def steal_line(stolen: list[float]) -> str:
     if top > NOISY_STEAL_PCT:
         line += ": the host ran other work on these cores, so compare only within a run"
     return line
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """SIGTERM (the servers stop gracefully on it), and SIGKILL if that takes longer than
+    ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -17,6 +17,7 @@ from aiohttp import web
 from bench.target import wait_http
 from bench.tools import bare as bare_app
 from bench.tools import callgrind, exact
+from bench.tools.proc import stop
 from buzzer.ports import free_port
 
 pytestmark = [
@@ -46,12 +47,7 @@ def bare(tmp_path: Path) -> Iterator[tuple[int, callgrind.Counted]]:
         wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120)
         yield port, callgrind.Counted(proc.pid, out)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 30)
 
 
 def test_instructions_are_counted_per_request_and_only_while_counting(
