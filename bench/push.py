@@ -36,6 +36,13 @@ snapshots and the collector's work on what the newcomers leave behind. The JSON 
 ``joiners_connected`` and ``joiners_held``, and the joiners' CPU is among the load
 generators'.
 
+``--against REV``: push served from git revision REV (a worktree beside this one) and
+from this tree, in whole runs of ``--viewers`` that alternate (REV first, then this tree
+first, ...), ``--pairs`` of each. The ratios REV/this of each pair's delay-to-all p50
+and p99 and of push's CPU, their median and spread, say what a change to push did; above
+1, this tree is better. Only push changes sides: the viewers, the publisher and this
+bench are this tree's. No profile is written.
+
 ``--find-max``: the viewers one push process (or ``--push-procs`` of them) holds with
 delay-to-all p99 under ``--p99-ms`` (200) and no error. Each step starts fresh push
 processes and measures ``--step-seconds`` of updates; the count doubles from
@@ -74,7 +81,7 @@ import msgspec
 
 from bench.tools import jsonline
 from bench.tools.proc import cpu_seconds, rss_bytes, steal_line, steal_pct, steal_seconds
-from bench.tools.rounds import summarise
+from bench.tools.rounds import order, summarise
 from buzzer.ports import free_port
 
 LAT_BUCKETS_MS = 10_000
@@ -153,9 +160,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"where `bench cost` and the planner read push's figures (default {PUSH_PROFILE})",
     )
     p.add_argument("--no-profile", action="store_true", help="do not write the profile")
+    p.add_argument(
+        "--against",
+        metavar="REV",
+        help="also serve push from git revision REV: whole runs of the same viewers,"
+        " alternating with this tree's (--pairs of each), give REV/this ratios of the"
+        " delay-to-all p50 and p99 and of push's CPU (above 1: this tree is better);"
+        " writes no profile",
+    )
+    p.add_argument("--pairs", type=int, default=3, help="--against: runs of each side (default 3)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.against:
+        if args.find_max:
+            print("--against compares runs of --viewers; not with --find-max", file=sys.stderr)
+            return 2
+        result = asyncio.run(_against(args))
+        print(jsonline.dumps(result, sort_keys=True))
+        return 0 if result.get("error") is None else 1
     if args.find_max:
         result = asyncio.run(_find_max(args))
         ok = result.get("max_viewers") is not None
@@ -171,6 +194,75 @@ def run(args: argparse.Namespace) -> int:
             print(f"profile not written: {refused}", file=sys.stderr)
     print(jsonline.dumps(result, sort_keys=True))
     return 0 if ok else 1
+
+
+AGAINST_FIGURES = {
+    "delay_to_all_ms_p50": "delay-to-all p50",
+    "delay_to_all_ms_p99": "delay-to-all p99",
+    "push_cpu_pct": "push CPU",
+}
+"""What ``--against`` compares, each as REV/this: lower is better for all three."""
+
+
+async def _against(args: argparse.Namespace) -> dict[str, Any]:
+    """Whole runs from REV's checkout and from this tree, alternating (REV first, then
+    this tree first, ...), so that a change to push is judged by pairs measured back to
+    back on one machine rather than by runs minutes or days apart. Each pair's ratio is
+    REV/this; their median and spread say whether the difference outlasts the noise."""
+    from bench.tools.checkout import checkout
+
+    if args.pairs < 1:
+        return {"bench": "push", "error": "--pairs must be at least 1"}
+    runs: list[dict[str, Any]] = []
+    with checkout(args.against) as (code, commit):
+        print(f"against: {args.against} = {commit[:12]}, served from {code}", file=sys.stderr)
+        for pair, side in order(args.pairs, ("against", "this")):
+            r = await _bench(args, args.viewers, args.seconds, code if side == "against" else None)
+            _warn_clients(r)
+            brief = {"pair": pair, "side": side, "errors": r.get("errors") or {}}
+            for key in (
+                *AGAINST_FIGURES,
+                "client_cores_busy_pct",
+                "connections_held",
+                "versions_received_by_all",
+                "versions_partially_received",
+                "falling_behind",
+                "error",
+            ):
+                brief[key] = r.get(key)
+            runs.append(brief)
+            print(
+                f"pair {pair + 1} {side}: delay-to-all p50 {r.get('delay_to_all_ms_p50')} ms,"
+                f" p99 {r.get('delay_to_all_ms_p99')} ms, push CPU {r.get('push_cpu_pct')} %,"
+                f" load generators {r.get('client_cores_busy_pct')} % busy",
+                file=sys.stderr,
+            )
+            if r.get("error") is not None or r.get("errors"):
+                return {
+                    "bench": "push",
+                    "against": commit,
+                    "runs": runs,
+                    "error": f"pair {pair + 1} ({side}) failed: {r.get('error') or r['errors']}",
+                }
+    result: dict[str, Any] = {
+        "bench": "push",
+        "against": commit,
+        "viewers": args.viewers,
+        "seconds": args.seconds,
+        "rate_per_s": args.rate,
+        "runs": runs,
+        "error": None,
+    }
+    by_side = {s: [r for r in runs if r["side"] == s] for s in ("against", "this")}
+    for key, label in AGAINST_FIGURES.items():
+        pairs = list(zip(by_side["against"], by_side["this"], strict=True))
+        ratios = [a[key] / t[key] for a, t in pairs if a.get(key) and t.get(key)]
+        if not ratios:
+            continue
+        summary = summarise(ratios)
+        result[f"{key}_against_over_this"] = {**summary.as_dict(), "values": ratios}
+        print(summary.line(f"{label}, {args.against}/this", ".3f"), file=sys.stderr)
+    return result
 
 
 def _not_for_the_profile(args: argparse.Namespace, result: dict[str, Any]) -> str | None:
@@ -611,7 +703,10 @@ def _fds(pid: int) -> int:
     return 0
 
 
-async def _bench(args: argparse.Namespace, viewers: int, seconds: float) -> dict[str, Any]:
+async def _bench(
+    args: argparse.Namespace, viewers: int, seconds: float, code: Path | None = None
+) -> dict[str, Any]:
+    """One run; ``code``: the checkout push is served from (default: this tree)."""
     import redis.asyncio as aioredis
 
     from bench.tools.tally import LiveTally
@@ -696,7 +791,9 @@ async def _bench(args: argparse.Namespace, viewers: int, seconds: float) -> dict
             logs.append(log)
             penv = {**env, "BUZZER_INSTANCE_ID": f"bench-{os.getpid()}-{i}"}
             pushes.append(
-                await asyncio.create_subprocess_exec(*cmd, env=penv, stdout=log, stderr=log)
+                await asyncio.create_subprocess_exec(
+                    *cmd, env=penv, stdout=log, stderr=log, cwd=code
+                )
             )
         await _wait_ready(port, pushes)
         await asyncio.sleep(0.5)

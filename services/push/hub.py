@@ -102,9 +102,9 @@ class PollState:
         "frame",
         "inflight",
         "key",
-        "last_bcast",
         "live",
         "live_at",
+        "next_slot",
         "pdef",
         "snap",
         "subscribers",
@@ -118,7 +118,8 @@ class PollState:
         self.update: TallyUpdate | None = None
         """Newest state from the updates stream, and its frame (bytes shared by all sends)."""
         self.frame = b""
-        self.last_bcast = -1e9
+        self.next_slot = -1e9
+        """When the next broadcast is due if updates come no faster than one per interval."""
         self.timer: asyncio.TimerHandle | None = None
         self.subscribers: dict[Client, Sub] = {}
         self.pdef: PollDef | None = None
@@ -171,6 +172,8 @@ class Hub:
         self.redis = redis
         self.keys = keys
         self.min_interval = min_interval_s
+        self.slack = min_interval_s / 2
+        """How much earlier than its slot a broadcast may go, to catch up a late one."""
         self.limit = send_buffer_limit
         self.slow_timeout = slow_client_timeout_s
         self.idle_timeout = idle_timeout_s
@@ -362,11 +365,19 @@ class Hub:
         ps.update = u
         ps.frame = text_frame(data)
         ps.touched = now = self._loop.time()
-        if now - ps.last_bcast >= self.min_interval:
+        # Spacing by the schedule, not by the last broadcast's clock (GCRA): a broadcast
+        # late by L (a collection, a long fan-out) leaves the next slot where it was, so
+        # an update on time goes out on arrival once L is within the slack, and a longer
+        # lag shrinks by the slack at every update. Spaced from the late broadcast
+        # instead, every later one would inherit L: with updates as fast as the interval
+        # (tally's 10/s), lags only ever added up (bench push, delay growing every slice).
+        # The rate over any stretch stays at most one per interval.
+        due = ps.next_slot - self.slack
+        if now >= due:
             self._broadcast(ps)
         elif ps.timer is None:
             # Faster than 10/s (a second tally, a replay): the newest goes out at the next slot.
-            ps.timer = self._loop.call_at(ps.last_bcast + self.min_interval, self._broadcast, ps)
+            ps.timer = self._loop.call_at(due, self._broadcast, ps)
 
     def _broadcast(self, ps: PollState) -> None:
         started = time.perf_counter()
@@ -376,9 +387,9 @@ class Hub:
             # timer would only send the same state again, early for the next slot.
             ps.timer.cancel()
             ps.timer = None
-        ps.last_bcast = now
-        # No per-client spacing check here: broadcasts of a poll are already spaced by
-        # min_interval, and a client's own clock (sent_at) would drift later each time it
+        ps.next_slot = max(ps.next_slot, now) + self.min_interval
+        # No per-client spacing check here: a poll's broadcasts already come at most one
+        # per min_interval, and a client's own clock (sent_at) would drift later each time it
         # was deferred, turning one late write into a permanent 100 ms lag.
         key, frame, limit = ps.key, ps.frame, self.limit
         poll = ps.update.poll if ps.update is not None else ""

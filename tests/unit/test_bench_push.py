@@ -9,7 +9,11 @@ import multiprocessing
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+import bench.push
 from bench.push import (
+    _against,
     _joined,
     _not_for_the_profile,
     _passes,
@@ -163,3 +167,69 @@ async def test_joiners_that_never_report_are_an_error_not_a_hang() -> None:
     await _joined((None, ours), result, errors, timeout=0.2)
     assert result == {}
     assert errors == {"joiners:TimeoutError": 1}
+
+
+def against_args(tmp_path: Path, *extra: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return p.parse_args(["--profile-out", str(tmp_path / "push.json"), "--against", "HEAD", *extra])
+
+
+async def test_against_alternates_whole_runs_and_serves_rev_from_its_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served: list[Path | None] = []
+
+    async def fake_bench(
+        a: argparse.Namespace, viewers: int, seconds: float, code: Path | None = None
+    ) -> dict[str, Any]:
+        served.append(code)
+        # REV is twice as slow in the first pair and three times in the others.
+        slow = 1.0 if code is None else (2.0 if len(served) <= 2 else 3.0)
+        return step(
+            delay_to_all_ms_p50=50.0 * slow,
+            delay_to_all_ms_p99=100.0 * slow,
+            push_cpu_pct=40.0 * slow,
+            client_cores_busy_pct=60.0,
+        )
+
+    monkeypatch.setattr(bench.push, "_bench", fake_bench)
+    result = await _against(against_args(tmp_path, "--pairs", "3"))
+    assert result["error"] is None
+    # REV first, then this tree first, and so on: a drifting machine hurts both alike.
+    assert [c is None for c in served] == [False, True, True, False, False, True]
+    checkouts = {c for c in served if c is not None}
+    assert len(checkouts) == 1
+    (checked_out,) = checkouts
+    assert not checked_out.exists()  # removed afterwards
+    assert [r["side"] for r in result["runs"]] == ["against", "this", "this", "against"] + [
+        "against",
+        "this",
+    ]
+    p99 = result["delay_to_all_ms_p99_against_over_this"]
+    assert p99["values"] == [2.0, 3.0, 3.0] and p99["median"] == 3.0
+    assert result["push_cpu_pct_against_over_this"]["median"] == 3.0
+    assert not (tmp_path / "push.json").exists()  # --against writes no profile
+
+
+async def test_against_stops_at_a_failed_run_and_says_which(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = 0
+
+    async def fake_bench(
+        a: argparse.Namespace, viewers: int, seconds: float, code: Path | None = None
+    ) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        return step(errors={"loadgen:TimeoutError": 1}) if calls == 2 else step()
+
+    monkeypatch.setattr(bench.push, "_bench", fake_bench)
+    result = await _against(against_args(tmp_path))
+    assert calls == 2
+    assert result["error"] == "pair 1 (this) failed: {'loadgen:TimeoutError': 1}"
+    assert "delay_to_all_ms_p99_against_over_this" not in result
+
+
+def test_against_is_refused_with_find_max(tmp_path: Path) -> None:
+    assert bench.push.run(against_args(tmp_path, "--find-max")) == 2

@@ -226,11 +226,46 @@ async def test_updates_faster_than_the_interval_wait_for_the_next_slot() -> None
     client, transport, _ = connect(hub)
     subscribe(hub, client)
     hub.on_update(update(1))
-    clock.now += 0.05
+    clock.now += 0.03
     hub.on_update(update(2))
     hub.on_update(update(3))
     assert transport.writes == [b"snap", text_frame(update(1))]
     assert hub.polls["p1"].timer is not None
+    await hub.stop()
+
+
+async def test_a_late_broadcast_does_not_delay_the_ones_after_it() -> None:
+    # Updates due every 100 ms; the second reaches the hub 40 ms late (the loop was busy).
+    # Spaced from that late broadcast, the third, on time, would wait 40 ms, and so would
+    # every one after it: a lag that only grew (bench push at 10 updates/s).
+    hub, clock = make_hub(min_interval_s=0.1)
+    client, transport, _ = connect(hub)
+    subscribe(hub, client)
+    start = clock.now
+    hub.on_update(update(1))
+    clock.now = start + 0.14
+    hub.on_update(update(2))
+    clock.now = start + 0.2
+    hub.on_update(update(3))
+    assert transport.writes[1:] == [text_frame(update(v)) for v in (1, 2, 3)]
+    assert hub.polls["p1"].timer is None
+    await hub.stop()
+
+
+async def test_broadcasts_stay_at_most_one_per_interval_when_updates_come_faster() -> None:
+    hub, clock = make_hub(min_interval_s=0.1)
+    client, transport, _ = connect(hub)
+    subscribe(hub, client)
+    start, sent_at = clock.now, []
+    for i in range(100):  # an update every 20 ms for 2 s
+        clock.now = start + i * 0.02
+        before = len(transport.writes)
+        hub.on_update(update(i + 1))
+        if len(transport.writes) > before:
+            sent_at.append(clock.now - start)
+    assert 20 <= len(sent_at) <= 21
+    gaps = [b - a for a, b in zip(sent_at, sent_at[1:], strict=False)]
+    assert min(gaps) >= 0.05 - 1e-9
     await hub.stop()
 
 
