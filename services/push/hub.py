@@ -50,6 +50,15 @@ def text_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", 0x81, 127, n) + payload
 
 
+def catch_up_slack(most: float, interval: float, fanout: float) -> float:
+    """How early a broadcast may go to catch up: up to ``most``, but no more than the time
+    a fan-out leaves free in an interval. A push whose fan-outs fill the interval has
+    nothing to catch up with; sent early, back to back, its broadcasts would only queue
+    behind each other in the viewers' sockets (bench push at 9,000 viewers: p99 worse in
+    every pair with a fixed half-interval slack, better in every pair at 8,000)."""
+    return min(most, max(0.0, interval - fanout))
+
+
 class Sub:
     """What one client was last sent for one poll."""
 
@@ -173,7 +182,7 @@ class Hub:
         self.keys = keys
         self.min_interval = min_interval_s
         self.slack = min_interval_s / 2
-        """How much earlier than its slot a broadcast may go, to catch up a late one."""
+        """The most a broadcast may go before its slot, to catch up a late one."""
         self.limit = send_buffer_limit
         self.slow_timeout = slow_client_timeout_s
         self.idle_timeout = idle_timeout_s
@@ -372,7 +381,7 @@ class Hub:
         # instead, every later one would inherit L: with updates as fast as the interval
         # (tally's 10/s), lags only ever added up (bench push, delay growing every slice).
         # The rate over any stretch stays at most one per interval.
-        due = ps.next_slot - self.slack
+        due = ps.next_slot - catch_up_slack(self.slack, self.min_interval, self.stats.last_fanout_s)
         if now >= due:
             self._broadcast(ps)
         elif ps.timer is None:

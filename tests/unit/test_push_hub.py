@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from services.common.messages import Keys, TallyUpdate, encode_update
 from services.common.settings import PushSettings
 from services.push.admission import Admission, client_ip, precheck
-from services.push.hub import Client, Hub, Snap, text_frame
+from services.push.hub import Client, Hub, Snap, catch_up_slack, text_frame
 from services.push.protocol import Close
 
 pytestmark = pytest.mark.unit
@@ -250,6 +250,30 @@ async def test_a_late_broadcast_does_not_delay_the_ones_after_it() -> None:
     assert transport.writes[1:] == [text_frame(update(v)) for v in (1, 2, 3)]
     assert hub.polls["p1"].timer is None
     await hub.stop()
+
+
+async def test_a_push_whose_fan_outs_fill_the_interval_does_not_catch_up() -> None:
+    hub, clock = make_hub(min_interval_s=0.1)
+    client, transport, _ = connect(hub)
+    subscribe(hub, client)
+    start = clock.now
+    hub.on_update(update(1))
+    clock.now = start + 0.14
+    hub.on_update(update(2))
+    # As if writing to every viewer had taken 95 ms: 5 ms of the interval left free.
+    hub.stats.last_fanout_s = 0.095
+    clock.now = start + 0.2
+    hub.on_update(update(3))
+    assert transport.writes[1:] == [text_frame(update(v)) for v in (1, 2)]
+    assert hub.polls["p1"].timer is not None
+    await hub.stop()
+
+
+def test_catch_up_slack_is_what_a_fan_out_leaves_free_up_to_the_most() -> None:
+    assert catch_up_slack(0.05, 0.1, 0.0) == 0.05
+    assert catch_up_slack(0.05, 0.1, 0.07) == pytest.approx(0.03)
+    assert catch_up_slack(0.05, 0.1, 0.1) == 0.0
+    assert catch_up_slack(0.05, 0.1, 0.3) == 0.0
 
 
 async def test_broadcasts_stay_at_most_one_per_interval_when_updates_come_faster() -> None:
