@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         result = asyncio.run(_bench(args, args.viewers, args.seconds))
         _warn_clients(result)
-        ok = result.get("error") is None and not result.get("errors")
+        ok = _failure(result) is None
     if ok and not args.no_profile:
         refused = _not_for_the_profile(args, result)
         if refused is None:
@@ -237,12 +237,13 @@ async def _against(args: argparse.Namespace) -> dict[str, Any]:
                 f" load generators {r.get('client_cores_busy_pct')} % busy",
                 file=sys.stderr,
             )
-            if r.get("error") is not None or r.get("errors"):
+            failure = _failure(r)
+            if failure is not None:
                 return {
                     "bench": "push",
                     "against": commit,
                     "runs": runs,
-                    "error": f"pair {pair + 1} ({side}) failed: {r.get('error') or r['errors']}",
+                    "error": f"pair {pair + 1} ({side}) failed: {failure}",
                 }
     result: dict[str, Any] = {
         "bench": "push",
@@ -278,11 +279,17 @@ def _not_for_the_profile(args: argparse.Namespace, result: dict[str, Any]) -> st
     )
 
 
+def _failure(r: dict[str, Any]) -> object | None:
+    """What went wrong in a run (its error, else its counted errors); None if nothing."""
+    if r.get("error") is not None:
+        return r["error"]
+    return r.get("errors") or None
+
+
 def _passes(r: dict[str, Any], viewers: int, p99_ms: float) -> bool:
     p99 = r.get("delay_to_all_ms_p99")
     return (
-        r.get("error") is None
-        and not r.get("errors")
+        _failure(r) is None
         and r.get("connections_held") == viewers
         and not r.get("versions_partially_received")
         and p99 is not None
