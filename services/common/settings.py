@@ -194,7 +194,8 @@ class PushSettings(CommonSettings):
     socket_sndbuf_bytes: int = 0
     """Kernel send buffer per websocket (SO_SNDBUF); 0 keeps the kernel's autotuning."""
     heartbeat_s: float = 20.0
-    """Ping period; no pong within half of it closes the socket."""
+    """Longest ping period: each socket pings at its own, between half of this and this
+    (push/handlers.heartbeat_period); no pong within half of it closes the socket."""
     idle_timeout_s: float = 60.0
     """A socket that follows no poll this long is closed (4000)."""
     close_timeout_s: float = 3.0

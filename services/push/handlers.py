@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import socket
 from pathlib import Path
 
@@ -28,6 +29,22 @@ log = logging.getLogger("buzzer.push")
 STATIC = Path(__file__).parent / "static"
 
 
+def heartbeat_period(longest_s: float, draw: float | None = None) -> float:
+    """One socket's ping period: between half of ``longest_s`` and ``longest_s``, drawn
+    per socket (``draw`` in [0, 1), random by default).
+
+    aiohttp pings each socket a fixed period after its last incoming bytes, so sockets
+    that joined together (a show's start, a reconnect after a restart) would ping
+    together for as long as they stay: in ``bench push``, 10,000 pings at once held back
+    the broadcasts of that second to a delay-to-all of 221-258 ms, against 67-98 ms in
+    the others. aiohttp still rounds each ping's time up to a whole second, which groups
+    them by second (a tenth of the sockets each, at 20 s): measured, cheaper in CPU than
+    with no rounding (57 % of the core against 64 %), and the groups do not show in the
+    p99.
+    """
+    return longest_s * (1 + (random.random() if draw is None else draw)) / 2
+
+
 async def poll_live(request: web.Request) -> web.WebSocketResponse:
     return await _serve(request, request.match_info["poll"])
 
@@ -39,7 +56,7 @@ async def live(request: web.Request) -> web.WebSocketResponse:
 async def _serve(request: web.Request, poll: str | None) -> web.WebSocketResponse:
     settings = request.app[SETTINGS]
     ws = web.WebSocketResponse(
-        heartbeat=settings.heartbeat_s,
+        heartbeat=heartbeat_period(settings.heartbeat_s),
         max_msg_size=settings.max_message_bytes,
         compress=False,
         timeout=settings.close_timeout_s,

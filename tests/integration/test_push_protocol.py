@@ -542,3 +542,34 @@ def _metric_sync(push: PushServer) -> float:
     from services.push.keys import VIEWERS
 
     return float(push.app[VIEWERS].total)
+
+
+async def test_sockets_that_join_together_are_pinged_apart(
+    sim: LiveTally, start_push: StartPush
+) -> None:
+    # One ping period for every socket would ping all of a show's joiners at once, for
+    # as long as they stay (a stall of every broadcast: handlers.heartbeat_period).
+    await sim.define("hb", ["a", "b"])
+    push = await start_push(heartbeat_s=1.0)
+    loop = asyncio.get_running_loop()
+
+    async def first_ping(session: aiohttp.ClientSession) -> tuple[float, int]:
+        async with session.ws_connect(f"{push.ws}/v1/polls/hb/live", autoping=False) as ws:
+            connected = loop.time()
+            while True:
+                msg = await ws.receive(timeout=10)
+                if msg.type is aiohttp.WSMsgType.PING:
+                    pinged = loop.time()
+                    await ws.pong(msg.data)
+                    break
+            # Answered, the socket stays: its next frame is the next ping, not a close.
+            nxt = await ws.receive(timeout=10)
+            return pinged - connected, nxt.type
+
+    async with aiohttp.ClientSession() as session:
+        got = await asyncio.gather(*(first_ping(session) for _ in range(12)))
+    waits = sorted(w for w, _ in got)
+    assert {t for _, t in got} == {aiohttp.WSMsgType.PING}
+    # Periods drawn from 0.5-1.0 s: 12 sockets' first pings spread over a good part of
+    # that range, where one shared period would put them within the connects' few ms.
+    assert waits[-1] - waits[0] > 0.1, waits
