@@ -51,7 +51,11 @@ processes and measures ``--step-seconds`` of updates; the count doubles from
 connect from several loopback addresses (127.0.0.2, .3, ...), since one source address
 reaches one port through only ~28,000 ephemeral ports; the file-descriptor limit is raised
 as far as the process may (``ulimit -Hn``; root with CAP_SYS_RESOURCE: fs.nr_open), and
-the search is capped by it (``capped_at``: then the figure is a lower bound). Written to
+the search is capped by it (``capped_at``: then the figure is a lower bound). The steps
+are shorter than push's heartbeat, so none of them holds the viewers' pings: the largest
+passing count is then run again for ``--confirm-seconds`` (a whole heartbeat period, in
+which every viewer is pinged), and stepped down by a tenth until it passes; that run's
+figures are the ones kept (``confirmed``). Written to
 ``lb/profiles/push.json`` as ``viewers_per_process`` (one process) or
 ``viewers_two_processes`` (two sharing a port), next to ``cores_per_1m_viewers``.
 """
@@ -92,6 +96,18 @@ PER_SOURCE = 20_000
 """Viewers per loopback source address (the ephemeral range holds ~28,000)."""
 FD_MARGIN = 1_000
 """File descriptors a process needs besides its sockets (Redis, logs, pipes)."""
+
+CONFIRM_TRIES = 3
+"""Runs that confirm --find-max's figure, a tenth fewer viewers each after a failure."""
+
+
+def heartbeat_s() -> float:
+    """The longest ping period of the push processes this bench starts (they read the
+    same environment): their settings' default unless BUZZER_HEARTBEAT_S says otherwise."""
+    from services.common.settings import PushSettings
+
+    default = PushSettings.model_fields["heartbeat_s"].default
+    return float(os.environ.get("BUZZER_HEARTBEAT_S", default))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -146,6 +162,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--step-seconds", type=float, default=6.0, help="--find-max: updates per step (default 6)"
+    )
+    p.add_argument(
+        "--confirm-seconds",
+        type=float,
+        default=None,
+        help="--find-max: updates in the run that confirms the figure (default: push's"
+        " heartbeat period and 2 s, so every viewer's ping is in it; 0: no confirmation)",
     )
     p.add_argument(
         "--budget-s",
@@ -338,15 +361,19 @@ async def _find_max(args: argparse.Namespace) -> dict[str, Any]:
     best: dict[str, Any] | None = None
     n = min(args.start_viewers, cap)
     last_s = 0.0
-    while True:
+
+    async def measured(n: int, seconds: float, what: str) -> tuple[dict[str, Any], bool]:
+        nonlocal last_s
         t0 = time.monotonic()
-        r = await _bench(args, n, args.step_seconds)
+        r = await _bench(args, n, seconds)
         last_s = time.monotonic() - t0
         ok = _passes(r, n, args.p99_ms)
         _warn_clients(r)
         steps.append(
             {
                 "viewers": n,
+                "seconds": seconds,
+                "confirm": what == "confirm",
                 "pass": ok,
                 "held": r.get("connections_held"),
                 "delay_to_all_ms_p50": r.get("delay_to_all_ms_p50"),
@@ -360,11 +387,15 @@ async def _find_max(args: argparse.Namespace) -> dict[str, Any]:
             }
         )
         print(
-            f"find-max: {n} viewers -> {'pass' if ok else 'fail'} (p99"
+            f"{what}: {n} viewers, {seconds:g} s -> {'pass' if ok else 'fail'} (p99"
             f" {r.get('delay_to_all_ms_p99')} ms, held {r.get('connections_held')},"
             f" errors {r.get('errors') or r.get('error') or 0}, {last_s:.0f} s)",
             file=sys.stderr,
         )
+        return r, ok
+
+    while True:
+        r, ok = await measured(n, args.step_seconds, "find-max")
         if ok:
             lo, best = n, r
         else:
@@ -384,8 +415,26 @@ async def _find_max(args: argparse.Namespace) -> dict[str, Any]:
             print("find-max: time budget reached", file=sys.stderr)
             break
         n = nxt
+    confirm_s = args.confirm_seconds
+    if confirm_s is None:
+        confirm_s = heartbeat_s() + 2.0
+    confirmed = None
+    if lo and confirm_s > 0:
+        # A step this short holds no pings; the figure must hold them too.
+        for _ in range(CONFIRM_TRIES):
+            r, ok = await measured(lo, confirm_s, "confirm")
+            if ok:
+                best, confirmed = r, True
+                break
+            hi, lo, best, confirmed = lo, lo * 9 // 10 // 250 * 250, None, False
+            if not lo:
+                break
+        else:
+            lo = 0
     return {
         "find_max": True,
+        "confirmed": confirmed,
+        "confirm_seconds": confirm_s,
         "push_procs": procs,
         "p99_target_ms": args.p99_ms,
         "rate_per_s": args.rate,
@@ -431,6 +480,7 @@ def _write_profile(args: argparse.Namespace, result: dict[str, Any]) -> None:
             "p99_target_ms": args.p99_ms,
             "updates_per_s": args.rate,
             "first_failing_viewers": result["first_failing_viewers"],
+            "confirmed_over_s": result["confirm_seconds"] if result.get("confirmed") else None,
             "capped_at": result["capped_at"],
             "shared_cores": r.get("shared_cores") if r else None,
             "client_cpu_pct_max": max(r.get("client_cpu_pct") or [0]) if r else None,

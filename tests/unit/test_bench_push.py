@@ -233,3 +233,56 @@ async def test_against_stops_at_a_failed_run_and_says_which(
 
 def test_against_is_refused_with_find_max(tmp_path: Path) -> None:
     assert bench.push.run(against_args(tmp_path, "--find-max")) == 2
+
+
+async def test_find_max_confirms_its_figure_over_a_heartbeat_and_steps_down_if_it_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs: list[tuple[int, float]] = []
+
+    async def fake_bench(
+        a: argparse.Namespace, viewers: int, seconds: float, code: Path | None = None
+    ) -> dict[str, Any]:
+        runs.append((viewers, seconds))
+        # Short steps pass up to 12,000 viewers; with the pings in, only up to 11,000.
+        limit = 12_000 if seconds < 10 else 11_000
+        p99 = 100.0 if viewers <= limit else 300.0
+        return step(connections_held=viewers, delay_to_all_ms_p99=p99, push_cpu_pct=viewers / 200)
+
+    monkeypatch.setattr(bench.push, "_bench", fake_bench)
+    monkeypatch.setenv("BUZZER_HEARTBEAT_S", "30")
+    a = args(tmp_path)
+    a.find_max = True
+    a.start_viewers = 6_000
+    result = await bench.push._find_max(a)
+    confirms = [(v, s) for v, s in runs if s != a.step_seconds]
+    searched = max(s["viewers"] for s in result["steps"] if s["pass"] and not s["confirm"])
+    assert searched == 12_000
+    # Every confirmation lasts the heartbeat and 2 s; the search's figure failed it once.
+    assert confirms[0] == (searched, 32.0)
+    assert [v for v, _ in confirms] == [confirms[0][0], confirms[0][0] * 9 // 10 // 250 * 250]
+    assert result["confirmed"] is True
+    assert result["max_viewers"] == confirms[-1][0] <= 11_000
+    assert result["best"]["connections_held"] == result["max_viewers"]
+    bench.push._write_profile(a, result)
+    profile = json.loads((tmp_path / "push.json").read_text())
+    assert profile["viewers_per_process"] == result["max_viewers"]
+    assert profile["viewers_per_process_measured"]["confirmed_over_s"] == 32.0
+
+
+async def test_find_max_reports_no_figure_when_no_confirmation_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def fake_bench(
+        a: argparse.Namespace, viewers: int, seconds: float, code: Path | None = None
+    ) -> dict[str, Any]:
+        ok = seconds == a.step_seconds and viewers <= 10_000
+        return step(connections_held=viewers, delay_to_all_ms_p99=100.0 if ok else 300.0)
+
+    monkeypatch.setattr(bench.push, "_bench", fake_bench)
+    a = args(tmp_path)
+    a.find_max = True
+    result = await bench.push._find_max(a)
+    assert result["confirmed"] is False
+    assert result["max_viewers"] is None
+    assert sum(1 for s in result["steps"] if s["confirm"]) == bench.push.CONFIRM_TRIES
